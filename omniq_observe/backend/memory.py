@@ -1,0 +1,141 @@
+"""In-process storage: fast, bounded, and gone when the process exits."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+
+from omniq_observe.backend.base import (
+    BaseEventStorage,
+    Health,
+    Page,
+    Position,
+    StoredEvent,
+    as_utc,
+)
+from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.models.event import TaskEvent
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(BaseEventStorage):
+    """Keeps events in lists in this process.
+
+    Thread-safe, so a sync :class:`~omniq_observe.events.EventLogger` and an async
+    processor may share one instance. Positions are 1, 2, 3, ... and stay stable when
+    events are pruned.
+
+    Args:
+        max_events: keep at most this many events; the oldest are dropped first
+            (``None``: unbounded).
+    """
+
+    backend_name = "memory"
+    poll_interval = 0.005
+    read_ahead = True
+
+    def __init__(self, max_events: int | None = None) -> None:
+        if max_events is not None and (not isinstance(max_events, int) or max_events < 1):
+            msg = f"max_events must be a positive integer or None, got {max_events!r}"
+            raise ConfigurationError(msg, setting="max_events", value=max_events)
+        self.max_events = max_events
+        self._lock = threading.Lock()
+        self._keys: list[int] = []  # positions, ascending, parallel to _events
+        self._events: list[TaskEvent] = []
+        self._next = 1
+        self._committed: dict[str, Position] = {}
+
+    async def append(self, events: Sequence[TaskEvent]) -> None:
+        with self._lock:
+            start = self._next
+            self._next += len(events)
+            self._keys.extend(range(start, self._next))
+            self._events.extend(events)
+            if self.max_events is not None and len(self._events) > self.max_events:
+                excess = len(self._events) - self.max_events
+                del self._keys[:excess]
+                del self._events[:excess]
+
+    async def read_after(self, position: Position | None, limit: int) -> list[StoredEvent]:
+        with self._lock:
+            start = 0 if position is None else bisect.bisect_right(self._keys, int(position))
+            keys = self._keys[start : start + limit]
+            events = self._events[start : start + limit]
+        return [StoredEvent(k, e) for k, e in zip(keys, events)]
+
+    async def last_position(self) -> Position | None:
+        with self._lock:
+            return self._keys[-1] if self._keys else None
+
+    async def commit_position(self, group: str, position: Position) -> None:
+        with self._lock:
+            self._committed[group] = int(position)
+
+    async def get_position(self, group: str) -> Position | None:
+        with self._lock:
+            return self._committed.get(group)
+
+    async def positions(self) -> dict[str, Position]:
+        with self._lock:
+            return dict(self._committed)
+
+    async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
+        with self._lock:
+            history = [e for e in self._events if e.task_id == task_id]
+        return history[:limit]
+
+    async def query(
+        self,
+        *,
+        event_types: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        after: Position | None = None,
+    ) -> Page:
+        types = {t.upper() for t in event_types} if event_types else None
+        since, until = as_utc(since), as_utc(until)
+        found: list[StoredEvent] = []
+        with self._lock:
+            start = 0 if after is None else bisect.bisect_right(self._keys, int(after))
+            for index in range(start, len(self._events)):
+                event = self._events[index]
+                if types is not None and event.event_type not in types:
+                    continue
+                if since is not None and event.timestamp < since:
+                    continue
+                if until is not None and event.timestamp >= until:
+                    continue
+                if len(found) == limit:
+                    return Page(found, found[-1].position)
+                found.append(StoredEvent(self._keys[index], event))
+        return Page(found, None)
+
+    async def count(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+    async def prune(
+        self, *, older_than: datetime | None = None, max_events: int | None = None
+    ) -> int:
+        cutoff = as_utc(older_than)
+        with self._lock:
+            before = len(self._events)
+            if cutoff is not None:
+                kept = [(k, e) for k, e in zip(self._keys, self._events) if e.timestamp >= cutoff]
+                self._keys = [k for k, _ in kept]
+                self._events = [e for _, e in kept]
+            if max_events is not None and len(self._events) > max_events:
+                excess = len(self._events) - max_events
+                del self._keys[:excess]
+                del self._events[:excess]
+            return before - len(self._events)
+
+    async def health(self) -> Health:
+        return Health(ok=True, backend=self.backend_name, detail=f"{len(self._events)} events")
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,568 @@
+"""Embedded storage in one SQLite file: the default backend.
+
+* WAL mode, so readers in other processes never block the writer.
+* Group commit: appends from many coroutines (and threads, and event loops) queue up for
+  one writer thread, which writes everything waiting in one transaction and then resumes
+  each caller. ``append`` returns only after its transaction committed.
+* Durability: with ``synchronous="NORMAL"`` (the default) a committed transaction is in the
+  WAL file before ``append`` returns, so ``kill -9`` loses nothing; only a power loss can
+  drop the last transactions. ``synchronous="FULL"`` also survives that, at a cost.
+* Reads run on a reader thread with their own connection, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from omniq_observe.backend.base import (
+    BaseEventStorage,
+    Consumer,
+    DeadLetter,
+    Health,
+    Page,
+    Position,
+    StoredEvent,
+    as_utc,
+    epoch_us,
+)
+from omniq_observe.exceptions import ConfigurationError, StorageError
+from omniq_observe.models.event import TaskEvent, decode_event, decode_events, encode_event
+
+__all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
+
+SCHEMA_VERSION = 1
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS omniq_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS omniq_events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    ts_us INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS omniq_events_task ON omniq_events (task_id);
+CREATE INDEX IF NOT EXISTS omniq_events_ts ON omniq_events (ts_us);
+CREATE TABLE IF NOT EXISTS omniq_positions (
+    grp TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS omniq_dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    grp TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+# All the events of one group commit go in as one JSON array and one statement: SQLite then
+# does the whole insert without taking Python's GIL back once per row.
+_INSERT_JSON = (
+    "INSERT INTO omniq_events (event_id, task_id, event_type, ts_us, body) "
+    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)"
+)
+# One page of the log in one statement: SQLite joins the bodies into one JSON array
+# without the GIL, and msgspec decodes that array in one call.
+_SELECT_AFTER = (
+    "SELECT json_group_array(position), '[' || group_concat(body, ',') || ']' FROM ("
+    "SELECT position, body FROM omniq_events WHERE position > ? ORDER BY position LIMIT ?)"
+)
+_Row = tuple[str, str, str, int, TaskEvent]
+_row_encoder = msgspec.json.Encoder()
+_positions_decoder = msgspec.json.Decoder(list[int])
+_STOP = object()
+_WriteFn = Callable[[sqlite3.Connection], Any]
+
+
+class _Item:
+    """One queued write: a function to run or rows to insert, and the callers to resume."""
+
+    __slots__ = ("fn", "futures", "loop", "rows")
+
+    def __init__(
+        self,
+        fn: _WriteFn | None,
+        rows: list[_Row],
+        loop: asyncio.AbstractEventLoop | None,
+        futures: list[Any],
+    ) -> None:
+        self.fn = fn
+        self.rows = rows
+        self.loop = loop
+        self.futures = futures
+
+
+class SQLiteBackend(BaseEventStorage):
+    """Events in one SQLite file, shared by loggers and processors in any process.
+
+    Args:
+        path: the database file; created with its folder's existing permissions.
+        synchronous: SQLite's ``synchronous`` pragma, ``"NORMAL"`` or ``"FULL"``.
+        busy_timeout: seconds to wait for another process's write lock.
+        max_batch: the most events one group-commit transaction takes.
+
+    Raises:
+        ConfigurationError: a setting is invalid.
+    """
+
+    backend_name = "sqlite"
+    poll_interval = 0.01
+    read_ahead = True
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 5.0,
+        max_batch: int = 5000,
+    ) -> None:
+        if str(synchronous).upper() not in {"NORMAL", "FULL"}:
+            msg = f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
+            raise ConfigurationError(msg, setting="synchronous", value=synchronous)
+        if not isinstance(path, (str, Path)) or not str(path):
+            msg = f"path must name a file, got {path!r}"
+            raise ConfigurationError(msg, setting="path", value=path)
+        if not isinstance(max_batch, int) or max_batch < 1:
+            msg = f"max_batch must be a positive integer, got {max_batch!r}"
+            raise ConfigurationError(msg, setting="max_batch", value=max_batch)
+        self.path = Path(path)
+        self.synchronous = str(synchronous).upper()
+        self.busy_timeout = busy_timeout
+        self.max_batch = max_batch
+        self._writes: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
+        # Appends made during one turn of an event loop, written as one queue item.
+        self._pending: dict[asyncio.AbstractEventLoop, _Item] = {}
+        self._writer: threading.Thread | None = None
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    # -- connections and threads ---------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA cache_size=-65536")
+        return conn
+
+    def _ensure_started(self) -> None:
+        if self._writer is not None and not self._closed:
+            return
+        with self._start_lock:
+            if self._closed:
+                msg = f"SQLiteBackend({str(self.path)!r}) is closed"
+                raise StorageError(msg)
+            if self._writer is not None:
+                return
+            try:
+                conn = self._connect()
+                conn.executescript(_SCHEMA)
+                conn.execute(
+                    "INSERT OR IGNORE INTO omniq_meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            except sqlite3.Error as exc:
+                msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
+                raise StorageError(msg) from exc
+            self._reader = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="omniq-sqlite-read"
+            )
+            writer = threading.Thread(
+                target=self._write_loop, args=(conn,), name="omniq-sqlite-write", daemon=True
+            )
+            writer.start()
+            self._writer = writer
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        """Take every write waiting, run them in one transaction, then wake their callers."""
+        get, get_nowait = self._writes.get, self._writes.get_nowait
+        try:
+            while True:
+                item = get()
+                if not isinstance(item, _Item):
+                    return
+                items = [item]
+                size = len(item.rows) or 1
+                stop = False
+                while size < self.max_batch:
+                    try:
+                        nxt = get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(nxt, _Item):
+                        stop = True
+                        break
+                    items.append(nxt)
+                    size += len(nxt.rows) or 1
+                _commit_group(conn, items)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    async def _write(self, fn: _WriteFn) -> Any:
+        """Run ``fn(conn)`` in the next group-commit transaction; return its result."""
+        self._ensure_started()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._writes.put(_Item(fn, [], loop, [future]))
+        return await future
+
+    def write_blocking(self, fn: _WriteFn | None, rows: list[_Row] | None = None) -> Any:
+        """Run ``fn(conn)`` (or insert ``rows``) in the next transaction, from sync code."""
+        self._ensure_started()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._writes.put(_Item(fn, rows or [], None, [future]))
+        return future.result()
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        self._ensure_started()
+        assert self._reader is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._read_in_thread, fn)
+
+    def _read_in_thread(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._read_conn is None:
+            self._read_conn = self._connect()
+        try:
+            return fn(self._read_conn)
+        except sqlite3.Error as exc:
+            msg = f"SQLite read from {str(self.path)!r} failed: {exc}"
+            raise StorageError(msg) from exc
+
+    # -- writing -------------------------------------------------------------------------
+    async def append(self, events: Sequence[TaskEvent]) -> None:
+        """Store ``events``; return once their transaction has committed.
+
+        Appends made by many coroutines during one turn of the event loop travel to the
+        writer thread together, and it writes whatever is waiting in one transaction.
+        """
+        if not events:
+            return
+        if self._writer is None or self._closed:
+            self._ensure_started()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        item = self._pending.get(loop)
+        if item is None:
+            item = self._pending[loop] = _Item(None, [], loop, [])
+            loop.call_soon(self._flush, loop)
+        item.rows.extend(_rows(events))
+        item.futures.append(future)
+        await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        item = self._pending.pop(loop)
+        if self._closed:
+            _wake([item], [None], StorageError(f"SQLiteBackend({str(self.path)!r}) is closed"))
+        else:
+            self._writes.put(item)
+
+    def append_blocking(self, events: Sequence[TaskEvent]) -> None:
+        """Store events from sync code without an event loop (used by ``EventLogger``)."""
+        if events:
+            self.write_blocking(None, _rows(events))
+
+    # -- the log -------------------------------------------------------------------------
+    async def read_after(self, position: Position | None, limit: int) -> list[StoredEvent]:
+        after = -1 if position is None else int(position)
+        return await self._read(lambda c: _select_after(c, after, limit))
+
+    async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
+        def claim(conn: sqlite3.Connection) -> list[StoredEvent]:
+            return _select_after(conn, _committed(conn, consumer.group), limit)
+
+        return await self._read(claim)
+
+    async def has_events_for(self, consumer: Consumer) -> bool:
+        def check(conn: sqlite3.Connection) -> bool:
+            after = _committed(conn, consumer.group)
+            sql = "SELECT 1 FROM omniq_events WHERE position > ? LIMIT 1"
+            return conn.execute(sql, (after,)).fetchone() is not None
+
+        return await self._read(check)
+
+    async def last_position(self) -> Position | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT max(position) FROM omniq_events").fetchone()
+        )
+        return None if row[0] is None else int(row[0])
+
+    async def commit_position(self, group: str, position: Position) -> None:
+        now = epoch_us(datetime.now().astimezone())
+
+        def commit(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO omniq_positions (grp, position, updated_us) VALUES (?, ?, ?) "
+                "ON CONFLICT (grp) DO UPDATE SET position = excluded.position, "
+                "updated_us = excluded.updated_us",
+                (group, int(position), now),
+            )
+
+        await self._write(commit)
+
+    async def get_position(self, group: str) -> Position | None:
+        def get(conn: sqlite3.Connection) -> int | None:
+            sql = "SELECT position FROM omniq_positions WHERE grp = ?"
+            row = conn.execute(sql, (group,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._read(get)
+
+    async def positions(self) -> dict[str, Position]:
+        rows = await self._read(
+            lambda c: c.execute("SELECT grp, position FROM omniq_positions").fetchall()
+        )
+        return {grp: int(pos) for grp, pos in rows}
+
+    # -- dead letters --------------------------------------------------------------------
+    async def record_dead_letter(self, dead: DeadLetter) -> None:
+        row = (dead.group, dead.handler, dead.error, dead.attempts, int(dead.position))
+        body = encode_event(dead.event)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO omniq_dead_letters (grp, handler, error, attempts, position, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (*row, body),
+            )
+
+        await self._write(insert)
+
+    async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
+        sql = "SELECT grp, handler, error, attempts, position, body FROM omniq_dead_letters"
+        args: tuple[str, ...] = ()
+        if group is not None:
+            sql += " WHERE grp = ?"
+            args = (group,)
+        rows = await self._read(lambda c: c.execute(sql + " ORDER BY id", args).fetchall())
+        return [
+            DeadLetter(g, h, err, n, decode_event(body), int(pos))
+            for g, h, err, n, pos, body in rows
+        ]
+
+    # -- queries -------------------------------------------------------------------------
+    async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
+        sql = "SELECT body FROM omniq_events WHERE task_id = ? ORDER BY position LIMIT ?"
+        rows = await self._read(lambda c: c.execute(sql, (task_id, limit)).fetchall())
+        return [decode_event(body) for (body,) in rows]
+
+    async def query(
+        self,
+        *,
+        event_types: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        after: Position | None = None,
+    ) -> Page:
+        clauses = ["position > ?"]
+        args: list[Any] = [-1 if after is None else int(after)]
+        if event_types:
+            types = [t.upper() for t in event_types]
+            clauses.append(f"event_type IN ({', '.join('?' * len(types))})")
+            args.extend(types)
+        if since is not None:
+            clauses.append("ts_us >= ?")
+            args.append(epoch_us(as_utc(since)))
+        if until is not None:
+            clauses.append("ts_us < ?")
+            args.append(epoch_us(as_utc(until)))
+        sql = (
+            f"SELECT position, body FROM omniq_events WHERE {' AND '.join(clauses)} "
+            "ORDER BY position LIMIT ?"
+        )
+        args.append(limit + 1)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        events = [StoredEvent(pos, decode_event(body)) for pos, body in rows[:limit]]
+        more = len(rows) > limit
+        return Page(events, events[-1].position if more and events else None)
+
+    async def count(self) -> int:
+        row = await self._read(lambda c: c.execute("SELECT count(*) FROM omniq_events").fetchone())
+        return int(row[0])
+
+    async def prune(
+        self, *, older_than: datetime | None = None, max_events: int | None = None
+    ) -> int:
+        cutoff = None if older_than is None else epoch_us(as_utc(older_than))
+
+        def prune(conn: sqlite3.Connection) -> int:
+            deleted = 0
+            if cutoff is not None:
+                sql = "DELETE FROM omniq_events WHERE ts_us < ?"
+                deleted += conn.execute(sql, (cutoff,)).rowcount
+            if max_events is not None:
+                deleted += conn.execute(
+                    "DELETE FROM omniq_events WHERE position <= ("
+                    "SELECT position FROM omniq_events ORDER BY position DESC "
+                    "LIMIT 1 OFFSET ?)",
+                    (max_events,),
+                ).rowcount
+            return deleted
+
+        deleted: int = await self._write(prune)
+        return deleted
+
+    async def health(self) -> Health:
+        try:
+            version = await self._read(
+                lambda c: c.execute(
+                    "SELECT value FROM omniq_meta WHERE key = 'schema_version'"
+                ).fetchone()
+            )
+        except Exception as exc:
+            return Health(ok=False, backend=self.backend_name, detail=str(exc))
+        return Health(
+            ok=True,
+            backend=self.backend_name,
+            detail=str(self.path),
+            schema_version=int(version[0]) if version else None,
+        )
+
+    async def close(self) -> None:
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+            writer, reader = self._writer, self._reader
+        if writer is not None:
+            self._writes.put(_STOP)
+            await asyncio.get_running_loop().run_in_executor(None, writer.join)
+            _fail_leftovers(self._writes, self.path)
+        if reader is not None:
+            if self._read_conn is not None:
+                conn = self._read_conn
+                await asyncio.get_running_loop().run_in_executor(reader, conn.close)
+            reader.shutdown(wait=True)
+
+    def close_blocking(self) -> None:
+        """Close from sync code (no running loop)."""
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+            writer, reader = self._writer, self._reader
+        if writer is not None:
+            self._writes.put(_STOP)
+            writer.join()
+            _fail_leftovers(self._writes, self.path)
+        if reader is not None:
+            if self._read_conn is not None:
+                reader.submit(self._read_conn.close).result()
+            reader.shutdown(wait=True)
+
+
+def _rows(events: Iterable[TaskEvent]) -> list[_Row]:
+    # The event itself is the last column: msgspec encodes it inline when the writer
+    # encodes the whole group as one JSON array.
+    return [(e.event_id, e.task_id, e.event_type, epoch_us(e.timestamp), e) for e in events]
+
+
+def _committed(conn: sqlite3.Connection, group: str) -> int:
+    row = conn.execute("SELECT position FROM omniq_positions WHERE grp = ?", (group,)).fetchone()
+    return -1 if row is None else int(row[0])
+
+
+def _select_after(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
+    positions_json, bodies = conn.execute(_SELECT_AFTER, (after, limit)).fetchone()
+    if bodies is None:
+        return []
+    positions = _positions_decoder.decode(positions_json)
+    events = decode_events(bodies)
+    if positions != sorted(positions):  # pragma: no cover - SQLite keeps the subquery order
+        pairs = sorted(zip(positions, events), key=lambda pair: pair[0])
+        return [StoredEvent(pos, event) for pos, event in pairs]
+    return list(map(StoredEvent, positions, events))
+
+
+def _commit_group(conn: sqlite3.Connection, items: list[_Item]) -> None:
+    """Run every write in one transaction and resume the callers. If the transaction
+    fails, retry each write alone, so one bad write fails only its own callers."""
+    try:
+        results = _transaction(conn, items)
+    except Exception as exc:
+        if len(items) > 1:
+            for item in items:
+                _commit_group(conn, [item])
+            return
+        error = StorageError(f"SQLite write failed: {exc}")
+        error.__cause__ = exc
+        _wake(items, [None], error)
+        return
+    _wake(items, results, None)
+
+
+def _transaction(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
+    rows = [row for item in items for row in item.rows]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if rows:
+            conn.execute(_INSERT_JSON, (_row_encoder.encode(rows),))
+        results = [item.fn(conn) if item.fn is not None else None for item in items]
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _wake(items: list[_Item], results: list[Any], error: BaseException | None) -> None:
+    """Resume every caller: one hop per event loop, then a plain result per future."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
+    for item, result in zip(items, results):
+        if item.loop is None:
+            for future in item.futures:
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)
+        else:
+            by_loop.setdefault(item.loop, []).extend((f, result) for f in item.futures)
+    for loop, pending in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, pending, error)
+        except RuntimeError:  # the caller's loop is closed; nobody is waiting
+            pass
+
+
+def _resolve(pending: list[tuple[asyncio.Future[Any], Any]], error: BaseException | None) -> None:
+    for future, result in pending:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+def _fail_leftovers(writes: queue.SimpleQueue[_Item | object], path: Path) -> None:
+    """Fail the writes still queued after the writer stopped, so no caller waits forever."""
+    error = StorageError(f"SQLiteBackend({str(path)!r}) is closed")
+    while True:
+        try:
+            item = writes.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(item, _Item):
+            _wake([item], [None], error)

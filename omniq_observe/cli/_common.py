@@ -1,0 +1,76 @@
+"""What every command shares: settings from flags or ``OMNIQ_OBSERVE_*``, errors, durations."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from omniq_observe.exceptions import ConfigurationError
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "CommandError",
+    "add_storage_argument",
+    "env_default",
+    "parse_duration",
+    "stdout_is_terminal",
+]
+
+DEFAULT_STORAGE = "sqlite:///omniq-events.db"
+ENV_PREFIX = "OMNIQ_OBSERVE_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+class CommandError(Exception):
+    """A user error: printed as one line on stderr, exit code 2."""
+
+
+def env_default(name: str, default: Any = None) -> Any:
+    """Return ``OMNIQ_OBSERVE_<NAME>`` if set, else ``default``."""
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def add_storage_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--storage URL`` (env ``OMNIQ_OBSERVE_STORAGE``, default the SQLite file)."""
+    parser.add_argument(
+        "--storage",
+        default=env_default("storage", DEFAULT_STORAGE),
+        metavar="URL",
+        help=f"storage URL (env {ENV_PREFIX}STORAGE; default {DEFAULT_STORAGE})",
+    )
+
+
+def parse_duration(value: str, setting: str = "duration") -> timedelta:
+    """Parse ``90s``, ``10m``, ``1h``, ``7d``, ``2w`` or plain seconds.
+
+    Raises:
+        ConfigurationError: the value is not a duration; the message names it.
+    """
+    match = _DURATION.match(str(value))
+    if not match:
+        msg = f"{setting} {value!r} is not a duration; use e.g. 30s, 10m, 1h, 7d"
+        raise ConfigurationError(msg, setting=setting, value=value)
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def duration_type(setting: str) -> Callable[[str], timedelta]:
+    """An argparse ``type=`` that parses a duration and names ``setting`` on error."""
+
+    def parse(value: str) -> timedelta:
+        try:
+            return parse_duration(value, setting)
+        except ConfigurationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def stdout_is_terminal() -> bool:
+    """True when stdout is a terminal (colour and progress bars are shown only then)."""
+    return sys.stdout.isatty()

@@ -1,0 +1,287 @@
+"""Event loggers: store each :class:`TaskEvent` and mark it on the caller's span.
+
+Storage-failure policy:
+
+* ``on_storage_error="raise"`` (the default): ``log_event`` raises
+  :class:`~omniq_observe.exceptions.StorageError` carrying the cause; nothing is buffered.
+* ``on_storage_error="buffer"``: a failed event goes into a bounded in-memory buffer
+  (``buffer_size`` events) and ``log_event`` returns. A background task retries with
+  backoff and drains the buffer, in order, once storage is back; while the buffer holds
+  events, new ones queue behind them so that order is kept. When the buffer is full the
+  new event is dropped and counted in ``stats.dropped``. Buffered events are lost if the
+  process dies. ``flush()`` waits for the buffer to drain; nothing ever waits unbounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from opentelemetry.trace import TracerProvider
+
+from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor
+from omniq_observe.backend.base import BaseEventStorage
+from omniq_observe.events._spans import SpanEventWriter, current_trace_context
+from omniq_observe.events._sync import LoopThread
+from omniq_observe.exceptions import ConfigurationError, InvalidEventError, StorageError
+from omniq_observe.models.event import TaskEvent
+
+__all__ = ["AsyncEventLogger", "EventLogger", "LoggerStats"]
+
+_log = logging.getLogger("omniq_observe.logger")
+_POLICIES = ("raise", "buffer")
+
+
+@dataclass
+class LoggerStats:
+    """What a logger did: events stored, buffered after a failure, dropped, failures."""
+
+    logged: int = 0
+    buffered: int = 0
+    dropped: int = 0
+    storage_errors: int = 0
+
+
+class AsyncEventLogger:
+    """Records task events to storage and as span events on the caller's current span.
+
+    Args:
+        event_storage: where events go.
+        tracer_provider: the provider for spans the logger itself starts (none by
+            default); span events go on the caller's current span whatever this is.
+        on_storage_error: ``"raise"`` or ``"buffer"``; see the module docstring.
+        buffer_size: the most events the retry buffer holds.
+        redact_keys: details keys (substrings) whose values span events hide.
+        max_attribute_length: span-event string attributes are cut to this length.
+
+    Raises:
+        ConfigurationError: a setting is invalid.
+    """
+
+    def __init__(
+        self,
+        event_storage: BaseEventStorage,
+        tracer_provider: TracerProvider | None = None,
+        *,
+        on_storage_error: str = "raise",
+        buffer_size: int = 10_000,
+        redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
+        max_attribute_length: int = 1024,
+    ) -> None:
+        if not isinstance(event_storage, BaseEventStorage):
+            msg = f"event_storage must be a BaseEventStorage, got {type(event_storage).__name__}"
+            raise ConfigurationError(msg, setting="event_storage", value=event_storage)
+        if on_storage_error not in _POLICIES:
+            msg = f"on_storage_error must be one of {_POLICIES}, got {on_storage_error!r}"
+            raise ConfigurationError(msg, setting="on_storage_error", value=on_storage_error)
+        if not isinstance(buffer_size, int) or buffer_size < 1:
+            msg = f"buffer_size must be a positive integer, got {buffer_size!r}"
+            raise ConfigurationError(msg, setting="buffer_size", value=buffer_size)
+        self.event_storage = event_storage
+        self.tracer_provider = tracer_provider
+        self.on_storage_error = on_storage_error
+        self.buffer_size = buffer_size
+        self.stats = LoggerStats()
+        self._spans = SpanEventWriter(Redactor(redact_keys), max_attribute_length)
+        self._buffer: collections.deque[TaskEvent] = collections.deque()
+        self._drain_task: asyncio.Task[None] | None = None
+        self.retry_interval = 0.05
+        self.max_retry_interval = 2.0
+
+    def prepare(self, event: TaskEvent) -> TaskEvent:
+        """Check ``event``, add it to the caller's span and attach the caller's trace context.
+
+        Runs in the caller's context; ``log_event`` calls it, and the sync logger calls it
+        in the caller's thread.
+
+        Raises:
+            InvalidEventError: ``event`` is not a TaskEvent.
+        """
+        if not isinstance(event, TaskEvent):
+            msg = f"event must be a TaskEvent, got {type(event).__name__}"
+            raise InvalidEventError(msg, field="event", value=event)
+        self._spans.write(event)
+        if not event.trace_context:
+            context = current_trace_context()
+            if context:
+                event.trace_context = context
+        return event
+
+    async def log_event(self, event: TaskEvent) -> None:
+        """Store one event; return once it is durable and visible to processors.
+
+        Raises:
+            InvalidEventError: ``event`` is not a TaskEvent.
+            StorageError: storage failed and the policy is ``"raise"``.
+        """
+        await self.store([self.prepare(event)])
+
+    async def log_events(self, events: Sequence[TaskEvent]) -> None:
+        """Store a batch of events in one write, in order."""
+        await self.store([self.prepare(event) for event in events])
+
+    async def store(self, events: list[TaskEvent]) -> None:
+        """Write already prepared events, applying the storage-failure policy."""
+        if self._buffer:
+            self._buffer_events(events)
+            return
+        try:
+            await self.event_storage.append(events)
+        except Exception as exc:
+            self.stats.storage_errors += 1
+            if self.on_storage_error == "raise":
+                if isinstance(exc, StorageError):
+                    raise
+                msg = f"storing {len(events)} event(s) failed: {exc}"
+                raise StorageError(msg) from exc
+            _log.warning("omniq-observe storage failed, buffering events: %s", exc)
+            self._buffer_events(events)
+            return
+        self.stats.logged += len(events)
+
+    def _buffer_events(self, events: list[TaskEvent]) -> None:
+        room = self.buffer_size - len(self._buffer)
+        kept = events[: max(0, room)]
+        self._buffer.extend(kept)
+        self.stats.buffered += len(kept)
+        dropped = len(events) - len(kept)
+        if dropped:
+            self.stats.dropped += dropped
+            _log.warning("omniq-observe retry buffer full: dropped %d event(s)", dropped)
+        if self._drain_task is None or self._drain_task.done():
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        delay = self.retry_interval
+        while self._buffer:
+            batch = list(self._buffer)[:1000]
+            try:
+                await self.event_storage.append(batch)
+            except Exception as exc:
+                self.stats.storage_errors += 1
+                _log.debug("omniq-observe retry failed: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_interval)
+                continue
+            for _ in batch:
+                self._buffer.popleft()
+            self.stats.logged += len(batch)
+            delay = self.retry_interval
+
+    @property
+    def buffered(self) -> int:
+        """How many events wait in the retry buffer."""
+        return len(self._buffer)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the retry buffer is empty; return False if ``timeout`` ran out."""
+        task = self._drain_task
+        if task is None or task.done():
+            return not self._buffer
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return not self._buffer
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Try to drain the buffer for up to ``timeout`` seconds, then stop retrying.
+
+        What is still buffered then is dropped and counted.
+        """
+        await self.flush(timeout)
+        if self._drain_task is not None and not self._drain_task.done():
+            self._drain_task.cancel()
+        if self._buffer:
+            self.stats.dropped += len(self._buffer)
+            self._buffer.clear()
+
+    async def __aenter__(self) -> AsyncEventLogger:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class EventLogger:
+    """A blocking wrapper around :class:`AsyncEventLogger`, usable from any thread.
+
+    Works from plain sync code and from a thread that is already running an event loop:
+    the span event and trace context are taken in the caller's thread (so the caller's
+    current span is used), and the write runs on a private loop thread. ``close()``
+    (or the context manager) stops that thread.
+
+    Args:
+        event_storage: where events go.
+        tracer_provider: as for :class:`AsyncEventLogger`.
+        **options: the other keywords of :class:`AsyncEventLogger`.
+    """
+
+    def __init__(
+        self,
+        event_storage: BaseEventStorage,
+        tracer_provider: TracerProvider | None = None,
+        **options: Any,
+    ) -> None:
+        self._async = AsyncEventLogger(event_storage, tracer_provider, **options)
+        self._loop = LoopThread("omniq-logger")
+        self._direct = getattr(event_storage, "append_blocking", None)
+
+    @property
+    def stats(self) -> LoggerStats:
+        """What the logger did (see :class:`LoggerStats`)."""
+        return self._async.stats
+
+    @property
+    def event_storage(self) -> BaseEventStorage:
+        """The storage events go to."""
+        return self._async.event_storage
+
+    def log_event(self, event: TaskEvent) -> None:
+        """Store one event; return once it is durable and visible to processors."""
+        self.log_events([event])
+
+    def log_events(self, events: Sequence[TaskEvent]) -> None:
+        """Store a batch of events in one write, in order."""
+        prepared = [self._async.prepare(event) for event in events]
+        direct = self._direct
+        if direct is not None and not self._async.buffered:
+            try:
+                direct(prepared)
+            except Exception:
+                pass  # fall through to the async path, which applies the policy
+            else:
+                self._async.stats.logged += len(prepared)
+                return
+        self._loop.run(self._async.store(prepared))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the retry buffer is empty; return False if ``timeout`` ran out."""
+        return self._loop.run(self._async.flush(timeout))
+
+    def close(self) -> None:
+        """Drain what can be drained and stop the loop thread. Idempotent."""
+        if self._loop.running:
+            self._loop.run(self._async.aclose())
+        self._loop.stop()
+
+    def __enter__(self) -> EventLogger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,431 @@
+"""Event processors: read stored events after a named checkpoint and run handlers on them.
+
+Delivery is at-least-once: a batch is acknowledged (the processor's position committed)
+after every handler ran on every event of it, so a processor killed mid-batch sees the
+batch again when it restarts. Handlers that must not double-count use ``event.event_id``.
+
+The handler contract (:class:`Handler`): any callable taking a :class:`TaskEvent`, sync or
+async. Optional extras a handler object may have:
+
+* ``name``: the name used in logs and ``omniq_observe_handler_errors_total{handler}``;
+* ``attach(processor)``: called once on registration, e.g. to read task history from
+  ``processor.event_storage`` or to export ``processor.stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+
+from omniq_observe.backend.base import BaseEventStorage, Consumer, DeadLetter, StoredEvent
+from omniq_observe.events._sync import LoopThread
+from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.models.event import EventType, TaskEvent
+
+__all__ = [
+    "AsyncEventProcessor",
+    "EventProcessor",
+    "Handler",
+    "ProcessorStats",
+]
+
+
+@runtime_checkable
+class Handler(Protocol):
+    """Anything called with each event; may return an awaitable."""
+
+    def __call__(self, event: TaskEvent, /) -> Awaitable[None] | None: ...
+
+
+@dataclass
+class ProcessorStats:
+    """What a processor has done, for self-metrics and health checks.
+
+    ``last_event_timestamp`` is the event time (epoch seconds) of the newest event handled;
+    ``caught_up`` is True when the last read found nothing more to read; ``heartbeat`` is
+    the ``time.monotonic()`` of the loop's last sign of life.
+    """
+
+    processed: int = 0
+    batches: int = 0
+    handler_errors: Counter[str] = field(default_factory=Counter)
+    dead_lettered: int = 0
+    storage_errors: int = 0
+    last_event_timestamp: float | None = None
+    caught_up: bool = True
+    running: bool = False
+    heartbeat: float = field(default_factory=time.monotonic)
+
+    def lag_seconds(self, now: float | None = None) -> float:
+        """Seconds the processor is behind: 0 when caught up, else now minus the event
+        time of the last handled event."""
+        if self.caught_up or self.last_event_timestamp is None:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self.last_event_timestamp)
+
+
+@dataclass(slots=True)
+class _Registration:
+    handler: Callable[[TaskEvent], Any]
+    name: str
+    types: frozenset[str] | None
+    is_async: bool
+
+
+def _handler_name(handler: Any) -> str:
+    name = getattr(handler, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    qualname = getattr(handler, "__qualname__", None)
+    return qualname if isinstance(qualname, str) else type(handler).__name__
+
+
+class AsyncEventProcessor:
+    """Runs registered handlers on stored events, after a durable named checkpoint.
+
+    Args:
+        event_storage: the storage to read.
+        name: the processor (consumer group) name; its checkpoint is kept under it.
+        batch_size: the most events read and acknowledged at once.
+        max_handler_attempts: how often a failing handler is tried on one event before
+            the event is dead-lettered for that handler and skipped.
+        idle_timeout: the longest one wait for new events lasts before re-checking.
+        member: this process's name within the group (default: host and pid).
+        logger: a structlog logger for handler failures (default: ``structlog.get_logger``).
+
+    Raises:
+        ConfigurationError: a setting is invalid.
+    """
+
+    def __init__(
+        self,
+        event_storage: BaseEventStorage,
+        name: str = "default",
+        *,
+        batch_size: int = 1000,
+        max_handler_attempts: int = 3,
+        idle_timeout: float = 1.0,
+        member: str | None = None,
+        logger: Any = None,
+    ) -> None:
+        if not isinstance(event_storage, BaseEventStorage):
+            msg = f"event_storage must be a BaseEventStorage, got {type(event_storage).__name__}"
+            raise ConfigurationError(msg, setting="event_storage", value=event_storage)
+        if not isinstance(name, str) or not name.strip():
+            msg = f"name must be a non-empty string, got {name!r}"
+            raise ConfigurationError(msg, setting="name", value=name)
+        for setting, value in (
+            ("batch_size", batch_size),
+            ("max_handler_attempts", max_handler_attempts),
+        ):
+            if not isinstance(value, int) or value < 1:
+                msg = f"{setting} must be a positive integer, got {value!r}"
+                raise ConfigurationError(msg, setting=setting, value=value)
+        self.event_storage = event_storage
+        self.name = name
+        self.batch_size = batch_size
+        self.max_handler_attempts = max_handler_attempts
+        self.idle_timeout = idle_timeout
+        self.consumer = Consumer(name, member or f"{socket.gethostname()}-{os.getpid()}")
+        self.stats = ProcessorStats()
+        self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
+        self._handlers: list[_Registration] = []
+        self._stopping: asyncio.Event | None = None
+        self._finished: asyncio.Event | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def register_handler(
+        self,
+        handler: Callable[[TaskEvent], Any],
+        event_types: Iterable[str | EventType] | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        """Add a handler; handlers run in registration order for each event.
+
+        Args:
+            handler: a sync or async callable taking a :class:`TaskEvent`.
+            event_types: only these types reach the handler (``None``: all).
+            name: the handler's name in logs and metrics (default: its ``name``
+                attribute or qualified name).
+
+        Raises:
+            ConfigurationError: ``handler`` is not callable or ``event_types`` is invalid.
+        """
+        if not callable(handler):
+            msg = f"handler must be callable, got {type(handler).__name__}"
+            raise ConfigurationError(msg, setting="handler", value=handler)
+        types: frozenset[str] | None = None
+        if event_types is not None:
+            if isinstance(event_types, str):
+                event_types = [event_types]
+            normalized = set()
+            for t in event_types:
+                if not isinstance(t, str) or not t.strip():
+                    msg = f"event_types must hold non-empty strings, got {t!r}"
+                    raise ConfigurationError(msg, setting="event_types", value=t)
+                normalized.add(str(t.value if isinstance(t, EventType) else t).strip().upper())
+            types = frozenset(normalized)
+        call = getattr(handler, "__call__", handler)  # noqa: B004 - objects with async __call__
+        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+        registration = _Registration(handler, name or _handler_name(handler), types, is_async)
+        self._handlers.append(registration)
+        attach = getattr(handler, "attach", None)
+        if callable(attach):
+            attach(self)
+
+    @property
+    def handler_names(self) -> list[str]:
+        """The registered handlers' names, in order."""
+        return [r.name for r in self._handlers]
+
+    async def process_events_once(self) -> int:
+        """Handle every event after the committed position, commit, and return the count.
+
+        Raises:
+            StorageError: reading or committing failed (handler failures never raise).
+        """
+        return await self._run_batches(None)
+
+    async def _run_batches(self, stopping: asyncio.Event | None) -> int:
+        """Handle batches until one comes back short (or ``stopping`` is set).
+
+        On backends with ``read_ahead`` the next batch is read while this one is handled.
+        """
+        storage, limit, stats = self.event_storage, self.batch_size, self.stats
+        total = 0
+        batch = await storage.claim(self.consumer, limit)
+        while True:
+            stats.heartbeat = time.monotonic()
+            if not batch:
+                stats.caught_up = True
+                return total
+            full = len(batch) >= limit and (stopping is None or not stopping.is_set())
+            ahead: asyncio.Future[list[StoredEvent]] | None = None
+            if full and storage.read_ahead:
+                ahead = asyncio.ensure_future(storage.read_after(batch[-1].position, limit))
+            try:
+                await self._handle_batch(batch)
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                    await asyncio.gather(ahead, return_exceptions=True)
+                raise
+            total += len(batch)
+            if not full:
+                stats.caught_up = len(batch) < limit
+                return total
+            if ahead is not None:
+                batch = await ahead
+            else:
+                batch = await storage.claim(self.consumer, limit)
+
+    async def _handle_batch(self, batch: list[StoredEvent]) -> None:
+        """Run the handlers on every event of ``batch`` in order, then acknowledge it."""
+        handlers = self._handlers
+        for stored in batch:
+            event = stored.event
+            event_type = event.event_type
+            for reg in handlers:
+                if reg.types is not None and event_type not in reg.types:
+                    continue
+                try:
+                    if reg.is_async:
+                        await reg.handler(event)
+                    else:
+                        result = reg.handler(event)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                except Exception as exc:
+                    await self._retry_or_dead_letter(reg, stored, exc)
+        await self.event_storage.ack(self.consumer, batch)
+        stats = self.stats
+        stats.processed += len(batch)
+        stats.batches += 1
+        stats.last_event_timestamp = batch[-1].event.timestamp.timestamp()
+        stats.heartbeat = time.monotonic()
+
+    async def _retry_or_dead_letter(
+        self, reg: _Registration, stored: StoredEvent, first_error: Exception
+    ) -> None:
+        error: Exception = first_error
+        for attempt in range(1, self.max_handler_attempts + 1):
+            if attempt > 1:
+                try:
+                    result = reg.handler(stored.event)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+                    return
+                except Exception as exc:
+                    error = exc
+            self.stats.handler_errors[reg.name] += 1
+            self._log.error(
+                "omniq.handler_failed",
+                processor=self.name,
+                handler=reg.name,
+                event_id=stored.event.event_id,
+                task_id=stored.event.task_id,
+                event_type=stored.event.event_type,
+                attempt=attempt,
+                error=f"{type(error).__name__}: {error}",
+            )
+        dead = DeadLetter(
+            group=self.name,
+            handler=reg.name,
+            error=f"{type(error).__name__}: {error}",
+            attempts=self.max_handler_attempts,
+            event=stored.event,
+            position=stored.position,
+        )
+        self.stats.dead_lettered += 1
+        try:
+            await self.event_storage.record_dead_letter(dead)
+        except Exception as exc:  # telemetry must not stop the loop
+            self.stats.storage_errors += 1
+            self._log.error("omniq.dead_letter_failed", processor=self.name, error=str(exc))
+
+    async def start(self) -> None:
+        """Process events until :meth:`stop` or cancellation.
+
+        Between batches it waits for new events (on SQLite and memory it notices one
+        within ~10 ms); storage failures are logged, counted and retried with backoff.
+
+        Raises:
+            RuntimeError: the processor is already running.
+        """
+        if self.stats.running:
+            msg = f"processor {self.name!r} is already running"
+            raise RuntimeError(msg)
+        self._stopping = stopping = asyncio.Event()
+        self._finished = finished = asyncio.Event()
+        self._task = asyncio.current_task()
+        self.stats.running = True
+        backoff = 0.05
+        try:
+            while not stopping.is_set():
+                try:
+                    await self._run_batches(stopping)
+                    backoff = 0.05
+                except Exception as exc:
+                    self.stats.storage_errors += 1
+                    self._log.error(
+                        "omniq.processor_storage_error",
+                        processor=self.name,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    await _wait_or_stop(asyncio.sleep(backoff), stopping)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if not stopping.is_set():
+                    await _wait_or_stop(
+                        self.event_storage.wait_for_events(self.consumer, self.idle_timeout),
+                        stopping,
+                    )
+                    self.stats.heartbeat = time.monotonic()
+        finally:
+            self.stats.running = False
+            finished.set()
+            try:
+                await self.event_storage.release(self.consumer)
+            except Exception as exc:
+                self._log.warning("omniq.release_failed", processor=self.name, error=str(exc))
+
+    async def stop(self) -> None:
+        """Ask :meth:`start` to finish the batch in flight and commit it; wait until it has.
+
+        Called from a handler (inside :meth:`start`), it only asks and returns at once.
+        """
+        stopping, finished = self._stopping, self._finished
+        if stopping is None or finished is None:
+            return
+        stopping.set()
+        if asyncio.current_task() is not self._task:
+            await finished.wait()
+
+
+async def _wait_or_stop(awaitable: Awaitable[Any], stopping: asyncio.Event) -> None:
+    """Wait for ``awaitable`` unless ``stopping`` is set first (then cancel it)."""
+    waiter = asyncio.ensure_future(awaitable)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiter, stop):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(waiter, stop, return_exceptions=True)
+
+
+class EventProcessor:
+    """A blocking wrapper around :class:`AsyncEventProcessor`, usable from any thread.
+
+    Args:
+        event_storage: the storage to read.
+        name: the processor name.
+        **options: the other keywords of :class:`AsyncEventProcessor`.
+    """
+
+    def __init__(
+        self, event_storage: BaseEventStorage, name: str = "default", **options: Any
+    ) -> None:
+        self._async = AsyncEventProcessor(event_storage, name, **options)
+        self._loop = LoopThread("omniq-processor")
+
+    @property
+    def stats(self) -> ProcessorStats:
+        """What the processor has done."""
+        return self._async.stats
+
+    @property
+    def name(self) -> str:
+        """The processor name."""
+        return self._async.name
+
+    def register_handler(
+        self,
+        handler: Callable[[TaskEvent], Any],
+        event_types: Iterable[str | EventType] | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        """Add a handler (sync, or async: it then runs on the processor's loop)."""
+        self._async.register_handler(handler, event_types, name=name)
+
+    def process_events_once(self) -> int:
+        """Handle every event after the committed position, commit, and return the count."""
+        return self._loop.run(self._async.process_events_once())
+
+    def start(self) -> None:
+        """Process events until :meth:`stop` is called from another thread."""
+        self._loop.run(self._async.start())
+
+    def stop(self) -> None:
+        """Ask :meth:`start` to finish its batch, commit and return."""
+        if self._loop.running:
+            self._loop.run(self._async.stop())
+
+    def close(self) -> None:
+        """Stop processing and the loop thread. Idempotent."""
+        self.stop()
+        self._loop.stop()
+
+    def __enter__(self) -> EventProcessor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
