@@ -30,19 +30,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import msgspec  # noqa: E402
+import msgspec
+from _harness import Bench
 
-from _harness import Bench  # noqa: E402
-from omniq_observe.backend import BaseEventStorage, MemoryBackend, SQLiteBackend  # noqa: E402
-from omniq_observe.backend.sqlite import _SCHEMA  # noqa: E402
-from omniq_observe.events import AsyncEventLogger, AsyncEventProcessor, EventLogger  # noqa: E402
-from omniq_observe.models.event import TaskEvent, encode_event, epoch_us  # noqa: E402
+from omniq_observe.backend import BaseEventStorage, MemoryBackend, SQLiteBackend
+from omniq_observe.backend.sqlite import _SCHEMA
+from omniq_observe.events import AsyncEventLogger, AsyncEventProcessor, EventLogger
+from omniq_observe.models.event import TaskEvent, encode_event, epoch_us
 
 BATCH = 64
 
 
 def make_events(n: int) -> list[TaskEvent]:
-    """``n`` typical events: 8 tasks' worth of lifecycle types with small details."""
+    """``n`` typical events: lifecycle types of n/3 tasks, with small details."""
     types = ("ENQUEUED", "STARTED", "COMPLETED")
     return [
         TaskEvent(
@@ -71,7 +71,9 @@ _tmp = _TempDir()
 atexit.register(_tmp.cleanup)
 
 
-async def _log_concurrently(storage: BaseEventStorage, events: list[TaskEvent], workers: int) -> float:
+async def _log_concurrently(
+    storage: BaseEventStorage, events: list[TaskEvent], workers: int
+) -> float:
     logger = AsyncEventLogger(event_storage=storage)
     await storage.append([TaskEvent(task_id="warm", event_type="STARTED")])  # open the file
     chunks = [events[i::workers] for i in range(workers)]
@@ -88,7 +90,9 @@ async def _log_concurrently(storage: BaseEventStorage, events: list[TaskEvent], 
     return elapsed
 
 
-def log_event_run(make_storage: Callable[[], BaseEventStorage], workers: int) -> Callable[[int], float]:
+def log_event_run(
+    make_storage: Callable[[], BaseEventStorage], workers: int
+) -> Callable[[int], float]:
     def run(n: int) -> float:
         events = make_events(n)
         return asyncio.run(_log_concurrently(make_storage(), events, workers))
@@ -119,7 +123,10 @@ def executemany_baseline(n: int) -> float:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(_SCHEMA)
-    sql = "INSERT INTO omniq_events (event_id, task_id, event_type, ts_us, body) VALUES (?, ?, ?, ?, ?)"
+    sql = (
+        "INSERT INTO omniq_events (event_id, task_id, event_type, ts_us, body) "
+        "VALUES (?, ?, ?, ?, ?)"
+    )
     start = time.perf_counter()
     for i in range(0, n, BATCH):
         conn.execute("BEGIN IMMEDIATE")

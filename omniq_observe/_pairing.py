@@ -10,35 +10,41 @@ Rules:
 * The queue of a task comes from its ENQUEUED (``queue_name`` or ``queue``; "default" when
   it names none); later events inherit it. Without an ENQUEUED: the event's own details,
   then the task's history in storage, then "unknown".
-* An ``event_id`` seen before is a duplicate delivery (``Observation.duplicate``).
+* An ``event_id`` seen before (among the last ``dedupe_window``) is a duplicate delivery
+  (``Observation.duplicate``). Ids are remembered by their 64-bit hash; a false match
+  needs a hash collision within the window (odds ~1e-14 per event).
 * Events may come out of order: a terminal event before its STARTED is looked up in
   storage history, else held until the STARTED comes; an ENQUEUED after its STARTED still
   yields the queue wait.
 * After a processor restart a terminal event finds its STARTED in storage history; that
-  STARTED, if delivered again later, then opens nothing.
+  STARTED, if delivered again later, then opens nothing. Such an attempt has
+  ``was_open=False``: it was never reported as opened, so in-progress gauges must not
+  count its end.
 * Each attempt pairs on its own: RETRIED re-enqueues the task (the next queue wait runs
   from it), and RETRIED while an attempt is open closes it with status "retried".
 * A start that never finishes expires ``ttl`` seconds (event time) after the task's last
-  event (``Observation.expired``); a terminal whose start never comes expires likewise as
-  reason "no_start". A negative duration (clock skew) is recorded as 0 and flagged.
-* Memory: per open task, slots in typed arrays plus one dict entry (~160 bytes), so a
-  million open tasks stay well under 200 MB.
+  event (``Observation.expired``), checked every 1024 events, or whenever :meth:`expire`
+  is called; expiry can come up to ``ttl/16`` late. A terminal whose start never comes
+  expires likewise as status "no_start". A negative duration (clock skew) is recorded as
+  0 and flagged.
+* Memory: per tracked task, its id string plus ~75 bytes of table and typed arrays
+  (:mod:`omniq_observe._task_table`); a finished task keeps nothing but an 8-byte expiry
+  entry until its bucket passes. A million open tasks with UUID ids take ~170 MB.
 """
 
 from __future__ import annotations
 
-import collections
 import math
 from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from omniq_observe._semantics import queue_of
+from omniq_observe._task_table import NAN, TaskTable
 from omniq_observe.models.event import TaskEvent
 
-__all__ = ["Attempt", "Observation", "TaskPairing"]
+__all__ = ["UNKNOWN_QUEUE", "Attempt", "Observation", "TaskPairing"]
 
-_NAN = math.nan
 _TERMINAL_STATUS = {
     "COMPLETED": "completed",
     "FAILED": "failed",
@@ -46,8 +52,11 @@ _TERMINAL_STATUS = {
     "CANCELLED": "cancelled",
 }
 _FINAL = frozenset({"COMPLETED", "CANCELLED"})  # a task that ends so is not retried
-_MAX_INTERNED = 100_000
+_MAX_INTERNED = 0xFFFF  # names are stored as unsigned 16-bit numbers
+_MAX_ATTEMPT = 0xFFFF
+_EXPIRY_EVERY = 1024
 UNKNOWN_QUEUE = "unknown"
+OVERFLOW = "__overflow__"
 
 History = Callable[[str], Awaitable[list[TaskEvent]]]
 
@@ -65,6 +74,7 @@ class Attempt:
     status: str  # completed, failed, timeout, cancelled, retried; "expired" when it never ended
     end_event: TaskEvent | None = None
     context: dict[str, str] | None = None  # the ENQUEUED event's trace context, if kept
+    was_open: bool = False  # an earlier Observation reported it opened (in progress)
 
     @property
     def duration(self) -> float:
@@ -87,12 +97,19 @@ class Observation:
     queue_wait: float | None = None
     opened: bool = False  # an attempt started and is now in progress
     closed: Attempt | None = None
+    attempt: int | None = None  # the attempt number a STARTED opened
     unpaired: list[str] = field(default_factory=list)
     expired: list[Attempt] = field(default_factory=list)
 
 
 def _ts(event: TaskEvent) -> float:
     return event.timestamp.timestamp()
+
+
+def _attempt_number(value: object, default: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return min(value, _MAX_ATTEMPT)
+    return default
 
 
 class TaskPairing:
@@ -114,24 +131,20 @@ class TaskPairing:
         dedupe_window: int = 100_000,
         keep_context: bool = False,
     ) -> None:
+        if not ttl > 0:
+            msg = f"ttl must be a positive number of seconds, got {ttl!r}"
+            raise ValueError(msg)
         self.history = history
         self.ttl = ttl
         self.dedupe_window = dedupe_window
         self.keep_context = keep_context
-        self._slot: dict[str, int] = {}
-        self._free = array("q")
-        self._t_enq = array("d")
-        self._t_start = array("d")
-        self._t_touch = array("d")
-        self._attempt = array("i")
-        self._queue = array("i")
-        self._worker = array("i")
+        self._table = TaskTable(ttl / 16 if math.isfinite(ttl) else 3600.0)
         self._names: list[str | None] = [None]  # interned queue/worker names; 0 = none
         self._name_ids: dict[str, int] = {}
-        self._order: collections.deque[str] = collections.deque()  # task ids by activity
-        self._seen: set[str] = set()
-        self._seen_order: collections.deque[str] = collections.deque()
-        self._consumed: set[str] = set()  # STARTED ids paired from history
+        self._seen: set[int] = set()  # hashes of recent event ids
+        self._seen_ring = array("q", bytes(8 * max(1, dedupe_window)))
+        self._seen_next = 0
+        self._consumed: dict[str, None] = {}  # STARTED ids paired from history (bounded)
         self._pending: dict[str, TaskEvent] = {}  # terminal events waiting for their STARTED
         self._looked_up: dict[str, None] = {}  # tasks whose history was read (bounded)
         self._contexts: dict[str, dict[str, str]] = {}
@@ -142,29 +155,33 @@ class TaskPairing:
     @property
     def open_attempts(self) -> int:
         """How many attempts are started and not yet ended."""
-        return sum(1 for i in self._slot.values() if not math.isnan(self._t_start[i]))
+        start = self._table.t_start
+        return sum(1 for slot in self._table.live_slots() if not math.isnan(start[slot]))
 
     @property
     def tracked_tasks(self) -> int:
         """How many tasks the pairing holds state for."""
-        return len(self._slot)
+        return len(self._table)
 
     def needs_history(self, event: TaskEvent) -> bool:
         """True when ``event`` can only be paired with the task's stored history.
 
         Cheap; sync handlers call :meth:`observe_now` when this is False and await
-        :meth:`observe` otherwise.
+        :meth:`observe` otherwise (or use :meth:`try_observe`).
         """
-        if self.history is None or event.event_id in self._seen:
+        if self.history is None or hash(event.event_id) in self._seen:
             return False
-        task_id = event.task_id
-        index = self._slot.get(task_id)
-        kind = event.event_type
-        if kind in _TERMINAL_STATUS and (index is None or math.isnan(self._t_start[index])):
-            return task_id not in self._looked_up
-        if kind == "ENQUEUED" or (index is not None and self._queue[index]):
-            return False
-        return queue_of(event.details) is None and task_id not in self._looked_up
+        return self._needs_history(event, self._table.find(event.task_id))
+
+    def try_observe(self, event: TaskEvent) -> Observation | None:
+        """Take one event if that needs no storage read; else return None (and take
+        nothing: the caller then awaits :meth:`observe`). One lookup instead of two."""
+        if self.history is not None and hash(event.event_id) not in self._seen:
+            index = self._table.find(event.task_id)
+            if self._needs_history(event, index):
+                return None
+            return self._observe(event, None, index)
+        return self.observe_now(event)
 
     async def observe(self, event: TaskEvent) -> Observation:
         """Take one event, reading the task's history from storage if it needs to."""
@@ -176,35 +193,7 @@ class TaskPairing:
     def observe_now(self, event: TaskEvent, history: list[TaskEvent] | None = None) -> Observation:
         """Take one event without reading storage; ``history`` is the task's stored events
         when the caller fetched them."""
-        event_id = event.event_id
-        if event_id in self._seen:
-            return Observation(event, self._known_queue(event), duplicate=True)
-        self._remember(event_id)
-        if history is not None:
-            self._looked_up[event.task_id] = None
-            if len(self._looked_up) > self.dedupe_window:
-                del self._looked_up[next(iter(self._looked_up))]
-        ts = event.timestamp.timestamp()
-        if ts > self._clock:
-            self._clock = ts
-        kind = event.event_type
-        if event_id in self._consumed:  # its pair was made from history already
-            self._consumed.discard(event_id)
-            return Observation(event, self._resolve_queue(event, ts, history))
-        if kind == "ENQUEUED":
-            obs = self._enqueued(event, ts)
-        elif kind == "STARTED":
-            obs = self._started(event, ts, history)
-        elif kind in _TERMINAL_STATUS:
-            obs = self._terminal(event, ts, history)
-        elif kind == "RETRIED":
-            obs = self._retried(event, ts, history)
-        else:
-            obs = Observation(event, self._resolve_queue(event, ts, history))
-        self._since_expiry += 1
-        if self._since_expiry >= 1024:
-            obs.expired.extend(self.expire(self._clock))
-        return obs
+        return self._observe(event, history, self._table.find(event.task_id))
 
     def expire(self, now: float) -> list[Attempt]:
         """Drop tasks idle for ``ttl`` seconds before ``now``; return open attempts dropped.
@@ -213,103 +202,150 @@ class TaskPairing:
         """
         self._since_expiry = 0
         cutoff = now - self.ttl
+        table = self._table
         expired: list[Attempt] = []
-        order, slots, touch = self._order, self._slot, self._t_touch
-        while order:
-            task_id = order[0]
-            index = slots.get(task_id)
-            if index is not None and touch[index] > cutoff:
+        while self._pending:
+            task_id, event = next(iter(self._pending.items()))
+            if _ts(event) > cutoff and len(self._pending) <= self.dedupe_window:
                 break
-            order.popleft()
-            if index is None or touch[index] > cutoff:
+            del self._pending[task_id]
+            expired.append(
+                Attempt(task_id, self._queue_name_of(task_id), 0, None, NAN, _ts(event),
+                        "no_start", event)
+            )
+        for slot in list(table.due(cutoff)):
+            owner = table.ids[slot]
+            if owner is None:
                 continue
-            if not math.isnan(self._t_start[index]):
-                expired.append(self._attempt_of(task_id, index, None, "expired"))
-            self._free_slot(task_id, index)
-        for task_id, event in list(self._pending.items()):
-            if _ts(event) <= cutoff:
-                del self._pending[task_id]
-                expired.append(
-                    Attempt(task_id, self._queue_name_of(task_id), 0, None, _NAN, _ts(event),
-                            "no_start", event)
-                )
+            task_id = owner
+            if not math.isnan(table.t_start[slot]):
+                expired.append(self._attempt_of(task_id, slot, None, "expired", True))
+            self._free_slot(task_id, slot)
         return expired
 
-    # -- event kinds ----------------------------------------------------------------
-    def _enqueued(self, event: TaskEvent, ts: float) -> Observation:
+    # -- the event kinds ------------------------------------------------------------
+    def _needs_history(self, event: TaskEvent, index: int) -> bool:
+        task_id = event.task_id
+        kind = event.event_type
+        if kind in _TERMINAL_STATUS and (index < 0 or math.isnan(self._table.t_start[index])):
+            return task_id not in self._looked_up
+        if kind == "ENQUEUED" or (index >= 0 and self._table.queue[index]):
+            return False
+        return queue_of(event.details) is None and task_id not in self._looked_up
+
+    def _observe(
+        self, event: TaskEvent, history: list[TaskEvent] | None, index: int
+    ) -> Observation:
+        event_id = event.event_id
+        key = hash(event_id)
+        if key in self._seen:
+            return Observation(event, self._known_queue(event, index), duplicate=True)
+        self._remember(key)
+        if history is not None:
+            looked_up = self._looked_up
+            looked_up[event.task_id] = None
+            if len(looked_up) > self.dedupe_window:
+                del looked_up[next(iter(looked_up))]
+        ts = event.timestamp.timestamp()
+        if ts > self._clock:
+            self._clock = ts
+        kind = event.event_type
+        if event_id in self._consumed:  # its pair was made from history already
+            del self._consumed[event_id]
+            obs = Observation(event, self._resolve_queue(event, ts, history, index)[0])
+        elif kind == "STARTED":
+            obs = self._started(event, ts, history, index)
+        elif kind in _TERMINAL_STATUS:
+            obs = self._terminal(event, ts, history, index)
+        elif kind == "ENQUEUED":
+            obs = self._enqueued(event, ts, index)
+        elif kind == "RETRIED":
+            obs = self._retried(event, ts, history, index)
+        else:
+            obs = Observation(event, self._resolve_queue(event, ts, history, index)[0])
+        self._since_expiry += 1
+        if self._since_expiry >= _EXPIRY_EVERY:
+            obs.expired.extend(self.expire(self._clock))
+        return obs
+
+    def _enqueued(self, event: TaskEvent, ts: float, index: int) -> Observation:
+        table = self._table
         queue = queue_of(event.details) or "default"
-        index = self._ensure_slot(event.task_id, ts)
-        self._queue[index] = self._intern(queue)
+        index = self._touch_or_add(event.task_id, index, ts)
+        table.queue[index] = self._intern(queue)
         if self.keep_context and event.trace_context:
             self._contexts[event.task_id] = event.trace_context
         obs = Observation(event, queue)
-        start = self._t_start[index]
-        if not math.isnan(start) and self._attempt[index] <= 1 and math.isnan(self._t_enq[index]):
+        start = table.t_start[index]
+        if not math.isnan(start) and table.attempt[index] <= 1 and math.isnan(table.t_enq[index]):
             obs.queue_wait = self._wait(obs, start - ts)  # STARTED came first
         else:
-            self._t_enq[index] = ts
+            table.t_enq[index] = ts
         return obs
 
-    def _started(self, event: TaskEvent, ts: float, history: list[TaskEvent] | None) -> Observation:
+    def _started(
+        self, event: TaskEvent, ts: float, history: list[TaskEvent] | None, index: int
+    ) -> Observation:
+        table = self._table
         task_id = event.task_id
-        queue = self._resolve_queue(event, ts, history)
-        index = self._ensure_slot(task_id, ts)
+        queue, index = self._resolve_queue(event, ts, history, index)
         obs = Observation(event, queue)
-        if not math.isnan(self._t_start[index]):
+        if not math.isnan(table.t_start[index]):
             obs.unpaired.append("superseded")  # the previous attempt never ended
-            obs.expired.append(self._attempt_of(task_id, index, None, "expired"))
+            obs.expired.append(self._attempt_of(task_id, index, None, "expired", True))
         details = event.details
-        attempt = details.get("attempt")
-        self._attempt[index] = (
-            attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0
-            else self._attempt[index] + 1
+        table.attempt[index] = _attempt_number(
+            details.get("attempt"), min(table.attempt[index] + 1, _MAX_ATTEMPT)
         )
         worker = details.get("worker_id")
-        self._worker[index] = self._intern(worker) if isinstance(worker, str) else 0
-        enq = self._t_enq[index]
+        table.worker[index] = self._intern(worker) if isinstance(worker, str) else 0
+        enq = table.t_enq[index]
         if not math.isnan(enq):
             obs.queue_wait = self._wait(obs, ts - enq)
-            self._t_enq[index] = _NAN
-        self._t_start[index] = ts
+            table.t_enq[index] = NAN
+        table.t_start[index] = ts
+        obs.attempt = table.attempt[index]
         pending = self._pending.pop(task_id, None)
         if pending is not None:  # the end came before the start
-            obs.closed = self._close(task_id, index, pending, obs)
+            obs.closed = self._close(task_id, index, pending, obs, was_open=False)
         else:
             obs.opened = True
         return obs
 
-    def _terminal(self, event: TaskEvent, ts: float, history: list[TaskEvent] | None) -> Observation:
+    def _terminal(
+        self, event: TaskEvent, ts: float, history: list[TaskEvent] | None, index: int
+    ) -> Observation:
+        table = self._table
         task_id = event.task_id
-        queue = self._resolve_queue(event, ts, history)
+        queue, index = self._resolve_queue(event, ts, history, index)
         obs = Observation(event, queue)
-        index = self._slot.get(task_id)
-        if index is not None and not math.isnan(self._t_start[index]):
-            self._touch(task_id, index, ts)
-            obs.closed = self._close(task_id, index, event, obs)
+        if not math.isnan(table.t_start[index]):
+            obs.closed = self._close(task_id, index, event, obs, was_open=True)
             return obs
         start = self._start_from_history(event, history)
         if start is None:
             self._pending[task_id] = event  # wait for the STARTED
             return obs
-        index = self._ensure_slot(task_id, ts)
-        self._t_start[index] = _ts(start)
-        attempt = start.details.get("attempt")
-        self._attempt[index] = attempt if isinstance(attempt, int) and attempt > 0 else max(
-            1, self._attempt[index]
+        table.t_start[index] = _ts(start)
+        table.attempt[index] = _attempt_number(
+            start.details.get("attempt"), max(1, table.attempt[index])
         )
         worker = start.details.get("worker_id")
-        self._worker[index] = self._intern(worker) if isinstance(worker, str) else 0
-        obs.closed = self._close(task_id, index, event, obs)
+        table.worker[index] = self._intern(worker) if isinstance(worker, str) else 0
+        obs.closed = self._close(task_id, index, event, obs, was_open=False)
         return obs
 
-    def _retried(self, event: TaskEvent, ts: float, history: list[TaskEvent] | None) -> Observation:
-        task_id = event.task_id
-        queue = self._resolve_queue(event, ts, history)
-        index = self._ensure_slot(task_id, ts)
+    def _retried(
+        self, event: TaskEvent, ts: float, history: list[TaskEvent] | None, index: int
+    ) -> Observation:
+        table = self._table
+        queue, index = self._resolve_queue(event, ts, history, index)
         obs = Observation(event, queue)
-        if not math.isnan(self._t_start[index]):
-            obs.closed = self._close(task_id, index, event, obs, status="retried")
-        self._t_enq[index] = ts
+        if not math.isnan(table.t_start[index]):
+            obs.closed = self._close(
+                event.task_id, index, event, obs, status="retried", was_open=True
+            )
+        table.t_enq[index] = ts
         return obs
 
     # -- helpers --------------------------------------------------------------------
@@ -320,26 +356,33 @@ class TaskPairing:
         end: TaskEvent,
         obs: Observation,
         status: str | None = None,
+        *,
+        was_open: bool,
     ) -> Attempt:
-        attempt = self._attempt_of(task_id, index, end, status or _TERMINAL_STATUS[end.event_type])
+        status = status or _TERMINAL_STATUS[end.event_type]
+        attempt = self._attempt_of(task_id, index, end, status, was_open)
         if attempt.skewed:
             obs.unpaired.append("clock_skew")
-        self._t_start[index] = _NAN
+        self._table.t_start[index] = NAN
         if end.event_type in _FINAL:
             self._free_slot(task_id, index)
         return attempt
 
-    def _attempt_of(self, task_id: str, index: int, end: TaskEvent | None, status: str) -> Attempt:
+    def _attempt_of(
+        self, task_id: str, index: int, end: TaskEvent | None, status: str, was_open: bool
+    ) -> Attempt:
+        table, names = self._table, self._names
         return Attempt(
             task_id=task_id,
-            queue=self._names[self._queue[index]] or UNKNOWN_QUEUE,
-            attempt=self._attempt[index],
-            worker_id=self._names[self._worker[index]],
-            start=self._t_start[index],
+            queue=names[table.queue[index]] or UNKNOWN_QUEUE,
+            attempt=table.attempt[index],
+            worker_id=names[table.worker[index]],
+            start=table.t_start[index],
             end=None if end is None else _ts(end),
             status=status,
             end_event=end,
             context=self._contexts.get(task_id),
+            was_open=was_open,
         )
 
     def _wait(self, obs: Observation, seconds: float) -> float:
@@ -362,32 +405,38 @@ class TaskPairing:
                 start = stored
             elif stored.event_type in _TERMINAL_STATUS or stored.event_type == "RETRIED":
                 start = None
-        if start is None or start.event_id in self._seen:
+        if start is None or hash(start.event_id) in self._seen:
             return None
-        self._consumed.add(start.event_id)
+        consumed = self._consumed
+        consumed[start.event_id] = None
+        if len(consumed) > self.dedupe_window:
+            del consumed[next(iter(consumed))]
         return start
 
-    def _known_queue(self, event: TaskEvent) -> str:
-        index = self._slot.get(event.task_id)
-        if index is not None and self._queue[index]:
-            return self._names[self._queue[index]] or UNKNOWN_QUEUE
+    def _known_queue(self, event: TaskEvent, index: int) -> str:
+        if index >= 0 and self._table.queue[index]:
+            return self._names[self._table.queue[index]] or UNKNOWN_QUEUE
         return queue_of(event.details) or UNKNOWN_QUEUE
 
     def _queue_name_of(self, task_id: str) -> str:
-        index = self._slot.get(task_id)
-        return (self._names[self._queue[index]] or UNKNOWN_QUEUE) if index is not None else (
-            UNKNOWN_QUEUE
-        )
+        index = self._table.find(task_id)
+        if index < 0:
+            return UNKNOWN_QUEUE
+        return self._names[self._table.queue[index]] or UNKNOWN_QUEUE
 
     def _resolve_queue(
-        self, event: TaskEvent, ts: float, history: list[TaskEvent] | None
-    ) -> str:
-        """The task's queue: remembered, else the event's details, else storage history."""
+        self, event: TaskEvent, ts: float, history: list[TaskEvent] | None, index: int
+    ) -> tuple[str, int]:
+        """The task's queue (remembered, else the event's details, else storage history)
+        and its slot, created when the task was not tracked yet."""
         task_id = event.task_id
-        index = self._slot.get(task_id)
-        if index is not None and self._queue[index]:
-            self._touch(task_id, index, ts)
-            return self._names[self._queue[index]] or UNKNOWN_QUEUE
+        table = self._table
+        if index >= 0:
+            if ts > table.t_touch[index]:
+                table.t_touch[index] = ts
+            number = table.queue[index]
+            if number:
+                return self._names[number] or UNKNOWN_QUEUE, index
         queue = queue_of(event.details)
         if queue is None and history is not None:
             for stored in history:
@@ -397,57 +446,42 @@ class TaskPairing:
                         self._contexts[task_id] = stored.trace_context
                     break
         queue = queue or UNKNOWN_QUEUE
-        index = self._ensure_slot(task_id, ts)
-        self._queue[index] = self._intern(queue)
-        return queue
+        if index < 0:
+            index = table.add(task_id, ts)
+        table.queue[index] = self._intern(queue)
+        return queue, index
 
-    def _ensure_slot(self, task_id: str, ts: float) -> int:
-        index = self._slot.get(task_id)
-        if index is None:
-            if self._free:
-                index = self._free.pop()
-                self._t_enq[index] = self._t_start[index] = _NAN
-                self._attempt[index] = self._queue[index] = self._worker[index] = 0
-                self._t_touch[index] = ts
-            else:
-                index = len(self._t_touch)
-                self._t_enq.append(_NAN)
-                self._t_start.append(_NAN)
-                self._t_touch.append(ts)
-                self._attempt.append(0)
-                self._queue.append(0)
-                self._worker.append(0)
-            self._slot[task_id] = index
-            self._order.append(task_id)
-        else:
-            self._touch(task_id, index, ts)
+    def _touch_or_add(self, task_id: str, index: int, ts: float) -> int:
+        table = self._table
+        if index < 0:
+            return table.add(task_id, ts)
+        if ts > table.t_touch[index]:
+            table.t_touch[index] = ts
         return index
 
-    def _touch(self, task_id: str, index: int, ts: float) -> None:
-        if ts > self._t_touch[index]:
-            self._t_touch[index] = ts
-            self._order.append(task_id)
-
     def _free_slot(self, task_id: str, index: int) -> None:
-        del self._slot[task_id]
-        self._free.append(index)
-        self._contexts.pop(task_id, None)
+        self._table.remove(index)
+        if self._contexts:
+            self._contexts.pop(task_id, None)
 
     def _intern(self, name: str) -> int:
         index = self._name_ids.get(name)
         if index is None:
             if len(self._names) >= _MAX_INTERNED:
-                name = "__overflow__"
-                index = self._name_ids.get(name)
+                index = self._name_ids.get(OVERFLOW)
                 if index is not None:
                     return index
+                name = OVERFLOW
             index = len(self._names)
             self._names.append(name)
             self._name_ids[name] = index
         return index
 
-    def _remember(self, event_id: str) -> None:
-        self._seen.add(event_id)
-        self._seen_order.append(event_id)
-        if len(self._seen_order) > self.dedupe_window:
-            self._seen.discard(self._seen_order.popleft())
+    def _remember(self, key: int) -> None:
+        seen, ring = self._seen, self._seen_ring
+        position = self._seen_next
+        if len(seen) >= self.dedupe_window:
+            seen.discard(ring[position])
+        seen.add(key)
+        ring[position] = key
+        self._seen_next = (position + 1) % len(ring)

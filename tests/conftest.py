@@ -81,6 +81,9 @@ BACKEND_FACTORIES: dict[str, Callable[[Path], BaseEventStorage]] = {
     "memory": lambda tmp: MemoryBackend(),
     "sqlite": lambda tmp: SQLiteBackend(tmp / "events.db"),
 }
+from _server_backends import SERVER_FACTORIES  # noqa: E402 - needs the names above
+
+BACKEND_FACTORIES.update(SERVER_FACTORIES)
 
 
 @pytest.fixture(params=sorted(BACKEND_FACTORIES))

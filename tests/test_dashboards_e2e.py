@@ -58,6 +58,8 @@ class Task:
     duration: float
     # The terminal event of each attempt; None keeps the last attempt in progress.
     outcomes: tuple[tuple[str, dict[str, Any]] | None, ...]
+    # The first worker died: a second STARTED, with no RETRIED, supersedes its attempt.
+    restarted: bool = False
 
 
 COMPLETED = ("COMPLETED", {"result": "ok"})
@@ -73,14 +75,15 @@ CANCELLED = ("CANCELLED", {"reason": "user cancelled"})
 # its tasks wait equally long (values away from bucket bounds), so every percentile of a
 # queue lies in the one bucket that holds that value.
 WORKLOAD: tuple[Task, ...] = (
-    # emails: 7 completed (one after a retry), 3 failed, 1 timed out, 1 cancelled,
-    # 1 in progress.
+    # emails: 8 completed (one after a retry, one restarted by a second worker), 3 failed,
+    # 1 timed out, 1 cancelled, 1 in progress. Its first task's COMPLETED is delivered twice.
     *(Task("emails", 0.07, 0.15, (COMPLETED,)) for _ in range(6)),
     *(Task("emails", 0.07, 0.15, (SMTP,)) for _ in range(2)),
     Task("emails", 0.07, 0.15, (CONN, COMPLETED)),
     Task("emails", 0.07, 0.15, (TIMEOUT,)),
     Task("emails", 0.07, 0.15, (CANCELLED,)),
     Task("emails", 0.07, 0.15, (None,)),
+    Task("emails", 0.07, 0.15, (COMPLETED,), restarted=True),
     # reports: 4 completed (one after a timeout and a retry), 1 failed, 1 cancelled,
     # 2 in progress.
     *(Task("reports", 22.0, 44.0, (COMPLETED,)) for _ in range(3)),
@@ -99,27 +102,43 @@ WORKLOAD: tuple[Task, ...] = (
 PHASES = 2
 
 
-def phase_events(phase: int, now: datetime) -> list[tuple[str, str, datetime, dict[str, Any]]]:
-    """(task_id, event_type, timestamp, details) of one phase, in the order they happen.
+Event = tuple[str, str, str, datetime, dict[str, Any]]  # event_id, task_id, type, time, details
 
-    Timestamps end at ``now`` so that no event lies in the future.
+
+def phase_events(phase: int, now: datetime) -> list[Event]:
+    """The events of one phase, in the order they happen; timestamps end at ``now``.
+
+    The first task's terminal event comes twice (same event id): an at-least-once
+    redelivery, which must be counted as a duplicate and nowhere else.
     """
-    events = []
+    events: list[Event] = []
     for n, task in enumerate(WORKLOAD):
         task_id = f"p{phase}-{task.queue}-{n}"
+
+        def emit(
+            event_type: str, at: datetime, details: dict[str, Any], task_id: str = task_id
+        ) -> None:
+            events.append((f"{task_id}-{len(events)}", task_id, event_type, at, details))
+
         retries = len(task.outcomes) - 1
-        t = now - timedelta(seconds=len(task.outcomes) * (task.wait + task.duration) + retries)
-        events.append((task_id, "ENQUEUED", t, {"queue_name": task.queue}))
+        span = len(task.outcomes) * (task.wait + task.duration) + retries
+        t = now - timedelta(seconds=span + (task.duration if task.restarted else 0))
+        emit("ENQUEUED", t, {"queue_name": task.queue})
         for attempt, outcome in enumerate(task.outcomes, start=1):
             if attempt > 1:
                 t += timedelta(seconds=1)
-                events.append((task_id, "RETRIED", t, {"attempt": attempt, "max_attempts": 3}))
+                emit("RETRIED", t, {"attempt": attempt, "max_attempts": 3})
             t += timedelta(seconds=task.wait)
-            events.append((task_id, "STARTED", t, {"worker_id": f"worker-{n % 3}"}))
+            emit("STARTED", t, {"worker_id": f"worker-{n % 3}"})
+            if task.restarted and attempt == 1:
+                t += timedelta(seconds=task.duration)
+                emit("STARTED", t, {"worker_id": "worker-spare"})
             if outcome is None:
                 break
             t += timedelta(seconds=task.duration)
-            events.append((task_id, outcome[0], t, dict(outcome[1])))
+            emit(outcome[0], t, dict(outcome[1]))
+        if n == 0:
+            events.append(events[-1])
     return events
 
 
@@ -135,6 +154,7 @@ def expected_events() -> dict[tuple[str, str], float]:
     for task in WORKLOAD:
         counts[task.queue, "ENQUEUED"] += PHASES
         counts[task.queue, "RETRIED"] += PHASES * (len(task.outcomes) - 1)
+        counts[task.queue, "STARTED"] += PHASES * task.restarted
     for task, outcome in attempts():
         counts[task.queue, "STARTED"] += PHASES
         if outcome is not None:
@@ -161,16 +181,16 @@ def test_the_workload_script_is_what_the_assertions_say() -> None:
     """Pin the script: a change to it must be a deliberate change to these numbers."""
     events = expected_events()
     assert {t: sum(events[q, t] for q in QUEUES) for t in EVENT_TYPES} == {
-        "ENQUEUED": 56.0,
-        "STARTED": 62.0,
-        "COMPLETED": 32.0,
+        "ENQUEUED": 58.0,
+        "STARTED": 66.0,
+        "COMPLETED": 34.0,
         "FAILED": 12.0,
         "RETRIED": 6.0,
         "CANCELLED": 6.0,
         "TIMEOUT": 6.0,
     }
     assert expected_durations() == {
-        ("emails", "completed"): 14.0,
+        ("emails", "completed"): 16.0,
         ("emails", "failed"): 6.0,
         ("emails", "timeout"): 2.0,
         ("emails", "cancelled"): 2.0,
@@ -183,8 +203,8 @@ def test_the_workload_script_is_what_the_assertions_say() -> None:
         ("billing", "timeout"): 2.0,
         ("billing", "cancelled"): 2.0,
     }
-    assert [phase_ratio(q, {"COMPLETED"}) for q in QUEUES] == [5 / 8, 7 / 11, 4 / 6]
-    assert len(phase_events(1, datetime.now(timezone.utc))) == 90
+    assert [phase_ratio(q, {"COMPLETED"}) for q in QUEUES] == [5 / 8, 8 / 12, 4 / 6]
+    assert len(phase_events(1, datetime.now(timezone.utc))) == 94 + 1  # + the duplicate
 
 
 # ------------------------------------------------------------------------- processes
@@ -227,9 +247,16 @@ class Process:
 
 def start(name: str, argv: list[str], workdir: Path) -> Process:
     log = workdir / f"{name}.log"
+    # serve reads its settings from OMNIQ_OBSERVE_*; the developer's own must not leak in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_OBSERVE_")}
     with log.open("wb") as out:
         popen = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            env=env,
         )
     return Process(name, popen, log)
 
@@ -319,12 +346,16 @@ def log_phase(storage: Path, phase: int) -> None:
 
     logger = EventLogger(event_storage=SQLiteBackend(storage))
     try:
-        for task_id, event_type, timestamp, details in phase_events(
+        for event_id, task_id, event_type, timestamp, details in phase_events(
             phase, datetime.now(timezone.utc)
         ):
             logger.log_event(
                 TaskEvent(
-                    task_id=task_id, event_type=event_type, timestamp=timestamp, details=details
+                    event_id=event_id,
+                    task_id=task_id,
+                    event_type=event_type,
+                    timestamp=timestamp,
+                    details=details,
                 )
             )
     finally:
@@ -381,6 +412,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         )
         processes.append(prom)
         p = Prometheus(f"http://127.0.0.1:{prom_port}", prom, serve, f"127.0.0.1:{serve_port}")
+        # 503 until the TSDB is open and the rules are loaded.
+        poll("Prometheus to be ready", lambda: bool(http_get(f"{p.url}/-/ready")), serve, prom)
         poll(
             "Prometheus to scrape serve", lambda: p.value(f'up{{job="{JOB}"}}') == 1.0, serve, prom
         )
@@ -554,13 +587,23 @@ def test_prometheus_loaded_every_shipped_rule_and_they_evaluate(prometheus: Prom
 
 def test_alerts_see_the_workload(prometheus: Prometheus) -> None:
     """Every queue fails more than 10% of its attempts: the alert is pending (for: 10m)."""
-    alerts = prometheus.api("alerts")["alerts"]
-    pending = sorted(
-        a["labels"]["queue"]
-        for a in alerts
-        if a["labels"]["alertname"] == "OmniqTaskFailureRatioHigh"
+    alerts: list[dict[str, Any]] = []
+
+    def failure_ratio_alerts() -> list[str]:
+        alerts[:] = prometheus.api("alerts")["alerts"]
+        return sorted(
+            a["labels"]["queue"]
+            for a in alerts
+            if a["labels"]["alertname"] == "OmniqTaskFailureRatioHigh"
+        )
+
+    # The alert group runs next to the recording group, up to one interval behind it.
+    poll(
+        "the failure ratio alert on every queue",
+        lambda: failure_ratio_alerts() == sorted(QUEUES),
+        prometheus.serve,
+        prometheus.process,
     )
-    assert pending == sorted(QUEUES)
     assert {a["state"] for a in alerts} == {"pending"}
     assert {a["labels"]["alertname"] for a in alerts} == {"OmniqTaskFailureRatioHigh"}
 
@@ -574,7 +617,7 @@ def test_event_counts_are_exactly_the_script(prometheus: Prometheus) -> None:
     )
     # Zeros included: every known event type is pre-created once a queue is seen.
     assert got == expected_events()
-    assert prometheus.value('sum(omniq_task_events_total{event_type="COMPLETED"})') == 32.0
+    assert prometheus.value('sum(omniq_task_events_total{event_type="COMPLETED"})') == 34.0
 
 
 def test_failures_retries_and_in_progress_are_exactly_the_script(prometheus: Prometheus) -> None:
@@ -606,13 +649,36 @@ def test_histograms_count_every_attempt_exactly(prometheus: Prometheus) -> None:
     sums = prometheus.by(
         f'sum by (queue) (omniq_task_duration_seconds_sum{{job="{JOB}"}})', "queue"
     )
-    expected_sums: Counter[str] = Counter()
+    expected_sums = dict.fromkeys(QUEUES, 0.0)
     for task, outcome in attempts():
         if outcome is not None:
             expected_sums[task.queue] += PHASES * task.duration
     assert sums == pytest.approx({(q,): expected_sums[q] for q in QUEUES})
-    processed = prometheus.value(f'sum(omniq_observe_events_processed_total{{job="{JOB}"}})')
-    assert processed == sum(expected_events().values())
+    # One queue wait per attempt: ENQUEUED or RETRIED to STARTED; a restart opens none.
+    waits = prometheus.by(
+        f'sum by (queue) (omniq_task_queue_wait_seconds_count{{job="{JOB}"}})', "queue"
+    )
+    attempts_by_queue = Counter(task.queue for task, _ in attempts())
+    assert waits == {(q,): float(PHASES * attempts_by_queue[q]) for q in QUEUES}
+
+
+def test_pipeline_metrics_are_exactly_the_script(prometheus: Prometheus) -> None:
+    """Every stored event is processed (the duplicate too); the duplicate and the restart
+    are the only unpaired events; no handler failed; no label overflowed; caught up."""
+    processed = prometheus.by(f'omniq_observe_events_processed_total{{job="{JOB}"}}', "processor")
+    assert processed == {("default",): sum(expected_events().values()) + PHASES}
+    unpaired = prometheus.by(f'omniq_observe_unpaired_events_total{{job="{JOB}"}}', "reason")
+    assert {r: v for r, v in unpaired.items() if v} == {
+        ("duplicate",): float(PHASES),
+        ("superseded",): float(PHASES),
+    }
+    assert ("expired",) in unpaired  # pre-created at zero, so its panel has a line
+    errors = prometheus.by(f'omniq_observe_handler_errors_total{{job="{JOB}"}}', "handler")
+    assert errors and set(errors.values()) == {0.0}
+    overflow = prometheus.by(f'omniq_observe_label_overflow_total{{job="{JOB}"}}', "label")
+    assert ("queue",) in overflow and set(overflow.values()) == {0.0}
+    lag = prometheus.by(f'omniq_observe_processor_lag_seconds{{job="{JOB}"}}', "processor")
+    assert lag == {("default",): 0.0}
 
 
 def bucket_bounds(prometheus: Prometheus, metric: str, value: float) -> tuple[float, float]:

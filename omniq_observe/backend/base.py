@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, overload
 
+from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent, epoch_us
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Position",
     "StoredEvent",
     "as_utc",
+    "check_prune_limit",
     "epoch_us",
 ]
 
@@ -249,6 +251,19 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+def check_prune_limit(max_events: int | None) -> None:
+    """Refuse a ``prune(max_events=...)`` that is not ``None`` or an integer >= 0.
+
+    Raises:
+        ConfigurationError: ``max_events`` is negative or not an integer.
+    """
+    if max_events is not None and (
+        not isinstance(max_events, int) or isinstance(max_events, bool) or max_events < 0
+    ):
+        msg = f"max_events must be an integer >= 0 or None, got {max_events!r}"
+        raise ConfigurationError(msg, setting="max_events", value=max_events)
 
 
 def _after(a: Position, b: Position) -> bool:

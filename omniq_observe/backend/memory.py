@@ -14,6 +14,7 @@ from omniq_observe.backend.base import (
     Position,
     StoredEvent,
     as_utc,
+    check_prune_limit,
 )
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
@@ -64,7 +65,7 @@ class MemoryBackend(BaseEventStorage):
             start = 0 if position is None else bisect.bisect_right(self._keys, int(position))
             keys = self._keys[start : start + limit]
             events = self._events[start : start + limit]
-        return [StoredEvent(k, e) for k, e in zip(keys, events)]
+        return [StoredEvent(k, e) for k, e in zip(keys, events, strict=True)]
 
     async def last_position(self) -> Position | None:
         with self._lock:
@@ -121,11 +122,13 @@ class MemoryBackend(BaseEventStorage):
     async def prune(
         self, *, older_than: datetime | None = None, max_events: int | None = None
     ) -> int:
+        check_prune_limit(max_events)
         cutoff = as_utc(older_than)
         with self._lock:
             before = len(self._events)
             if cutoff is not None:
-                kept = [(k, e) for k, e in zip(self._keys, self._events) if e.timestamp >= cutoff]
+                pairs = zip(self._keys, self._events, strict=True)
+                kept = [(k, e) for k, e in pairs if e.timestamp >= cutoff]
                 self._keys = [k for k, _ in kept]
                 self._events = [e for _, e in kept]
             if max_events is not None and len(self._events) > max_events:

@@ -21,7 +21,6 @@ backoff) by redis-py; what still fails raises
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -33,7 +32,7 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError, ResponseError
+    from redis.exceptions import RedisError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     _msg = "RedisBackend needs the redis extra: pip install 'omniq-observe[redis]'"
@@ -41,13 +40,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise MissingExtraError(_msg) from exc
 
-from omniq_observe.backend._redis_scripts import (
-    APPEND_SCRIPT,
-    HISTORY_SCRIPT,
-    id_str,
-    parse_stream_id,
-    predecessor,
-)
+from omniq_observe.backend._pg_writer import GroupCommitter  # generic; shared with postgres
+from omniq_observe.backend._redis_groups import StreamGroups, stored_entries
+from omniq_observe.backend._redis_scripts import APPEND_SCRIPT, HISTORY_SCRIPT, id_str
 from omniq_observe.backend.base import (
     BaseEventStorage,
     Consumer,
@@ -70,7 +65,6 @@ __all__ = ["SCHEMA_VERSION", "RedisBackend"]
 
 SCHEMA_VERSION = 1
 _SCAN = 1000
-_Entry = tuple[Any, Any]
 # URL query parameters that are ours (the rest go to redis-py) and their types.
 _URL_OPTIONS: dict[str, type] = {
     "prefix": str,
@@ -82,17 +76,9 @@ _URL_OPTIONS: dict[str, type] = {
     "socket_timeout": float,
     "connect_timeout": float,
     "max_batch": int,
+    "client_name": str,
+    "max_connections": int,
 }
-
-
-class _Member:
-    """What one consumer of a group still has to look at."""
-
-    __slots__ = ("check_own", "next_autoclaim")
-
-    def __init__(self) -> None:
-        self.check_own = True  # re-read own pending entries (after start or an error)
-        self.next_autoclaim = 0.0
 
 
 class RedisBackend(BaseEventStorage):
@@ -113,6 +99,8 @@ class RedisBackend(BaseEventStorage):
         socket_timeout: seconds one command may take.
         connect_timeout: seconds to connect.
         max_batch: events per script call in ``append``.
+        client_name: the name its connections show in ``CLIENT LIST``.
+        max_connections: the most connections open at once; more callers wait.
 
     Raises:
         ConfigurationError: a setting is invalid.
@@ -133,6 +121,8 @@ class RedisBackend(BaseEventStorage):
         socket_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         max_batch: int = 500,
+        client_name: str | None = None,
+        max_connections: int = 16,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             msg = f"prefix must be a non-empty string, got {prefix!r}"
@@ -150,7 +140,9 @@ class RedisBackend(BaseEventStorage):
             if not isinstance(value, (int, float)) or value <= 0:
                 msg = f"{setting} must be a positive number of seconds, got {value!r}"
                 raise ConfigurationError(msg, setting=setting, value=value)
-        for setting, value in (("retries", retries), ("max_batch", max_batch)):
+        for setting, value in (
+            ("retries", retries), ("max_batch", max_batch), ("max_connections", max_connections)
+        ):
             if not isinstance(value, int) or value < (0 if setting == "retries" else 1):
                 msg = f"{setting} must be a non-negative integer, got {value!r}"
                 raise ConfigurationError(msg, setting=setting, value=value)
@@ -164,15 +156,16 @@ class RedisBackend(BaseEventStorage):
         self.socket_timeout = float(socket_timeout)
         self.connect_timeout = float(connect_timeout)
         self.max_batch = max_batch
+        self.client_name = client_name
+        self.max_connections = max_connections
+        self._committer: GroupCommitter | None = None
         self.stream = f"{prefix}:events"
         self._task_prefix = f"{prefix}:task:"
-        self._positions_key = f"{prefix}:positions"
         self._dead_key = f"{prefix}:dead"
         self._meta_key = f"{prefix}:meta"
-        self._client: aioredis.Redis | None = None
+        self._client: Any = None  # redis.asyncio.Redis, typed loosely: its replies vary
         self._scripts: dict[str, Any] = {}
-        self._groups: set[str] = set()
-        self._members: dict[Consumer, _Member] = {}
+        self._consumers = StreamGroups(self)
         self._closed = False
 
     @classmethod
@@ -198,25 +191,38 @@ class RedisBackend(BaseEventStorage):
             try:
                 kwargs[key] = kind(value)
             except ValueError:
-                msg = f"storage URL {url!r}: parameter {key}={value!r} is not a {kind.__name__}"
+                msg = (
+                    f"storage URL {url!r}: parameter {key}={value!r} "
+                    f"is not a valid {kind.__name__}"
+                )
                 raise InvalidURLError(msg, setting=key, value=value) from None
         kwargs.update(options)
         return cls(urlunsplit(parts._replace(query=urlencode(rest))), **kwargs)
 
     # -- connection ----------------------------------------------------------------------
-    def _redis(self) -> aioredis.Redis:
+    def client(self) -> Any:
+        """The redis-py asyncio client (connected lazily, in the running loop).
+
+        Raises:
+            StorageError: the backend is closed.
+        """
         if self._client is None:
             if self._closed:
                 msg = f"RedisBackend({self.prefix!r}) is closed"
                 raise StorageError(msg)
             retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.5), self.retries)
-            self._client = aioredis.Redis.from_url(
+            # A blocking pool: a burst of callers waits for a connection instead of failing.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 self.url,
+                max_connections=self.max_connections,
+                timeout=self.connect_timeout,
                 retry=retry,
                 retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
                 socket_timeout=self.socket_timeout,
                 socket_connect_timeout=self.connect_timeout,
+                client_name=self.client_name,
             )
+            self._client = aioredis.Redis.from_pool(pool)
             self._scripts = {
                 "append": self._client.register_script(APPEND_SCRIPT),
                 "history": self._client.register_script(HISTORY_SCRIPT),
@@ -236,9 +242,17 @@ class RedisBackend(BaseEventStorage):
 
     # -- writing -------------------------------------------------------------------------
     async def append(self, events: Sequence[TaskEvent]) -> None:
+        """Store events; concurrent calls share one round trip (group commit)."""
         if not events:
             return
-        client = self._redis()
+        self.client()
+        if self._committer is None:
+            # One group: up to 10 script calls of ``max_batch`` events, pipelined.
+            self._committer = GroupCommitter(self._write_events, 10 * self.max_batch)
+        await self._committer.submit(events)
+
+    async def _write_events(self, events: Sequence[TaskEvent]) -> None:
+        client = self.client()
         head: list[Any] = [self._task_prefix, int(self.history_ttl * 1000), self.max_len or 0]
         calls = []
         for start in range(0, len(events), self.max_batch):
@@ -261,201 +275,50 @@ class RedisBackend(BaseEventStorage):
     async def read_after(self, position: Position | None, limit: int) -> list[StoredEvent]:
         start = "-" if position is None else f"({id_str(position)}"
         with self._errors("reading events"):
-            entries = await self._redis().xrange(self.stream, start, "+", count=limit)
-        return _stored(entries)
+            entries = await self.client().xrange(self.stream, start, "+", count=limit)
+        return stored_entries(entries)
 
     async def last_position(self) -> Position | None:
         with self._errors("reading the last position"):
-            entries = await self._redis().xrevrange(self.stream, "+", "-", count=1)
+            entries = await self.client().xrevrange(self.stream, "+", "-", count=1)
         return id_str(entries[0][0]) if entries else None
 
     async def commit_position(self, group: str, position: Position) -> None:
-        pos = id_str(position)
-        client = self._redis()
         with self._errors(f"committing the position of {group!r}"):
-            await client.hset(self._positions_key, group, pos)
-            if await self._group_info(group) is not None:
-                await client.xgroup_setid(self.stream, group, pos)
-                # Entries up to ``pos`` count as handled: drop them from the pending list.
-                pending = await client.xpending_range(self.stream, group, "-", pos, 10_000)
-                ids = [p["message_id"] for p in pending]
-                if ids:
-                    await client.xack(self.stream, group, *ids)
+            await self._consumers.commit_position(group, id_str(position))
 
     async def get_position(self, group: str) -> Position | None:
         with self._errors(f"reading the position of {group!r}"):
-            info = await self._group_info(group)
-            if info is None:
-                raw = await self._redis().hget(self._positions_key, group)
-                return None if raw is None else id_str(raw)
-            return await self._watermark(group, info)
+            return await self._consumers.get_position(group)
 
     async def positions(self) -> dict[str, Position]:
-        client = self._redis()
         with self._errors("reading positions"):
-            raw = await client.hgetall(self._positions_key)
-            found: dict[str, Position] = {id_str(k): id_str(v) for k, v in raw.items()}
-            for info in await self._groups_info():
-                name = id_str(info["name"])
-                position = await self._watermark(name, info)
-                if position is not None:
-                    found[name] = position
-                else:
-                    found.pop(name, None)
-        return found
+            return dict(await self._consumers.positions())
 
-    async def _groups_info(self) -> list[dict[str, Any]]:
-        try:
-            infos: list[dict[str, Any]] = await self._redis().xinfo_groups(self.stream)
-        except ResponseError as exc:
-            if "no such key" in str(exc).lower():
-                return []
-            raise
-        return infos
-
-    async def _group_info(self, group: str) -> dict[str, Any] | None:
-        for info in await self._groups_info():
-            if id_str(info["name"]) == group:
-                return info
-        return None
-
-    async def _watermark(self, group: str, info: dict[str, Any]) -> str | None:
-        """The acknowledged position of a group: everything up to it was handled."""
-        if info["pending"]:
-            summary = await self._redis().xpending(self.stream, group)
-            if summary["min"] is not None:
-                return predecessor(summary["min"])
-        last = id_str(info["last-delivered-id"])
-        return None if last == "0-0" else last
-
-    # -- processors ----------------------------------------------------------------------
-    async def _ensure_group(self, group: str) -> None:
-        if group in self._groups:
-            return
-        client = self._redis()
-        start = await client.hget(self._positions_key, group)
-        try:
-            await client.xgroup_create(
-                self.stream, group, id_str(start) if start else "0", mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._groups.add(group)
-
+    # -- processors (see _redis_groups) ----------------------------------------------------
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
-        member = self._members.setdefault(consumer, _Member())
         with self._errors(f"claiming events for {consumer.group!r}"):
-            try:
-                return await self._claim(consumer, member, limit)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self._groups.discard(consumer.group)  # deleted behind our back: recreate
-                return await self._claim(consumer, member, limit)
-            except BaseException:
-                member.check_own = True
-                raise
-
-    async def _claim(self, consumer: Consumer, member: _Member, limit: int) -> list[StoredEvent]:
-        await self._ensure_group(consumer.group)
-        client = self._redis()
-        group, name = consumer.group, consumer.member
-        if member.check_own:
-            # Entries delivered to this member but never acknowledged (a lost reply, a
-            # failed ack, or an earlier process of the same member name).
-            reply = await client.xreadgroup(group, name, {self.stream: "0"}, count=limit)
-            entries = reply[0][1] if reply else []
-            member.check_own = len(entries) >= limit
-            stored = await self._live(group, entries)
-            if stored:
-                return stored
-        now = asyncio.get_running_loop().time()
-        if now >= member.next_autoclaim:
-            member.next_autoclaim = now + self.claim_interval
-            next_id, entries, *_ = await client.xautoclaim(
-                self.stream, group, name, int(self.claim_idle * 1000), "0-0", count=limit
-            )
-            if id_str(next_id) != "0-0":
-                member.next_autoclaim = now  # more to take over: look again next time
-            stored = await self._live(group, entries)
-            if stored:
-                return stored
-        reply = await client.xreadgroup(group, name, {self.stream: ">"}, count=limit)
-        return _stored(reply[0][1]) if reply else []
-
-    async def _live(self, group: str, entries: list[_Entry]) -> list[StoredEvent]:
-        """Drop pending entries whose event was pruned (acknowledging them)."""
-        gone = [entry_id for entry_id, fields in entries if not fields]
-        if gone:
-            await self._redis().xack(self.stream, group, *gone)
-        return _stored([entry for entry in entries if entry[1]])
+            return await self._consumers.claim(consumer, limit)
 
     async def ack(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
-        if not batch:
-            return
-        ids = [stored.position for stored in batch]
-        try:
+        if batch:
             with self._errors(f"acknowledging events of {consumer.group!r}"):
-                await self._redis().xack(self.stream, consumer.group, *ids)
-        except BaseException:
-            self._members.setdefault(consumer, _Member()).check_own = True
-            raise
+                await self._consumers.ack(consumer, batch)
 
     async def release(self, consumer: Consumer) -> None:
         """Hand this member's unacknowledged entries to the other members at once."""
-        self._members.pop(consumer, None)
-        if consumer.group not in self._groups or self._client is None:
-            return
-        client = self._client
-        group, name = consumer.group, consumer.member
-        with self._errors(f"releasing {consumer.member!r} of {group!r}"):
-            pending = await client.xpending_range(
-                self.stream, group, "-", "+", 100_000, consumername=name
-            )
-            ids = [p["message_id"] for p in pending]
-            if ids:
-                # Mark them idle for long: the next XAUTOCLAIM of any member takes them.
-                await client.xclaim(
-                    self.stream, group, name, 0, ids, idle=2**40, justid=True
-                )
-            else:
-                await client.xgroup_delconsumer(self.stream, group, name)
+        if self._client is not None:
+            with self._errors(f"releasing {consumer.member!r} of {consumer.group!r}"):
+                await self._consumers.release(consumer)
 
     async def has_events_for(self, consumer: Consumer) -> bool:
         with self._errors(f"checking for events of {consumer.group!r}"):
-            return (await self._next_after(consumer)) is None
-
-    async def _next_after(self, consumer: Consumer) -> str | None:
-        """``None`` when the group has events to claim now, else the id to wait after."""
-        client = self._redis()
-        info = await self._group_info(consumer.group)
-        if info is None:
-            raw = await client.hget(self._positions_key, consumer.group)
-            after = id_str(raw) if raw else "0-0"
-        else:
-            after = id_str(info["last-delivered-id"])
-            if info["pending"]:
-                idle = await client.xpending_range(
-                    self.stream, consumer.group, "-", "+", 1,
-                    idle=int(self.claim_idle * 1000),
-                )
-                if idle:
-                    return None
-        last = await client.xrevrange(self.stream, "+", "-", count=1)
-        if last and parse_stream_id(last[0][0]) > parse_stream_id(after):
-            return None
-        return after
+            return (await self._consumers.next_after(consumer)) is None
 
     async def wait_for_events(self, consumer: Consumer, timeout: float) -> bool:
         """Block in ``XREAD`` until an entry after the group's last delivery arrives."""
         with self._errors(f"waiting for events of {consumer.group!r}"):
-            after = await self._next_after(consumer)
-            if after is None:
-                return True
-            block = max(1, int(min(timeout, self.socket_timeout / 2) * 1000))
-            reply = await self._redis().xread({self.stream: after}, count=1, block=block)
-        return bool(reply)
+            return await self._consumers.wait(consumer, timeout)
 
     # -- dead letters --------------------------------------------------------------------
     async def record_dead_letter(self, dead: DeadLetter) -> None:
@@ -468,11 +331,11 @@ class RedisBackend(BaseEventStorage):
             "e": encode_event(dead.event),
         }
         with self._errors("recording a dead letter"):
-            await self._redis().xadd(self._dead_key, fields)  # type: ignore[arg-type]
+            await self.client().xadd(self._dead_key, fields)
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
         with self._errors("reading dead letters"):
-            entries = await self._redis().xrange(self._dead_key)
+            entries = await self.client().xrange(self._dead_key)
         found = []
         for _, f in entries:
             g = f[b"g"].decode()
@@ -485,10 +348,8 @@ class RedisBackend(BaseEventStorage):
 
     # -- queries -------------------------------------------------------------------------
     async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
-        script = self._scripts.get("history") if self._client else None
-        if script is None:
-            self._redis()
-            script = self._scripts["history"]
+        self.client()
+        script = self._scripts["history"]
         with self._errors(f"reading the history of task {task_id!r}"):
             bodies = await script(keys=[self.stream, self._task_prefix + task_id], args=[limit])
         return [decode_event(body) for body in bodies]
@@ -506,11 +367,11 @@ class RedisBackend(BaseEventStorage):
         since, until = as_utc(since), as_utc(until)
         found: list[StoredEvent] = []
         start = "-" if after is None else f"({id_str(after)}"
-        client = self._redis()
+        client = self.client()
         while True:
             with self._errors("querying events"):
                 entries = await client.xrange(self.stream, start, "+", count=_SCAN)
-            for stored in _stored(entries):
+            for stored in stored_entries(entries):
                 event = stored.event
                 if types is not None and event.event_type not in types:
                     continue
@@ -527,12 +388,12 @@ class RedisBackend(BaseEventStorage):
 
     async def count(self) -> int:
         with self._errors("counting events"):
-            return int(await self._redis().xlen(self.stream))
+            return int(await self.client().xlen(self.stream))
 
     async def prune(
         self, *, older_than: datetime | None = None, max_events: int | None = None
     ) -> int:
-        client = self._redis()
+        client = self.client()
         deleted = 0
         with self._errors("pruning events"):
             cutoff = as_utc(older_than)
@@ -546,14 +407,14 @@ class RedisBackend(BaseEventStorage):
 
     async def _prune_older(self, cutoff: datetime) -> int:
         """Trim the leading run of old events with MINID, then delete old stragglers."""
-        client = self._redis()
+        client = self.client()
         first_kept: str | None = None
         stragglers: list[str] = []
         start = "-"
         leading = 0
         while True:
             entries = await client.xrange(self.stream, start, "+", count=_SCAN)
-            for stored in _stored(entries):
+            for stored in stored_entries(entries):
                 old = stored.event.timestamp < cutoff
                 if first_kept is None:
                     if old:
@@ -576,7 +437,7 @@ class RedisBackend(BaseEventStorage):
 
     async def health(self) -> Health:
         try:
-            client = self._redis()
+            client = self.client()
             with self._errors("checking health"):
                 await client.hsetnx(self._meta_key, "schema_version", SCHEMA_VERSION)
                 pipe = client.pipeline(transaction=False)
@@ -597,14 +458,12 @@ class RedisBackend(BaseEventStorage):
         if self._closed:
             return
         self._closed = True
+        if self._committer is not None:
+            await self._committer.close()
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
-
-
-def _stored(entries: list[_Entry]) -> list[StoredEvent]:
-    return [StoredEvent(id_str(entry_id), decode_event(fields[b"e"])) for entry_id, fields in entries]
 
 
 def _safe_url(url: str) -> str:

@@ -8,22 +8,28 @@
   WAL file before ``append`` returns, so ``kill -9`` loses nothing; only a power loss can
   drop the last transactions. ``synchronous="FULL"`` also survives that, at a cost.
 * Reads run on a reader thread with their own connection, never on the event loop.
+* Checkpoints (copying the WAL back into the database file) run on a third thread, so a
+  commit never waits for one.
+
+The writer and checkpointer threads live in :mod:`._sqlite_writer`, the schema and the
+hot-path statements in :mod:`._sqlite_sql`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
-
+from omniq_observe.backend._sqlite_sql import SCHEMA as _SCHEMA
+from omniq_observe.backend._sqlite_sql import committed_position, insert_events, select_after
+from omniq_observe.backend._sqlite_writer import GroupWriter, WriteFn
+from omniq_observe.backend._sqlite_writer import WriteItem as _Item
 from omniq_observe.backend.base import (
     BaseEventStorage,
     Consumer,
@@ -33,78 +39,16 @@ from omniq_observe.backend.base import (
     Position,
     StoredEvent,
     as_utc,
+    check_prune_limit,
     epoch_us,
 )
 from omniq_observe.exceptions import ConfigurationError, StorageError
-from omniq_observe.models.event import TaskEvent, decode_event, decode_events, encode_event
+from omniq_observe.models.event import TaskEvent, decode_event, encode_event
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
 SCHEMA_VERSION = 1
 _T = TypeVar("_T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS omniq_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS omniq_events (
-    position INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    ts_us INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS omniq_events_task ON omniq_events (task_id);
-CREATE INDEX IF NOT EXISTS omniq_events_ts ON omniq_events (ts_us);
-CREATE TABLE IF NOT EXISTS omniq_positions (
-    grp TEXT PRIMARY KEY,
-    position INTEGER NOT NULL,
-    updated_us INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS omniq_dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    grp TEXT NOT NULL,
-    handler TEXT NOT NULL,
-    error TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    position INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-"""
-# All the events of one group commit go in as one JSON array and one statement: SQLite then
-# does the whole insert without taking Python's GIL back once per row.
-_INSERT_JSON = (
-    "INSERT INTO omniq_events (event_id, task_id, event_type, ts_us, body) "
-    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)"
-)
-# One page of the log in one statement: SQLite joins the bodies into one JSON array
-# without the GIL, and msgspec decodes that array in one call.
-_SELECT_AFTER = (
-    "SELECT json_group_array(position), '[' || group_concat(body, ',') || ']' FROM ("
-    "SELECT position, body FROM omniq_events WHERE position > ? ORDER BY position LIMIT ?)"
-)
-_Row = tuple[str, str, str, int, TaskEvent]
-_row_encoder = msgspec.json.Encoder()
-_positions_decoder = msgspec.json.Decoder(list[int])
-_STOP = object()
-_WriteFn = Callable[[sqlite3.Connection], Any]
-
-
-class _Item:
-    """One queued write: a function to run or rows to insert, and the callers to resume."""
-
-    __slots__ = ("fn", "futures", "loop", "rows")
-
-    def __init__(
-        self,
-        fn: _WriteFn | None,
-        rows: list[_Row],
-        loop: asyncio.AbstractEventLoop | None,
-        futures: list[Any],
-    ) -> None:
-        self.fn = fn
-        self.rows = rows
-        self.loop = loop
-        self.futures = futures
 
 
 class SQLiteBackend(BaseEventStorage):
@@ -145,10 +89,10 @@ class SQLiteBackend(BaseEventStorage):
         self.synchronous = str(synchronous).upper()
         self.busy_timeout = busy_timeout
         self.max_batch = max_batch
-        self._writes: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
-        # Appends made during one turn of an event loop, written as one queue item.
-        self._pending: dict[asyncio.AbstractEventLoop, _Item] = {}
-        self._writer: threading.Thread | None = None
+        # ``_transaction`` is looked up at each commit (tests patch it to count commits).
+        self._group = GroupWriter(
+            self.path, max_batch, self._connect, lambda conn, items: _transaction(conn, items)
+        )
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._start_lock = threading.Lock()
@@ -165,17 +109,20 @@ class SQLiteBackend(BaseEventStorage):
         return conn
 
     def _ensure_started(self) -> None:
-        if self._writer is not None and not self._closed:
+        if self._group.started and not self._closed:
             return
         with self._start_lock:
             if self._closed:
                 msg = f"SQLiteBackend({str(self.path)!r}) is closed"
                 raise StorageError(msg)
-            if self._writer is not None:
+            if self._group.started:
                 return
             try:
                 conn = self._connect()
                 conn.executescript(_SCHEMA)
+                # Checkpoints run on a thread of their own (see GroupWriter), so
+                # that copying the WAL back never holds up a commit.
+                conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute(
                     "INSERT OR IGNORE INTO omniq_meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -186,53 +133,17 @@ class SQLiteBackend(BaseEventStorage):
             self._reader = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="omniq-sqlite-read"
             )
-            writer = threading.Thread(
-                target=self._write_loop, args=(conn,), name="omniq-sqlite-write", daemon=True
-            )
-            writer.start()
-            self._writer = writer
+            self._group.start(conn)
 
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        """Take every write waiting, run them in one transaction, then wake their callers."""
-        get, get_nowait = self._writes.get, self._writes.get_nowait
-        try:
-            while True:
-                item = get()
-                if not isinstance(item, _Item):
-                    return
-                items = [item]
-                size = len(item.rows) or 1
-                stop = False
-                while size < self.max_batch:
-                    try:
-                        nxt = get_nowait()
-                    except queue.Empty:
-                        break
-                    if not isinstance(nxt, _Item):
-                        stop = True
-                        break
-                    items.append(nxt)
-                    size += len(nxt.rows) or 1
-                _commit_group(conn, items)
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    async def _write(self, fn: _WriteFn) -> Any:
+    async def _write(self, fn: WriteFn) -> Any:
         """Run ``fn(conn)`` in the next group-commit transaction; return its result."""
         self._ensure_started()
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._writes.put(_Item(fn, [], loop, [future]))
-        return await future
+        return await self._group.write(fn)
 
-    def write_blocking(self, fn: _WriteFn | None, rows: list[_Row] | None = None) -> Any:
-        """Run ``fn(conn)`` (or insert ``rows``) in the next transaction, from sync code."""
+    def write_blocking(self, fn: WriteFn | None, rows: Sequence[TaskEvent] = ()) -> Any:
+        """Run ``fn(conn)`` (or store ``rows``) in the next transaction, from sync code."""
         self._ensure_started()
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._writes.put(_Item(fn, rows or [], None, [future]))
-        return future.result()
+        return self._group.write_blocking(fn, rows)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         self._ensure_started()
@@ -258,44 +169,29 @@ class SQLiteBackend(BaseEventStorage):
         """
         if not events:
             return
-        if self._writer is None or self._closed:
+        if not self._group.started or self._closed:
             self._ensure_started()
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        item = self._pending.get(loop)
-        if item is None:
-            item = self._pending[loop] = _Item(None, [], loop, [])
-            loop.call_soon(self._flush, loop)
-        item.rows.extend(_rows(events))
-        item.futures.append(future)
-        await future
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        item = self._pending.pop(loop)
-        if self._closed:
-            _wake([item], [None], StorageError(f"SQLiteBackend({str(self.path)!r}) is closed"))
-        else:
-            self._writes.put(item)
+        await self._group.append(events)
 
     def append_blocking(self, events: Sequence[TaskEvent]) -> None:
         """Store events from sync code without an event loop (used by ``EventLogger``)."""
         if events:
-            self.write_blocking(None, _rows(events))
+            self.write_blocking(None, events)
 
     # -- the log -------------------------------------------------------------------------
     async def read_after(self, position: Position | None, limit: int) -> list[StoredEvent]:
         after = -1 if position is None else int(position)
-        return await self._read(lambda c: _select_after(c, after, limit))
+        return await self._read(lambda c: select_after(c, after, limit))
 
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
         def claim(conn: sqlite3.Connection) -> list[StoredEvent]:
-            return _select_after(conn, _committed(conn, consumer.group), limit)
+            return select_after(conn, committed_position(conn, consumer.group), limit)
 
         return await self._read(claim)
 
     async def has_events_for(self, consumer: Consumer) -> bool:
         def check(conn: sqlite3.Connection) -> bool:
-            after = _committed(conn, consumer.group)
+            after = committed_position(conn, consumer.group)
             sql = "SELECT 1 FROM omniq_events WHERE position > ? LIMIT 1"
             return conn.execute(sql, (after,)).fetchone() is not None
 
@@ -404,6 +300,7 @@ class SQLiteBackend(BaseEventStorage):
     async def prune(
         self, *, older_than: datetime | None = None, max_events: int | None = None
     ) -> int:
+        check_prune_limit(max_events)
         cutoff = None if older_than is None else epoch_us(as_utc(older_than))
 
         def prune(conn: sqlite3.Connection) -> int:
@@ -444,11 +341,10 @@ class SQLiteBackend(BaseEventStorage):
             if self._closed:
                 return
             self._closed = True
-            writer, reader = self._writer, self._reader
-        if writer is not None:
-            self._writes.put(_STOP)
-            await asyncio.get_running_loop().run_in_executor(None, writer.join)
-            _fail_leftovers(self._writes, self.path)
+            started, reader = self._group.close(), self._reader
+        if started:
+            await asyncio.get_running_loop().run_in_executor(None, self._group.join)
+            self._group.fail_leftovers()
         if reader is not None:
             if self._read_conn is not None:
                 conn = self._read_conn
@@ -461,63 +357,23 @@ class SQLiteBackend(BaseEventStorage):
             if self._closed:
                 return
             self._closed = True
-            writer, reader = self._writer, self._reader
-        if writer is not None:
-            self._writes.put(_STOP)
-            writer.join()
-            _fail_leftovers(self._writes, self.path)
+            started, reader = self._group.close(), self._reader
+        if started:
+            self._group.join()
+            self._group.fail_leftovers()
         if reader is not None:
             if self._read_conn is not None:
                 reader.submit(self._read_conn.close).result()
             reader.shutdown(wait=True)
 
 
-def _rows(events: Iterable[TaskEvent]) -> list[_Row]:
-    # The event itself is the last column: msgspec encodes it inline when the writer
-    # encodes the whole group as one JSON array.
-    return [(e.event_id, e.task_id, e.event_type, epoch_us(e.timestamp), e) for e in events]
-
-
-def _committed(conn: sqlite3.Connection, group: str) -> int:
-    row = conn.execute("SELECT position FROM omniq_positions WHERE grp = ?", (group,)).fetchone()
-    return -1 if row is None else int(row[0])
-
-
-def _select_after(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
-    positions_json, bodies = conn.execute(_SELECT_AFTER, (after, limit)).fetchone()
-    if bodies is None:
-        return []
-    positions = _positions_decoder.decode(positions_json)
-    events = decode_events(bodies)
-    if positions != sorted(positions):  # pragma: no cover - SQLite keeps the subquery order
-        pairs = sorted(zip(positions, events), key=lambda pair: pair[0])
-        return [StoredEvent(pos, event) for pos, event in pairs]
-    return list(map(StoredEvent, positions, events))
-
-
-def _commit_group(conn: sqlite3.Connection, items: list[_Item]) -> None:
-    """Run every write in one transaction and resume the callers. If the transaction
-    fails, retry each write alone, so one bad write fails only its own callers."""
-    try:
-        results = _transaction(conn, items)
-    except Exception as exc:
-        if len(items) > 1:
-            for item in items:
-                _commit_group(conn, [item])
-            return
-        error = StorageError(f"SQLite write failed: {exc}")
-        error.__cause__ = exc
-        _wake(items, [None], error)
-        return
-    _wake(items, results, None)
-
-
 def _transaction(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
+    """Insert the rows of ``items``, run their functions, and commit: one transaction."""
     rows = [row for item in items for row in item.rows]
     conn.execute("BEGIN IMMEDIATE")
     try:
         if rows:
-            conn.execute(_INSERT_JSON, (_row_encoder.encode(rows),))
+            insert_events(conn, rows)
         results = [item.fn(conn) if item.fn is not None else None for item in items]
         conn.execute("COMMIT")
     except BaseException:
@@ -525,44 +381,3 @@ def _transaction(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
             conn.execute("ROLLBACK")
         raise
     return results
-
-
-def _wake(items: list[_Item], results: list[Any], error: BaseException | None) -> None:
-    """Resume every caller: one hop per event loop, then a plain result per future."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
-    for item, result in zip(items, results):
-        if item.loop is None:
-            for future in item.futures:
-                if error is None:
-                    future.set_result(result)
-                else:
-                    future.set_exception(error)
-        else:
-            by_loop.setdefault(item.loop, []).extend((f, result) for f in item.futures)
-    for loop, pending in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_resolve, pending, error)
-        except RuntimeError:  # the caller's loop is closed; nobody is waiting
-            pass
-
-
-def _resolve(pending: list[tuple[asyncio.Future[Any], Any]], error: BaseException | None) -> None:
-    for future, result in pending:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-
-
-def _fail_leftovers(writes: queue.SimpleQueue[_Item | object], path: Path) -> None:
-    """Fail the writes still queued after the writer stopped, so no caller waits forever."""
-    error = StorageError(f"SQLiteBackend({str(path)!r}) is closed")
-    while True:
-        try:
-            item = writes.get_nowait()
-        except queue.Empty:
-            return
-        if isinstance(item, _Item):
-            _wake([item], [None], error)

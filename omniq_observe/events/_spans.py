@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, context, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
 from opentelemetry.util.types import AttributeValue
 
 from omniq_observe._semantics import Redactor, error_type_of, queue_of, truncate
@@ -15,13 +15,16 @@ __all__ = ["SpanEventWriter", "current_trace_context"]
 _baggage_propagator = W3CBaggagePropagator()
 
 
-def current_trace_context() -> dict[str, str]:
-    """Return the W3C ``traceparent``/``tracestate``/``baggage`` of the current context.
-
-    Empty when there is no valid span context and no baggage.
+def current_trace_context(ctx: Context | None = None) -> dict[str, str]:
+    """Return the W3C ``traceparent``/``tracestate``/``baggage`` of ``ctx`` (default: the
+    current context). Empty when there is no valid span context and no baggage.
     """
+    if ctx is None:
+        ctx = context.get_current()
     carrier: dict[str, str] = {}
-    span_context = trace.get_current_span().get_span_context()
+    if not ctx:  # an empty context: no span, no baggage
+        return carrier
+    span_context = trace.get_current_span(ctx).get_span_context()
     if span_context.is_valid:
         carrier["traceparent"] = (
             f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
@@ -30,8 +33,8 @@ def current_trace_context() -> dict[str, str]:
         state = span_context.trace_state.to_header()
         if state:
             carrier["tracestate"] = state
-    if baggage.get_all():
-        _baggage_propagator.inject(carrier)
+    if baggage.get_all(ctx):
+        _baggage_propagator.inject(carrier, ctx)
     return carrier
 
 
@@ -47,9 +50,14 @@ class SpanEventWriter:
         self.redactor = redactor
         self.max_attribute_length = max_attribute_length
 
-    def write(self, event: TaskEvent) -> None:
-        """Add ``event`` to the current span if that span is recording; cheap otherwise."""
-        span = trace.get_current_span()
+    def write(self, event: TaskEvent, ctx: Context | None = None) -> None:
+        """Add ``event`` to the current span (of ``ctx``) if that span is recording;
+        cheap otherwise."""
+        if ctx is None:
+            ctx = context.get_current()
+        if not ctx:
+            return
+        span = trace.get_current_span(ctx)
         if not span.is_recording():
             return
         span.add_event(
@@ -89,5 +97,3 @@ class SpanEventWriter:
             elif isinstance(value, (bool, int, float)):
                 attrs[f"omniq.details.{key}"] = value
         return attrs
-
-

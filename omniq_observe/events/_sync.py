@@ -74,16 +74,21 @@ class LoopThread:
             self._loop = self._thread = None
         if loop is None or thread is None:
             return
-        if threading.current_thread() is not thread:
-            asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), loop).result()
+        if threading.current_thread() is thread:  # pragma: no cover - stop from inside
+            loop.call_soon(loop.stop)
+            return
+        # Everything that needs the loop runs on its own thread: the caller's thread may be
+        # running a loop of its own, where run_until_complete would fail.
+        asyncio.run_coroutine_threadsafe(_wind_down(), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
-        loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
-async def _cancel_other_tasks() -> None:
+async def _wind_down() -> None:
+    """Cancel the loop's other tasks and close its async generators."""
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()

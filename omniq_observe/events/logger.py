@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from opentelemetry import context
 from opentelemetry.trace import TracerProvider
 
 from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor
@@ -105,11 +106,13 @@ class AsyncEventLogger:
         if not isinstance(event, TaskEvent):
             msg = f"event must be a TaskEvent, got {type(event).__name__}"
             raise InvalidEventError(msg, field="event", value=event)
-        self._spans.write(event)
-        if not event.trace_context:
-            context = current_trace_context()
-            if context:
-                event.trace_context = context
+        ctx = context.get_current()
+        if ctx:  # an empty context has no span to mark and no trace context to keep
+            self._spans.write(event, ctx)
+            if not event.trace_context:
+                carrier = current_trace_context(ctx)
+                if carrier:
+                    event.trace_context = carrier
         return event
 
     async def log_event(self, event: TaskEvent) -> None:
@@ -119,7 +122,16 @@ class AsyncEventLogger:
             InvalidEventError: ``event`` is not a TaskEvent.
             StorageError: storage failed and the policy is ``"raise"``.
         """
-        await self.store([self.prepare(event)])
+        events = [self.prepare(event)]
+        if self._buffer:
+            await self.store(events)
+            return
+        try:
+            await self.event_storage.append(events)
+        except Exception as exc:
+            await self._store_failed(events, exc)
+            return
+        self.stats.logged += 1
 
     async def log_events(self, events: Sequence[TaskEvent]) -> None:
         """Store a batch of events in one write, in order."""
@@ -133,16 +145,20 @@ class AsyncEventLogger:
         try:
             await self.event_storage.append(events)
         except Exception as exc:
-            self.stats.storage_errors += 1
-            if self.on_storage_error == "raise":
-                if isinstance(exc, StorageError):
-                    raise
-                msg = f"storing {len(events)} event(s) failed: {exc}"
-                raise StorageError(msg) from exc
-            _log.warning("omniq-observe storage failed, buffering events: %s", exc)
-            self._buffer_events(events)
+            await self._store_failed(events, exc)
             return
         self.stats.logged += len(events)
+
+    async def _store_failed(self, events: list[TaskEvent], exc: Exception) -> None:
+        """Apply the storage-failure policy to ``events`` that ``append`` failed to store."""
+        self.stats.storage_errors += 1
+        if self.on_storage_error == "raise":
+            if isinstance(exc, StorageError):
+                raise exc
+            msg = f"storing {len(events)} event(s) failed: {type(exc).__name__}: {exc}"
+            raise StorageError(msg) from exc
+        _log.warning("omniq-observe storage failed, buffering events: %s", exc)
+        self._buffer_events(events)
 
     def _buffer_events(self, events: list[TaskEvent]) -> None:
         room = self.buffer_size - len(self._buffer)
@@ -183,10 +199,7 @@ class AsyncEventLogger:
         task = self._drain_task
         if task is None or task.done():
             return not self._buffer
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
-            return False
+        await asyncio.wait({task}, timeout=timeout)  # never raises, never cancels the task
         return not self._buffer
 
     async def aclose(self, timeout: float = 5.0) -> None:
@@ -195,8 +208,10 @@ class AsyncEventLogger:
         What is still buffered then is dropped and counted.
         """
         await self.flush(timeout)
-        if self._drain_task is not None and not self._drain_task.done():
-            self._drain_task.cancel()
+        task = self._drain_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self._buffer:
             self.stats.dropped += len(self._buffer)
             self._buffer.clear()

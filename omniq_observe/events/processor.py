@@ -15,7 +15,6 @@ async. Optional extras a handler object may have:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import socket
 import time
@@ -27,7 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from omniq_observe.backend.base import BaseEventStorage, Consumer, DeadLetter, StoredEvent
+from omniq_observe.backend.base import BaseEventStorage, Consumer, StoredEvent
+from omniq_observe.events._dispatch import Dispatcher
 from omniq_observe.events._sync import LoopThread
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
@@ -72,22 +72,6 @@ class ProcessorStats:
         if self.caught_up or self.last_event_timestamp is None:
             return 0.0
         return max(0.0, (time.time() if now is None else now) - self.last_event_timestamp)
-
-
-@dataclass(slots=True)
-class _Registration:
-    handler: Callable[[TaskEvent], Any]
-    name: str
-    types: frozenset[str] | None
-    is_async: bool
-
-
-def _handler_name(handler: Any) -> str:
-    name = getattr(handler, "name", None)
-    if isinstance(name, str) and name:
-        return name
-    qualname = getattr(handler, "__qualname__", None)
-    return qualname if isinstance(qualname, str) else type(handler).__name__
 
 
 class AsyncEventProcessor:
@@ -139,7 +123,7 @@ class AsyncEventProcessor:
         self.consumer = Consumer(name, member or f"{socket.gethostname()}-{os.getpid()}")
         self.stats = ProcessorStats()
         self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
-        self._handlers: list[_Registration] = []
+        self._dispatch = Dispatcher(self, self._log)
         self._stopping: asyncio.Event | None = None
         self._finished: asyncio.Event | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -162,24 +146,7 @@ class AsyncEventProcessor:
         Raises:
             ConfigurationError: ``handler`` is not callable or ``event_types`` is invalid.
         """
-        if not callable(handler):
-            msg = f"handler must be callable, got {type(handler).__name__}"
-            raise ConfigurationError(msg, setting="handler", value=handler)
-        types: frozenset[str] | None = None
-        if event_types is not None:
-            if isinstance(event_types, str):
-                event_types = [event_types]
-            normalized = set()
-            for t in event_types:
-                if not isinstance(t, str) or not t.strip():
-                    msg = f"event_types must hold non-empty strings, got {t!r}"
-                    raise ConfigurationError(msg, setting="event_types", value=t)
-                normalized.add(str(t.value if isinstance(t, EventType) else t).strip().upper())
-            types = frozenset(normalized)
-        call = getattr(handler, "__call__", handler)  # noqa: B004 - objects with async __call__
-        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
-        registration = _Registration(handler, name or _handler_name(handler), types, is_async)
-        self._handlers.append(registration)
+        self._dispatch.register(handler, event_types, name)
         attach = getattr(handler, "attach", None)
         if callable(attach):
             attach(self)
@@ -187,7 +154,7 @@ class AsyncEventProcessor:
     @property
     def handler_names(self) -> list[str]:
         """The registered handlers' names, in order."""
-        return [r.name for r in self._handlers]
+        return [r.name for r in self._dispatch.registrations]
 
     async def process_events_once(self) -> int:
         """Handle every event after the committed position, commit, and return the count.
@@ -232,67 +199,13 @@ class AsyncEventProcessor:
 
     async def _handle_batch(self, batch: list[StoredEvent]) -> None:
         """Run the handlers on every event of ``batch`` in order, then acknowledge it."""
-        handlers = self._handlers
-        for stored in batch:
-            event = stored.event
-            event_type = event.event_type
-            for reg in handlers:
-                if reg.types is not None and event_type not in reg.types:
-                    continue
-                try:
-                    if reg.is_async:
-                        await reg.handler(event)
-                    else:
-                        result = reg.handler(event)
-                        if result is not None and inspect.isawaitable(result):
-                            await result
-                except Exception as exc:
-                    await self._retry_or_dead_letter(reg, stored, exc)
+        await self._dispatch.run(batch)
         await self.event_storage.ack(self.consumer, batch)
         stats = self.stats
         stats.processed += len(batch)
         stats.batches += 1
         stats.last_event_timestamp = batch[-1].event.timestamp.timestamp()
         stats.heartbeat = time.monotonic()
-
-    async def _retry_or_dead_letter(
-        self, reg: _Registration, stored: StoredEvent, first_error: Exception
-    ) -> None:
-        error: Exception = first_error
-        for attempt in range(1, self.max_handler_attempts + 1):
-            if attempt > 1:
-                try:
-                    result = reg.handler(stored.event)
-                    if result is not None and inspect.isawaitable(result):
-                        await result
-                    return
-                except Exception as exc:
-                    error = exc
-            self.stats.handler_errors[reg.name] += 1
-            self._log.error(
-                "omniq.handler_failed",
-                processor=self.name,
-                handler=reg.name,
-                event_id=stored.event.event_id,
-                task_id=stored.event.task_id,
-                event_type=stored.event.event_type,
-                attempt=attempt,
-                error=f"{type(error).__name__}: {error}",
-            )
-        dead = DeadLetter(
-            group=self.name,
-            handler=reg.name,
-            error=f"{type(error).__name__}: {error}",
-            attempts=self.max_handler_attempts,
-            event=stored.event,
-            position=stored.position,
-        )
-        self.stats.dead_lettered += 1
-        try:
-            await self.event_storage.record_dead_letter(dead)
-        except Exception as exc:  # telemetry must not stop the loop
-            self.stats.storage_errors += 1
-            self._log.error("omniq.dead_letter_failed", processor=self.name, error=str(exc))
 
     async def start(self) -> None:
         """Process events until :meth:`stop` or cancellation.
@@ -334,11 +247,12 @@ class AsyncEventProcessor:
                     self.stats.heartbeat = time.monotonic()
         finally:
             self.stats.running = False
-            finished.set()
             try:
                 await self.event_storage.release(self.consumer)
             except Exception as exc:
                 self._log.warning("omniq.release_failed", processor=self.name, error=str(exc))
+            finally:
+                finished.set()
 
     async def stop(self) -> None:
         """Ask :meth:`start` to finish the batch in flight and commit it; wait until it has.

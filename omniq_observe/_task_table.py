@@ -1,0 +1,203 @@
+"""Compact per-task state for :mod:`omniq_observe._pairing`: no Python object per task.
+
+A plain ``dict[str, int]`` costs ~70 bytes per task before any state (its entry plus one
+``int`` object per slot index). :class:`TaskTable` keeps the task ids in an open-addressing
+table (a list of keys and an ``array`` of dense slot numbers) and the state in typed arrays
+indexed by slot, so an open task costs its id string plus ~75 bytes.
+
+Expiry uses time buckets of slot numbers tagged with the slot's generation: a freed slot's
+entries go stale (generation mismatch) instead of keeping the finished task's id alive.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterator
+
+__all__ = ["NAN", "TaskTable"]
+
+NAN = math.nan
+_U64 = 0xFFFFFFFFFFFFFFFF
+_DELETED = object()  # a tombstone in the key table: equal to no task id
+_MIN_CAPACITY = 8
+
+
+class TaskTable:
+    """Maps task ids to dense slots holding typed per-task state.
+
+    State per slot: ``t_enq``, ``t_start``, ``t_touch`` (epoch seconds, NaN when unset),
+    ``attempt``, ``queue`` and ``worker`` (interned name numbers, 0 = none).
+
+    Args:
+        bucket_width: seconds of event time per expiry bucket.
+    """
+
+    __slots__ = (
+        "_buckets",
+        "_filled",
+        "_free",
+        "_gen",
+        "_index",
+        "_keys",
+        "_mask",
+        "attempt",
+        "bucket_width",
+        "ids",
+        "queue",
+        "t_enq",
+        "t_start",
+        "t_touch",
+        "used",
+        "worker",
+    )
+
+    def __init__(self, bucket_width: float) -> None:
+        self.bucket_width = bucket_width
+        self._keys: list[object] = [None] * _MIN_CAPACITY
+        self._index = array("i", bytes(4 * _MIN_CAPACITY))
+        self._mask = _MIN_CAPACITY - 1
+        self.used = 0  # live keys
+        self._filled = 0  # live keys and tombstones
+        self.ids: list[str | None] = []
+        self._free = array("i")
+        self._gen = array("I")
+        self.t_enq = array("d")
+        self.t_start = array("d")
+        self.t_touch = array("d")
+        self.attempt = array("H")
+        self.queue = array("H")
+        self.worker = array("H")
+        self._buckets: dict[int, array[int]] = {}
+
+    def __len__(self) -> int:
+        return self.used
+
+    def find(self, task_id: str) -> int:
+        """Return the slot of ``task_id``, or -1."""
+        keys, mask = self._keys, self._mask
+        perturb = h = hash(task_id) & _U64
+        i = h & mask
+        while True:
+            key = keys[i]
+            if key is None:
+                return -1
+            if key == task_id:
+                return self._index[i]
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & mask
+
+    def add(self, task_id: str, ts: float) -> int:
+        """Give ``task_id`` (not present) a fresh slot touched at ``ts``; return the slot."""
+        if self._free:
+            slot = self._free.pop()
+            self.ids[slot] = task_id
+            self.t_enq[slot] = self.t_start[slot] = NAN
+            self.t_touch[slot] = ts
+            self.attempt[slot] = self.queue[slot] = self.worker[slot] = 0
+        else:
+            slot = len(self.ids)
+            self.ids.append(task_id)
+            self._gen.append(0)
+            self.t_enq.append(NAN)
+            self.t_start.append(NAN)
+            self.t_touch.append(ts)
+            self.attempt.append(0)
+            self.queue.append(0)
+            self.worker.append(0)
+        self._insert_key(task_id, slot)
+        self._place(slot, ts)
+        return slot
+
+    def remove(self, slot: int) -> None:
+        """Free ``slot`` and forget its task id."""
+        task_id = self.ids[slot]
+        if task_id is None:
+            return
+        keys, mask = self._keys, self._mask
+        perturb = h = hash(task_id) & _U64
+        i = h & mask
+        while True:
+            key = keys[i]
+            if key is None:
+                break
+            if key == task_id:
+                keys[i] = _DELETED
+                self.used -= 1
+                break
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & mask
+        self.ids[slot] = None
+        self._gen[slot] = (self._gen[slot] + 1) & 0x7FFFFFFF
+        self._free.append(slot)
+
+    def live_slots(self) -> Iterator[int]:
+        """Every slot in use."""
+        return (slot for slot, task_id in enumerate(self.ids) if task_id is not None)
+
+    def due(self, cutoff: float) -> Iterator[int]:
+        """Yield live slots whose bucket ended by ``cutoff`` and whose last touch is at or
+        before it; slots touched later are moved to their touch's bucket."""
+        width = self.bucket_width
+        last = math.floor(cutoff / width) - 1  # buckets that end at or before cutoff
+        for number in sorted(n for n in self._buckets if n <= last):
+            entries = self._buckets.pop(number)
+            gen, ids, touch = self._gen, self.ids, self.t_touch
+            for entry in entries:
+                slot = entry & 0xFFFFFFFF
+                if ids[slot] is None or gen[slot] != entry >> 32:
+                    continue  # freed or reused since it was placed
+                if touch[slot] <= cutoff:
+                    yield slot
+                else:
+                    self._place(slot, touch[slot])
+
+    # -- internals ----------------------------------------------------------------------
+    def _place(self, slot: int, ts: float) -> None:
+        number = math.floor(ts / self.bucket_width) if math.isfinite(ts) else 0
+        bucket = self._buckets.get(number)
+        if bucket is None:
+            bucket = self._buckets[number] = array("q")
+        bucket.append(slot | (self._gen[slot] << 32))
+
+    def _insert_key(self, task_id: str, slot: int) -> None:
+        keys, mask = self._keys, self._mask
+        perturb = h = hash(task_id) & _U64
+        i = h & mask
+        while True:
+            key = keys[i]
+            if key is None:
+                self._filled += 1
+                break
+            if key is _DELETED:
+                break
+            perturb >>= 5
+            i = (i * 5 + perturb + 1) & mask
+        keys[i] = task_id
+        self._index[i] = slot
+        self.used += 1
+        if self._filled * 3 >= (mask + 1) * 2:
+            self._resize()
+
+    def _resize(self) -> None:
+        capacity = _MIN_CAPACITY
+        while capacity < self.used * 2 + 2:
+            capacity *= 2
+        old_keys, old_index = self._keys, self._index
+        self._keys = [None] * capacity
+        self._index = array("i", bytes(4 * capacity))
+        self._mask = capacity - 1
+        self._filled = self.used = 0
+        keys, index, mask = self._keys, self._index, self._mask
+        for position, key in enumerate(old_keys):
+            if key is None or key is _DELETED:
+                continue
+            perturb = h = hash(key) & _U64
+            i = h & mask
+            while keys[i] is not None:
+                perturb >>= 5
+                i = (i * 5 + perturb + 1) & mask
+            keys[i] = key
+            index[i] = old_index[position]
+            self._filled += 1
+        self.used = self._filled

@@ -1,0 +1,159 @@
+"""Schema, migrations and row encoding of :mod:`omniq_observe.backend.postgres`.
+
+Every table lives in the backend's own schema. ``omniq_meta`` holds ``schema_version``;
+:func:`migrate` brings a schema from whatever version it has to :data:`SCHEMA_VERSION`,
+under an advisory lock so that processes starting together do not race.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.models.event import TaskEvent, encode_event
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "WIRE",
+    "copy_payload",
+    "lock_key",
+    "migrate",
+    "migrations",
+    "valid_identifier",
+]
+
+SCHEMA_VERSION = 1
+
+# The event's versioned wire form, built by the server: one text column to decode.
+# ``raw`` holds the exact wire form only for the rare event that jsonb/text columns cannot
+# hold as is (a NUL character: jsonb rejects \u0000); its columns then hold U+FFFD.
+WIRE = (
+    "coalesce(raw, json_build_object('v', 1, 'task_id', task_id, 'event_type', event_type, "
+    "'timestamp', timestamp, 'details', details, 'event_id', event_id, "
+    "'trace_context', trace_context)::text)"
+)
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
+
+
+def valid_identifier(setting: str, value: Any) -> str:
+    """Return ``value`` if it is a plain SQL identifier we can use unquoted.
+
+    Raises:
+        ConfigurationError: it is not.
+    """
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        msg = (
+            f"{setting} must be a plain identifier (letters, digits, underscore; at most "
+            f"48 characters; not starting with a digit), got {value!r}"
+        )
+        raise ConfigurationError(msg, setting=setting, value=value)
+    return value
+
+
+def lock_key(schema: str, purpose: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``purpose`` in ``schema``."""
+    key = zlib.crc32(f"omniq_observe:{purpose}".encode()) << 32 | zlib.crc32(schema.encode())
+    return key - 2**64 if key >= 2**63 else key
+
+
+def migrations(schema: str) -> dict[int, list[str]]:
+    """The DDL that brings the schema to each version, keyed by that version."""
+    s = schema
+    return {
+        1: [
+            f"""CREATE TABLE {s}.omniq_events (
+                id bigserial PRIMARY KEY,
+                event_id text NOT NULL,
+                task_id text NOT NULL,
+                event_type text NOT NULL,
+                timestamp timestamptz NOT NULL,
+                details jsonb NOT NULL DEFAULT '{{}}',
+                trace_context jsonb NOT NULL DEFAULT '{{}}',
+                raw text
+            )""",
+            f"CREATE INDEX omniq_events_task ON {s}.omniq_events (task_id, id)",
+            f"CREATE INDEX omniq_events_type ON {s}.omniq_events (event_type, id)",
+            f"CREATE INDEX omniq_events_time ON {s}.omniq_events (timestamp)",
+            f"""CREATE TABLE {s}.omniq_positions (
+                grp text PRIMARY KEY,
+                delivered bigint NOT NULL DEFAULT 0,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            f"""CREATE TABLE {s}.omniq_leases (
+                grp text NOT NULL,
+                after_id bigint NOT NULL,
+                last_id bigint NOT NULL,
+                member text NOT NULL,
+                expires_at timestamptz NOT NULL,
+                PRIMARY KEY (grp, after_id)
+            )""",
+            f"""CREATE TABLE {s}.omniq_dead_letters (
+                id bigserial PRIMARY KEY,
+                grp text NOT NULL,
+                handler text NOT NULL,
+                error text NOT NULL,
+                attempts integer NOT NULL,
+                position bigint NOT NULL,
+                event jsonb NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )""",
+        ],
+    }
+
+
+async def migrate(conn: Any, schema: str) -> int:
+    """Create or upgrade ``schema`` on ``conn`` (autocommit); return the version."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema, "migrate"),))
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.omniq_meta "
+            "(key text PRIMARY KEY, value text NOT NULL)"
+        )
+        cur = await conn.execute(
+            f"SELECT value FROM {schema}.omniq_meta WHERE key = 'schema_version'"
+        )
+        row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        for target, statements in sorted(migrations(schema).items()):
+            if target <= version:
+                continue
+            for statement in statements:
+                await conn.execute(statement)
+            version = target
+        await conn.execute(
+            f"INSERT INTO {schema}.omniq_meta (key, value) VALUES ('schema_version', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(version),),
+        )
+    return version
+
+
+_json = msgspec.json.Encoder()
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_payload(events: Sequence[TaskEvent]) -> bytes:
+    """Encode events as COPY text rows: event_id, task_id, event_type, timestamp,
+    details, trace_context, raw."""
+    lines = []
+    encode = _json.encode
+    for e in events:
+        details = encode(e.details).decode()
+        context = encode(e.trace_context).decode()
+        fields = [e.event_id, e.task_id, e.event_type, e.timestamp.isoformat(), details, context]
+        raw = "\\N"
+        if "\\u0000" in details or "\\u0000" in context or "\x00" in e.task_id + e.event_id:
+            raw = encode_event(e).decode().translate(_ESCAPES)
+            fields = [f.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd") for f in fields]
+        fields = [f.translate(_ESCAPES) for f in fields]
+        fields.append(raw)
+        lines.append("\t".join(fields))
+    lines.append("")
+    return "\n".join(lines).encode()

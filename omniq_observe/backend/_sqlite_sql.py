@@ -1,0 +1,111 @@
+"""The schema and the hot-path statements of :mod:`omniq_observe.backend.sqlite`.
+
+Group commits insert their rows with a few multi-row statements; the log is read in
+pages that SQLite joins into one JSON array, decoded by msgspec in one call.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from omniq_observe.backend.base import StoredEvent, epoch_us
+from omniq_observe.models.event import TaskEvent, decode_events, encode_event
+
+__all__ = ["SCHEMA", "committed_position", "insert_events", "select_after"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS omniq_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS omniq_events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    ts_us INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS omniq_events_task ON omniq_events (task_id);
+CREATE INDEX IF NOT EXISTS omniq_events_ts ON omniq_events (ts_us);
+CREATE TABLE IF NOT EXISTS omniq_positions (
+    grp TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS omniq_dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    grp TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+# A group commit inserts its rows with multi-row INSERT statements of these sizes: one
+# statement (and one release of Python's GIL) per up to 256 rows, and few distinct
+# statements for sqlite3's statement cache.
+_CHUNKS = (256, 64, 16, 4, 1)
+_INSERTS = {
+    n: "INSERT INTO omniq_events (event_id, task_id, event_type, ts_us, body) VALUES "
+    + ", ".join(["(?, ?, ?, ?, ?)"] * n)
+    for n in _CHUNKS
+}
+# One page of the log in one statement: SQLite joins the bodies into one JSON array
+# without the GIL, and msgspec decodes that array in one call.
+_SELECT_AFTER = (
+    "SELECT json_group_array(position), '[' || group_concat(body, ',') || ']' FROM ("
+    "SELECT position, body FROM omniq_events WHERE position > ? ORDER BY position LIMIT ?)"
+)
+_positions_decoder = msgspec.json.Decoder(list[int])
+_READ_PAGE = 1000
+
+
+def insert_events(conn: sqlite3.Connection, events: list[TaskEvent]) -> None:
+    """Insert ``events`` in order with as few multi-row statements as the sizes allow."""
+    done, total = 0, len(events)
+    for size in _CHUNKS:
+        sql = _INSERTS[size]
+        while total - done >= size:
+            params: list[Any] = []
+            add = params.extend
+            for e in events[done : done + size]:
+                add((e.event_id, e.task_id, e.event_type, epoch_us(e.timestamp), encode_event(e)))
+            conn.execute(sql, params)
+            done += size
+
+
+def committed_position(conn: sqlite3.Connection, group: str) -> int:
+    """The position ``group`` committed, or -1 before its first commit."""
+    row = conn.execute("SELECT position FROM omniq_positions WHERE grp = ?", (group,)).fetchone()
+    return -1 if row is None else int(row[0])
+
+
+def select_after(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
+    """Read up to ``limit`` events after ``after`` in pages of ``_READ_PAGE``.
+
+    Each page is decoded in one call that holds the GIL; pages keep those calls short,
+    so the event loop's thread never waits long for it.
+    """
+    found: list[StoredEvent] = []
+    while limit > 0:
+        page = _select_page(conn, after, min(limit, _READ_PAGE))
+        found.extend(page)
+        if len(page) < min(limit, _READ_PAGE):
+            break
+        after = int(page[-1].position)
+        limit -= len(page)
+    return found
+
+
+def _select_page(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
+    positions_json, bodies = conn.execute(_SELECT_AFTER, (after, limit)).fetchone()
+    if bodies is None:
+        return []
+    positions = _positions_decoder.decode(positions_json)
+    events = decode_events(bodies)
+    if positions != sorted(positions):  # pragma: no cover - SQLite keeps the subquery order
+        pairs = sorted(zip(positions, events, strict=True), key=lambda pair: pair[0])
+        return [StoredEvent(pos, event) for pos, event in pairs]
+    return list(map(StoredEvent, positions, events))

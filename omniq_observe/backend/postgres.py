@@ -1,0 +1,468 @@
+"""Events in PostgreSQL: a table, leased batches for processors, LISTEN/NOTIFY to wake them.
+
+Design (see docs/storage.md):
+
+* ``omniq_events`` (bigserial ``id``, ``event_id``, ``task_id``, ``event_type``,
+  ``timestamp`` timestamptz, ``details`` jsonb, ``trace_context`` jsonb), indexed for task
+  history, type and time. The position of an event is its ``id``.
+* **Ids become visible in order.** Concurrent transactions may commit bigserial ids out
+  of order, so a reader at "id > last" could pass an id that commits later. Writers
+  therefore take a transaction-level advisory lock before drawing ids: appends commit one
+  after another, and every reader sees ids as a gap-free-in-time prefix. Inside one
+  process, concurrent ``append`` calls are grouped into one transaction (one COPY), so the
+  lock costs one transaction per group, not per event.
+* **Processors share work by leased batches.** ``omniq_positions`` holds each group's
+  delivered cursor; ``claim`` locks the group's row, takes the next ``limit`` events and
+  records them as a lease ``(after_id, last_id]`` owned by the member until
+  ``expires_at``; ``ack`` deletes the lease. A member that dies leaves its lease to expire
+  (``lease_seconds``), then another member takes that range. No two live members get the
+  same event. The group's position is the start of its oldest lease, else its cursor.
+* Appends ``NOTIFY`` a per-schema channel, and waiting processors ``LISTEN`` on a
+  dedicated connection.
+* The schema is created and migrated on first use; ``health()`` reports its version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+try:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    _msg = "PostgresBackend needs the postgres extra: pip install 'omniq-observe[postgres]'"
+    from omniq_observe.exceptions import MissingExtraError
+
+    raise MissingExtraError(_msg) from exc
+
+from omniq_observe.backend._pg_leases import LeaseTable, stored_rows
+from omniq_observe.backend._pg_listen import Listener
+from omniq_observe.backend._pg_schema import (
+    SCHEMA_VERSION,
+    WIRE,
+    copy_payload,
+    lock_key,
+    migrate,
+    valid_identifier,
+)
+from omniq_observe.backend._pg_writer import GroupCommitter
+from omniq_observe.backend.base import (
+    BaseEventStorage,
+    Consumer,
+    DeadLetter,
+    Health,
+    Page,
+    Position,
+    StoredEvent,
+    as_utc,
+)
+from omniq_observe.exceptions import (
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidURLError,
+    StorageError,
+)
+from omniq_observe.models.event import TaskEvent, decode_event, encode_event
+
+__all__ = ["SCHEMA_VERSION", "PostgresBackend"]
+
+_T = TypeVar("_T")
+_URL_OPTIONS: dict[str, type] = {
+    "schema": str,
+    "lease_seconds": float,
+    "pool_size": int,
+    "retries": int,
+    "connect_timeout": float,
+    "max_batch": int,
+}
+
+
+class PostgresBackend(BaseEventStorage):
+    """Events in PostgreSQL tables; processors of one name share them by leased batches.
+
+    One instance belongs to one event loop (it connects lazily, on first use).
+
+    Args:
+        dsn: a libpq connection string or URL (``postgresql://user@host/db``).
+        schema: the schema holding the tables (created on first use).
+        lease_seconds: how long a member holds a claimed batch before another member may
+            take it over; longer than the slowest batch of handlers.
+        pool_size: the most connections the pool opens (plus one for LISTEN).
+        retries: how often an operation is retried after a lost connection.
+        connect_timeout: seconds to wait for a connection before failing.
+        max_batch: the most events one append transaction takes.
+
+    Raises:
+        ConfigurationError: a setting is invalid.
+    """
+
+    backend_name = "postgres"
+
+    def __init__(
+        self,
+        dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres",
+        *,
+        schema: str = "omniq",
+        lease_seconds: float = 60.0,
+        pool_size: int = 4,
+        retries: int = 5,
+        connect_timeout: float = 5.0,
+        max_batch: int = 5000,
+    ) -> None:
+        self.schema = valid_identifier("schema", schema)
+        for setting, value in (
+            ("lease_seconds", lease_seconds),
+            ("connect_timeout", connect_timeout),
+        ):
+            if not isinstance(value, (int, float)) or value <= 0:
+                msg = f"{setting} must be a positive number of seconds, got {value!r}"
+                raise ConfigurationError(msg, setting=setting, value=value)
+        for setting, value, low in (("pool_size", pool_size, 1), ("retries", retries, 0),
+                                    ("max_batch", max_batch, 1)):
+            if not isinstance(value, int) or value < low:
+                msg = f"{setting} must be an integer >= {low}, got {value!r}"
+                raise ConfigurationError(msg, setting=setting, value=value)
+        self.dsn = dsn
+        self.lease_seconds = float(lease_seconds)
+        self.pool_size = pool_size
+        self.retries = retries
+        self.connect_timeout = float(connect_timeout)
+        self.max_batch = max_batch
+        self.channel = f"omniq_{schema}"
+        self._events, self._dead = f"{schema}.omniq_events", f"{schema}.omniq_dead_letters"
+        self._leases = LeaseTable(schema, self.channel, self.lease_seconds)
+        self._write_lock = lock_key(schema, "append")
+        self._pool: AsyncConnectionPool | None = None
+        self._opening: asyncio.Future[AsyncConnectionPool] | None = None
+        self._version: int | None = None
+        self._committer: GroupCommitter | None = None
+        self._listener: Listener | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresBackend:
+        """Build a backend from ``postgresql://user@host/db?schema=x&lease_seconds=30``.
+
+        Our query parameters (``schema``, ``lease_seconds``, ``pool_size``, ``retries``,
+        ``connect_timeout``, ``max_batch``) become keyword arguments; ``options`` override
+        them; other parameters stay in the DSN for libpq.
+
+        Raises:
+            InvalidURLError: a parameter has the wrong type.
+        """
+        parts = urlsplit(url)
+        if parts.scheme == "postgres":
+            parts = parts._replace(scheme="postgresql")
+        rest: list[tuple[str, str]] = []
+        kwargs: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query):
+            kind = _URL_OPTIONS.get(key)
+            if kind is None:
+                rest.append((key, value))
+                continue
+            try:
+                kwargs[key] = kind(value)
+            except ValueError:
+                msg = (
+                    f"storage URL {url!r}: parameter {key}={value!r} "
+                    f"is not a valid {kind.__name__}"
+                )
+                raise InvalidURLError(msg, setting=key, value=value) from None
+        kwargs.update(options)
+        return cls(urlunsplit(parts._replace(query=urlencode(rest))), **kwargs)
+
+    # -- connections ---------------------------------------------------------------------
+    async def _open(self) -> AsyncConnectionPool:
+        if self._pool is not None:
+            return self._pool
+        if self._closed:
+            msg = f"PostgresBackend(schema={self.schema!r}) is closed"
+            raise StorageError(msg)
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open_pool())
+        try:
+            return await asyncio.shield(self._opening)
+        except BaseException:
+            if self._opening.done():
+                self._opening = None
+            raise
+
+    async def _open_pool(self) -> AsyncConnectionPool:
+        pool = AsyncConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            timeout=self.connect_timeout,
+            kwargs={"autocommit": True, "options": "-c TimeZone=UTC"},
+            name=f"omniq-{self.schema}",
+        )
+        await pool.open(wait=False)
+        try:
+            async with pool.connection() as conn:
+                self._version = await migrate(conn, self.schema)
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, PoolTimeout):
+                msg = f"PostgreSQL at {_safe_dsn(self.dsn)} unreachable: {exc}"
+                raise BackendUnavailableError(msg) from exc
+            if isinstance(exc, psycopg.Error):
+                msg = f"cannot set up schema {self.schema!r}: {exc}"
+                raise StorageError(msg) from exc
+            raise
+        self._pool = pool
+        return pool
+
+    async def _run(self, what: str, fn: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Run ``fn(connection)``; retry after a lost connection; translate errors."""
+        pool = await self._open()
+        delay = 0.02
+        for attempt in range(self.retries + 1):
+            try:
+                async with pool.connection() as conn:
+                    return await fn(conn)
+            except PoolTimeout as exc:
+                msg = f"PostgreSQL at {_safe_dsn(self.dsn)} unavailable while {what}: {exc}"
+                raise BackendUnavailableError(msg) from exc
+            except psycopg.OperationalError as exc:
+                if attempt == self.retries:
+                    msg = f"PostgreSQL connection lost while {what}: {exc}"
+                    raise BackendUnavailableError(msg) from exc
+                await pool.check()  # drop the other dead connections, not only this one
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except psycopg.Error as exc:
+                msg = f"PostgreSQL {what} failed: {exc}"
+                raise StorageError(msg) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch(self, what: str, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        async def fetch(conn: Any) -> list[Any]:
+            cur = await conn.execute(sql, args)
+            rows: list[Any] = await cur.fetchall()
+            return rows
+
+        return await self._run(what, fetch)
+
+    # -- writing -------------------------------------------------------------------------
+    async def append(self, events: Sequence[TaskEvent]) -> None:
+        """Store events; concurrent calls share one transaction (group commit)."""
+        if not events:
+            return
+        await self._open()
+        if self._committer is None:
+            self._committer = GroupCommitter(self._write_events, self.max_batch)
+        await self._committer.submit(events)
+
+    async def _write_events(self, events: list[TaskEvent]) -> None:
+        await self._run(f"appending {len(events)} event(s)", lambda c: self._insert(c, events))
+
+    async def _insert(self, conn: Any, events: Sequence[TaskEvent]) -> None:
+        payload = copy_payload(events)
+        async with conn.transaction():
+            cur = conn.cursor()
+            # Commit-ordered ids (see the module docstring); the NOTIFY goes out on commit.
+            await cur.execute(
+                "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')",
+                (self._write_lock, self.channel),
+            )
+            async with cur.copy(
+                f"COPY {self._events} (event_id, task_id, event_type, timestamp, details, "
+                "trace_context, raw) FROM STDIN"
+            ) as copy:
+                await copy.write(payload)
+
+    # -- the log -------------------------------------------------------------------------
+    async def read_after(self, position: Position | None, limit: int) -> list[StoredEvent]:
+        rows = await self._fetch(
+            "reading events",
+            f"SELECT id, {WIRE} FROM {self._events} WHERE id > %s ORDER BY id LIMIT %s",
+            (0 if position is None else int(position), limit),
+        )
+        return stored_rows(rows)
+
+    async def last_position(self) -> Position | None:
+        rows = await self._fetch("reading the last position", f"SELECT max(id) FROM {self._events}")
+        return None if rows[0][0] is None else int(rows[0][0])
+
+    async def commit_position(self, group: str, position: Position) -> None:
+        await self._run(f"committing the position of {group!r}",
+                        lambda c: self._leases.commit_position(c, group, int(position)))
+
+    async def get_position(self, group: str) -> Position | None:
+        return await self._run(f"reading the position of {group!r}",
+                               lambda c: self._leases.get_position(c, group))
+
+    async def positions(self) -> dict[str, Position]:
+        return dict(await self._run("reading positions", self._leases.positions))
+
+    # -- processors (see _pg_leases) -----------------------------------------------------
+    async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
+        return await self._run(f"claiming events for {consumer.group!r}",
+                               lambda c: self._leases.claim(c, consumer, limit))
+
+    async def ack(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
+        if batch:
+            await self._run(f"acknowledging events of {consumer.group!r}",
+                            lambda c: self._leases.ack(c, consumer))
+
+    async def release(self, consumer: Consumer) -> None:
+        """Expire this member's leases now, so that other members take them at once."""
+        if self._pool is not None:
+            await self._run(f"releasing {consumer.member!r} of {consumer.group!r}",
+                            lambda c: self._leases.release(c, consumer))
+
+    async def has_events_for(self, consumer: Consumer) -> bool:
+        return await self._run(f"checking for events of {consumer.group!r}",
+                               lambda c: self._leases.has_events_for(c, consumer))
+
+    async def wait_for_events(self, consumer: Consumer, timeout: float) -> bool:
+        """Wait for a NOTIFY from an append (or a release) on this schema's channel."""
+        if self._listener is None:
+            await self._open()
+            self._listener = Listener(self.dsn, self.channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await self._listener.ready(min(timeout, self.connect_timeout))
+        while True:
+            generation = self._listener.generation
+            if await self.has_events_for(consumer):
+                return True
+            # A wake-up may be spurious (a reconnect wakes everyone): check again after it.
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self._listener.wait(generation, remaining):
+                return False
+
+    # -- dead letters --------------------------------------------------------------------
+    async def record_dead_letter(self, dead: DeadLetter) -> None:
+        args = (dead.group, dead.handler, dead.error, dead.attempts, int(dead.position),
+                encode_event(dead.event).decode())
+
+        async def insert(conn: Any) -> None:
+            await conn.execute(
+                f"INSERT INTO {self._dead} (grp, handler, error, attempts, position, event) "
+                "VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+                args,
+            )
+
+        await self._run("recording a dead letter", insert)
+
+    async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
+        sql = f"SELECT grp, handler, error, attempts, position, event::text FROM {self._dead}"
+        args: tuple[str, ...] = ()
+        if group is not None:
+            sql += " WHERE grp = %s"
+            args = (group,)
+        rows = await self._fetch("reading dead letters", sql + " ORDER BY id", args)
+        return [DeadLetter(g, h, err, n, decode_event(body), int(pos))
+                for g, h, err, n, pos, body in rows]
+
+    # -- queries -------------------------------------------------------------------------
+    async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
+        rows = await self._fetch(
+            f"reading the history of task {task_id!r}",
+            f"SELECT {WIRE} FROM {self._events} WHERE task_id = %s ORDER BY id LIMIT %s",
+            (task_id.replace("\x00", "\ufffd"), limit),
+        )
+        return [e for e in (decode_event(body) for (body,) in rows) if e.task_id == task_id]
+
+    async def query(
+        self,
+        *,
+        event_types: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        after: Position | None = None,
+    ) -> Page:
+        clauses: list[str] = ["id > %s"]
+        args: list[Any] = [0 if after is None else int(after)]
+        if event_types:
+            clauses.append("event_type = ANY(%s)")
+            args.append([t.upper() for t in event_types])
+        if since is not None:
+            clauses.append("timestamp >= %s")
+            args.append(as_utc(since))
+        if until is not None:
+            clauses.append("timestamp < %s")
+            args.append(as_utc(until))
+        args.append(limit + 1)
+        rows = await self._fetch(
+            "querying events",
+            f"SELECT id, {WIRE} FROM {self._events} WHERE {' AND '.join(clauses)} "
+            "ORDER BY id LIMIT %s",
+            args,
+        )
+        events = stored_rows(rows[:limit])
+        more = len(rows) > limit
+        return Page(events, events[-1].position if more and events else None)
+
+    async def count(self) -> int:
+        rows = await self._fetch("counting events", f"SELECT count(*) FROM {self._events}")
+        return int(rows[0][0])
+
+    async def prune(
+        self, *, older_than: datetime | None = None, max_events: int | None = None
+    ) -> int:
+        cutoff = as_utc(older_than)
+
+        async def prune(conn: Any) -> int:
+            deleted = 0
+            async with conn.transaction():
+                if cutoff is not None:
+                    cur = await conn.execute(
+                        f"DELETE FROM {self._events} WHERE timestamp < %s", (cutoff,)
+                    )
+                    deleted += cur.rowcount
+                if max_events is not None:
+                    cur = await conn.execute(
+                        f"DELETE FROM {self._events} WHERE id <= (SELECT id FROM "
+                        f"{self._events} ORDER BY id DESC OFFSET %s LIMIT 1)",
+                        (max_events,),
+                    )
+                    deleted += cur.rowcount
+            return deleted
+
+        return await self._run("pruning events", prune)
+
+    async def health(self) -> Health:
+        try:
+            rows = await self._fetch(
+                "checking health",
+                f"SELECT value FROM {self.schema}.omniq_meta WHERE key = 'schema_version'",
+            )
+        except Exception as exc:
+            return Health(ok=False, backend=self.backend_name, detail=str(exc))
+        return Health(
+            ok=True,
+            backend=self.backend_name,
+            detail=f"{_safe_dsn(self.dsn)} schema {self.schema}",
+            schema_version=int(rows[0][0]) if rows else None,
+            extra={"schema": self.schema},
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._committer is not None:
+            await self._committer.close()
+        if self._listener is not None:
+            await self._listener.close()
+        opening, pool = self._opening, self._pool
+        if pool is None and opening is not None and opening.done() and not opening.exception():
+            pool = opening.result()
+        if pool is not None:
+            await pool.close()
+
+
+def _safe_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    parts = urlsplit(dsn)
+    if "://" not in dsn or parts.password is None:
+        return dsn
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))

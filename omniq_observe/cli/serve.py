@@ -1,0 +1,235 @@
+"""``omniq-observe serve``: a processor with Prometheus and structlog handlers, and /metrics.
+
+Every flag has an ``OMNIQ_OBSERVE_*`` variable (``--port`` <- ``OMNIQ_OBSERVE_PORT``);
+``OMNIQ_OBSERVE_BASIC_AUTH=user:password`` protects /metrics (an environment variable
+only, to keep the password out of ``ps``). SIGTERM or SIGINT: the batch in flight
+finishes and its checkpoint is committed, then the command exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from omniq_observe.backend import BaseEventStorage, from_url
+from omniq_observe.cli._common import CommandError, add_storage_argument, env_default
+from omniq_observe.events import AsyncEventProcessor
+from omniq_observe.exceptions import BackendUnavailableError
+from omniq_observe.exporter import ProcessorHealth, start_http_server
+from omniq_observe.handlers.logs import StructlogHandler
+from omniq_observe.handlers.prometheus import PrometheusHandler
+
+__all__ = ["DEFAULT_PORT", "register", "run", "run_server"]
+
+DEFAULT_PORT = 9464
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_CONNECT_TIMEOUT = 10.0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` command."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="process stored events and serve Prometheus metrics on /metrics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_storage_argument(parser)
+    parser.add_argument("--host", default=env_default("host", "127.0.0.1"),
+                        help="address to bind (env OMNIQ_OBSERVE_HOST; default 127.0.0.1; "
+                             "0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=_port, default=env_default("port", str(DEFAULT_PORT)),
+                        help=f"port (env OMNIQ_OBSERVE_PORT; default {DEFAULT_PORT})")
+    parser.add_argument("--name", default=env_default("name", "default"),
+                        help="processor name, its checkpoint (env OMNIQ_OBSERVE_NAME)")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        default=env_default("log_format", "console"),
+                        help="log lines as json or console (env OMNIQ_OBSERVE_LOG_FORMAT)")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
+                        default=env_default("log_level", "info").lower(),
+                        help="lowest level logged (env OMNIQ_OBSERVE_LOG_LEVEL)")
+    parser.add_argument("--certfile", default=env_default("certfile"),
+                        help="PEM certificate to serve HTTPS (env OMNIQ_OBSERVE_CERTFILE)")
+    parser.add_argument("--keyfile", default=env_default("keyfile"),
+                        help="PEM private key of --certfile (env OMNIQ_OBSERVE_KEYFILE)")
+    parser.add_argument("--max-lag", type=float, default=float(env_default("max_lag", "60")),
+                        help="/healthz is 503 above this lag, seconds (env OMNIQ_OBSERVE_MAX_LAG)")
+    parser.set_defaults(func=run)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        msg = f"port {value!r} is not a TCP port (0-65535)"
+        raise argparse.ArgumentTypeError(msg)
+    return port
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``serve`` until SIGTERM/SIGINT; return 0."""
+    basic_auth = None
+    credentials = env_default("basic_auth")
+    if credentials:
+        user, sep, password = credentials.partition(":")
+        if not sep or not user or not password:
+            msg = "OMNIQ_OBSERVE_BASIC_AUTH must be user:password"
+            raise CommandError(msg)
+        basic_auth = (user, password)
+    asyncio.run(
+        run_server(
+            args.storage, host=args.host, port=int(args.port), name=args.name,
+            log_format=args.log_format, log_level=args.log_level, certfile=args.certfile,
+            keyfile=args.keyfile, basic_auth=basic_auth, max_lag=args.max_lag,
+        )
+    )
+    return 0
+
+
+def configure_logging(log_format: str, log_level: str) -> None:
+    """Configure structlog for the ``serve`` process (an application, so it may)."""
+    if log_format not in LOG_FORMATS:
+        msg = f"log format {log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+        raise CommandError(msg)
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        msg = f"log level {log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+        raise CommandError(msg)
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+async def _check_storage(storage: BaseEventStorage, url: str) -> None:
+    """Fail fast, in one line, when the backend cannot be reached."""
+    try:
+        health = await asyncio.wait_for(storage.health(), _CONNECT_TIMEOUT)
+    except asyncio.TimeoutError:
+        msg = f"storage {url} did not answer within {_CONNECT_TIMEOUT:.0f}s"
+        raise BackendUnavailableError(msg) from None
+    except Exception as exc:
+        msg = f"storage {url} is unreachable: {_first_line(exc)}"
+        raise BackendUnavailableError(msg) from exc
+    if not health.ok:
+        detail = health.detail.splitlines()[0] if health.detail else "unhealthy"
+        msg = f"storage {url} is unreachable: {detail}"
+        raise BackendUnavailableError(msg)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def run_server(
+    storage: str | BaseEventStorage,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    name: str = "default",
+    log_format: str = "console",
+    log_level: str = "info",
+    stop: asyncio.Event | None = None,
+    ready: Callable[[int], None] | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
+    max_lag: float = 60.0,
+) -> None:
+    """Process events from ``storage`` with Prometheus and structlog handlers and serve
+    /metrics and /healthz until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    Args:
+        storage: a storage URL or a backend (a backend passed in is not closed here).
+        host: the address to bind.
+        port: the port; 0 picks a free one (``ready`` receives it).
+        name: the processor name (its checkpoint).
+        log_format: ``json`` or ``console``.
+        log_level: the lowest level logged.
+        stop: set it to stop; the batch in flight is committed first.
+        ready: called with the bound port once the server listens.
+        certfile: serve HTTPS with this PEM certificate (and ``keyfile``).
+        keyfile: the certificate's private key.
+        basic_auth: (user, password) required for /metrics.
+        max_lag: /healthz answers 503 above this many seconds of lag.
+
+    Raises:
+        InvalidURLError: the URL is malformed.
+        BackendUnavailableError: the backend cannot be reached.
+        OSError: the address cannot be bound.
+    """
+    configure_logging(log_format, log_level)
+    log = structlog.get_logger("omniq_observe.serve")
+    owned = isinstance(storage, str)
+    backend = from_url(storage) if isinstance(storage, str) else storage
+    url = storage if isinstance(storage, str) else type(storage).__name__
+    server = None
+    try:
+        await _check_storage(backend, url)
+        processor = AsyncEventProcessor(event_storage=backend, name=name)
+        registry = CollectorRegistry()
+        metrics = PrometheusHandler(registry=registry)
+        processor.register_handler(metrics)
+        processor.register_handler(StructlogHandler())
+        server = start_http_server(
+            port, host, registry, health=ProcessorHealth(processor.stats, max_lag=max_lag),
+            certfile=certfile, keyfile=keyfile, basic_auth=basic_auth,
+        )
+        log.info("omniq.serve_started", url=f"{server.url}/metrics", storage=url,
+                 processor=name)
+        if stop is None:
+            stop = asyncio.Event()
+            _on_signals(stop)
+        if ready is not None:
+            ready(server.port)
+        await _run_until(processor, stop)
+        log.info("omniq.serve_stopped", processor=name, processed=processor.stats.processed)
+    finally:
+        if server is not None:
+            server.close()
+        if owned:
+            await backend.close()
+
+
+async def _run_until(processor: AsyncEventProcessor, stop: asyncio.Event) -> None:
+    """Run ``processor`` until ``stop`` is set; then let it commit and finish."""
+    task = asyncio.ensure_future(processor.start())
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            await processor.stop()
+        await task  # re-raises what ended the loop, if anything did
+
+
+def _on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)

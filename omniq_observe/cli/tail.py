@@ -1,0 +1,218 @@
+"""``omniq-observe tail``: print stored events, one per line, and follow new ones."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import sys
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from omniq_observe._semantics import truncate
+from omniq_observe.backend import BaseEventStorage, Position
+from omniq_observe.cli._common import add_storage_argument, duration_type
+from omniq_observe.cli._run import (
+    format_time,
+    later_position,
+    make_console,
+    open_storage,
+    run_until_signal,
+)
+from omniq_observe.cli._summary import QueueResolver
+from omniq_observe.models.event import TaskEvent, encode_event
+
+__all__ = ["format_line", "register", "run"]
+
+EXAMPLES = """\
+examples:
+  omniq-observe tail                       the last 10 events
+  omniq-observe tail -f                    ... and every new one until Ctrl-C
+  omniq-observe tail --since 10m --type failed --type timeout
+  omniq-observe tail --task 3f2a9c1e-...   one task's whole history
+  omniq-observe tail -f --queue emails --json | jq .details
+
+Text lines: time (UTC), type, queue, task id, then the details as key=value (long values
+cut to 80 characters). --json prints each event's versioned wire form ({"v": 1, ...}),
+exactly what omniq_observe.models.event.decode_event reads back.
+"""
+
+STYLES = {
+    "ENQUEUED": "blue",
+    "STARTED": "cyan",
+    "COMPLETED": "green",
+    "FAILED": "bold red",
+    "RETRIED": "yellow",
+    "CANCELLED": "magenta",
+    "TIMEOUT": "red",
+}
+_PAGE = 2000
+_POLL = 0.2
+_VALUE_LIMIT = 80
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``tail`` command."""
+    parser = subparsers.add_parser(
+        "tail",
+        help="print stored events, one per line (-f: keep following)",
+        description="Print stored events one per line, oldest first; -f keeps printing new "
+        "events as they are stored.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_storage_argument(parser)
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    parser.add_argument("--task", metavar="ID", help="only this task's events")
+    parser.add_argument("--type", action="append", default=[], metavar="T",
+                        help="only events of this type (repeat, or comma-separated)")
+    parser.add_argument("--queue", metavar="Q", help="only events of tasks on this queue")
+    parser.add_argument("--since", type=duration_type("since"), metavar="DURATION",
+                        help="events from this long ago, e.g. 30s, 10m, 2h, 7d")
+    parser.add_argument("-n", "--lines", type=int, default=None, metavar="N",
+                        help="print the last N matching events first (default 10 without "
+                        "--since or --task; all with them)")
+    parser.add_argument("--json", action="store_true", help="print JSON lines (wire form)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tail``; return the exit code."""
+    return run_until_signal(lambda stop: _tail(args, stop))
+
+
+class _Filter:
+    def __init__(self, args: argparse.Namespace, resolver: QueueResolver) -> None:
+        types = [t.strip().upper() for value in args.type for t in value.split(",") if t.strip()]
+        self.types = frozenset(types) or None
+        self.task = args.task
+        self.queue = args.queue
+        self.resolver = resolver
+
+    async def select(self, events: Iterable[TaskEvent]) -> list[tuple[str, TaskEvent]]:
+        """Return (queue, event) for the events that pass."""
+        out = []
+        for event in events:
+            if self.task is not None and event.task_id != self.task:
+                continue
+            if self.types is not None and event.event_type not in self.types:
+                continue
+            queue = await self.resolver.queue(event)
+            if self.queue is not None and queue != self.queue:
+                continue
+            out.append((queue, event))
+        return out
+
+
+async def _tail(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    console = make_console()
+    async with open_storage(args.storage) as storage:
+        resolver = QueueResolver(storage.task_history)
+        selector = _Filter(args, resolver)
+        start = await storage.last_position()
+        lines = args.lines
+        if lines is None and args.since is None and args.task is None:
+            lines = 10
+        printed, last = await _backlog(storage, args, selector, lines, start)
+        _emit(console, printed, as_json=args.json)
+        if not args.follow:
+            return 0
+        position = start if last is None else last
+        while not stop.is_set():
+            batch = await storage.read_after(position, _PAGE)
+            if batch:
+                position = batch[-1].position
+                _emit(console, await selector.select(s.event for s in batch), as_json=args.json)
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), _POLL)
+    return 0
+
+
+async def _backlog(
+    storage: BaseEventStorage,
+    args: argparse.Namespace,
+    selector: _Filter,
+    lines: int | None,
+    start: Position | None,
+) -> tuple[list[tuple[str, TaskEvent]], Position | None]:
+    """The matching events already stored (the last ``lines`` of them), and the position
+    of the newest event read."""
+    kept: collections.deque[tuple[str, TaskEvent]] = collections.deque(maxlen=lines)
+    if lines == 0 or start is None:
+        return [], None
+    since = None if args.since is None else datetime.now(timezone.utc) - args.since
+    if args.task is not None:
+        history = await storage.task_history(args.task, limit=1_000_000)
+        if since is not None:
+            history = [e for e in history if e.timestamp >= since]
+        kept.extend(await selector.select(history))
+        return list(kept), start
+    if (
+        isinstance(start, int)
+        and lines is not None
+        and since is None
+        and selector.types is None
+        and selector.queue is None
+    ):
+        # The last N events of a numbered log need no scan.
+        stored = await storage.read_after(max(-1, start - lines), lines)
+        kept.extend(await selector.select(s.event for s in stored))
+        return list(kept), stored[-1].position if stored else start
+    types = sorted(selector.types) if selector.types else None
+    after: Position | None = None
+    newest: Position | None = start
+    while True:
+        page = await storage.query(event_types=types, since=since, limit=_PAGE, after=after)
+        kept.extend(await selector.select(s.event for s in page.events))
+        if page.events:
+            newest = later_position(newest, page.events[-1].position)
+        if page.next_cursor is None:
+            break
+        after = page.next_cursor
+    return list(kept), newest
+
+
+def _emit(console: Console, rows: list[tuple[str, TaskEvent]], *, as_json: bool) -> None:
+    if not rows:
+        return
+    if as_json:
+        out = sys.stdout
+        out.write("".join(encode_event(event).decode() + "\n" for _, event in rows))
+        out.flush()
+        return
+    if console.is_terminal:
+        for queue, event in rows:
+            console.print(format_line(queue, event), soft_wrap=True)
+        return
+    sys.stdout.write("".join(format_line(q, e).plain + "\n" for q, e in rows))
+    sys.stdout.flush()
+
+
+def format_line(queue: str, event: TaskEvent) -> Text:
+    """One event as an aligned, coloured line: time, type, queue, task id, details."""
+    line = Text()
+    line.append(format_time(event.timestamp), style="dim")
+    line.append("  ")
+    line.append(f"{event.event_type:<9}", style=STYLES.get(event.event_type, "white"))
+    line.append("  ")
+    line.append(f"{queue:<12}", style="bold")
+    line.append("  ")
+    line.append(event.task_id)
+    details = " ".join(f"{key}={_value(value)}" for key, value in event.details.items())
+    if details:
+        line.append("  ")
+        line.append(details, style="dim" if event.event_type != "FAILED" else "red")
+    return line
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c in value for c in " \"'\n\t=\\"):
+        return truncate(value, _VALUE_LIMIT)
+    return truncate(json.dumps(value, ensure_ascii=False, separators=(",", ":")), _VALUE_LIMIT)

@@ -1,0 +1,207 @@
+"""``omniq-observe top``: a live per-queue view of the stored events."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from omniq_observe.backend import BaseEventStorage, Position
+from omniq_observe.cli._common import add_storage_argument, duration_type
+from omniq_observe.cli._run import (
+    format_age,
+    later_position,
+    make_console,
+    open_storage,
+    print_table,
+    run_until_signal,
+    safe_url,
+)
+from omniq_observe.cli._summary import QueueLive, Summary
+
+__all__ = ["TopView", "register", "render_top", "run"]
+
+EXAMPLES = """\
+examples:
+  omniq-observe top
+  omniq-observe top --storage redis://localhost:6379/0 --window 5m
+  omniq-observe top --once | less          one snapshot (the default when piped)
+
+Per queue: events/s, tasks running now, completed/s and failed/s (FAILED + TIMEOUT),
+p50/p95 attempt duration and p95 queue wait over the last --window of event time, and
+the oldest running task. It reads the last --since of history, then follows new events,
+refreshing every second. q or Ctrl-C quits.
+"""
+_PAGE = 5000
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``top`` command."""
+    parser = subparsers.add_parser(
+        "top",
+        help="live per-queue view: rates, running tasks, durations",
+        description="A live terminal view of task queues, computed from the stored events.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_storage_argument(parser)
+    parser.add_argument("--window", type=duration_type("window"), default=timedelta(seconds=60),
+                        metavar="DURATION", help="rates and quantiles over this (default 60s)")
+    parser.add_argument("--since", type=duration_type("since"), default=timedelta(minutes=15),
+                        metavar="DURATION", help="history read at start (default 15m)")
+    parser.add_argument("--interval", type=duration_type("interval"),
+                        default=timedelta(seconds=1), metavar="DURATION",
+                        help="refresh interval (default 1s)")
+    parser.add_argument("--once", action="store_true",
+                        help="print one snapshot and exit (the default when stdout is piped)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``top``; return the exit code."""
+    return run_until_signal(lambda stop: _top(args, stop))
+
+
+class TopView:
+    """The state behind the screen: a windowed :class:`Summary` fed from storage.
+
+    Args:
+        storage: where events are read (only ``query`` and ``read_after`` are used, plus
+            ``task_history`` for tasks that began before the history read).
+        window: seconds rates and quantiles cover.
+    """
+
+    def __init__(self, storage: BaseEventStorage, window: float) -> None:
+        self.storage = storage
+        self.summary = Summary(storage.task_history, window=window)
+        self.position: Position | None = None
+
+    async def load(self, since: datetime) -> None:
+        """Read the history from ``since``, then remember where the log ends."""
+        start = await self.storage.last_position()
+        after: Position | None = None
+        while True:
+            page = await self.storage.query(since=since, limit=_PAGE, after=after)
+            await self.summary.add_all(stored.event for stored in page.events)
+            if page.events:
+                start = later_position(start, page.events[-1].position)
+            if page.next_cursor is None:
+                break
+            after = page.next_cursor
+        self.position = start
+
+    async def poll(self) -> int:
+        """Read every event stored since the last call; return how many."""
+        read = 0
+        while True:
+            batch = await self.storage.read_after(self.position, _PAGE)
+            if not batch:
+                return read
+            self.position = batch[-1].position
+            await self.summary.add_all(stored.event for stored in batch)
+            read += len(batch)
+
+    def rows(self, now: float) -> list[QueueLive]:
+        """The table rows at ``now`` (epoch seconds)."""
+        return self.summary.live(now)
+
+
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def render_top(
+    rows: list[QueueLive], *, title: str, window: float, newest_age: float | None
+) -> Group:
+    """The screen: a title line and the per-queue table."""
+    header = Text(title, style="bold")
+    header.append(
+        f"   window {format_age(window)}   newest event {format_age(newest_age)} ago",
+        style="dim",
+    )
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold reverse")
+    for name in ("queue", "events/s", "running", "done/s", "failed/s", "p50", "p95",
+                 "wait p95", "oldest running"):
+        table.add_column(name, justify="left" if name in ("queue", "oldest running") else "right")
+    for row in rows:
+        oldest = "-"
+        if row.oldest_task is not None:
+            oldest = f"{format_age(row.oldest_age)} {row.oldest_task[:8]}"
+        table.add_row(
+            row.queue,
+            _rate(row.events_per_second),
+            str(row.running),
+            _rate(row.completed_per_second),
+            Text(_rate(row.failed_per_second), style="red" if row.failed_per_second else ""),
+            format_age(row.duration_p50),
+            format_age(row.duration_p95),
+            format_age(row.wait_p95),
+            oldest,
+        )
+    if not rows:
+        table.add_row("(no events yet)", *([""] * 8))
+    return Group(header, table)
+
+
+@contextlib.contextmanager
+def _keys(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` when q is pressed (stdin in cbreak mode while the view runs)."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+
+    def on_key() -> None:
+        key = sys.stdin.read(1)
+        if key in ("q", "Q", "\x03", ""):
+            stop.set()
+
+    tty.setcbreak(fd)
+    loop.add_reader(fd, on_key)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def _top(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    console = make_console()
+    window = args.window.total_seconds()
+    title = f"omniq-observe top  {safe_url(args.storage)}"
+    async with open_storage(args.storage) as storage:
+        view = TopView(storage, window)
+        await view.load(datetime.now(timezone.utc) - args.since)
+
+        def screen() -> Group:
+            now = time.time()
+            newest = view.summary.newest
+            age = None if newest is None else max(0.0, now - newest)
+            return render_top(view.rows(now), title=title, window=window, newest_age=age)
+
+        if args.once or not console.is_terminal:
+            print_table(console, screen())
+            return 0
+        interval = max(0.05, args.interval.total_seconds())
+        with _keys(stop), Live(screen(), console=console, auto_refresh=False, screen=True) as live:
+            while not stop.is_set():
+                await view.poll()
+                live.update(screen(), refresh=True)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+    return 0

@@ -1,0 +1,155 @@
+"""Handler registration and dispatch for :mod:`omniq_observe.events.processor`.
+
+Handlers run in registration order on each event of a batch whose type they take. A
+handler that raises is tried again up to the processor's ``max_handler_attempts``; each
+failed attempt is logged (``omniq.handler_failed``) and counted in
+``stats.handler_errors``, then the event is dead-lettered for that handler and the next
+handler runs. Handler failures never propagate.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from omniq_observe.backend.base import DeadLetter, StoredEvent
+from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.models.event import EventType, TaskEvent
+
+if TYPE_CHECKING:
+    from omniq_observe.events.processor import AsyncEventProcessor
+
+__all__ = ["Dispatcher", "Registration"]
+
+
+@dataclass(slots=True)
+class Registration:
+    """One registered handler: the callable, its name, the event types it takes."""
+
+    handler: Callable[[TaskEvent], Any]
+    name: str
+    types: frozenset[str] | None
+    is_async: bool
+
+
+def _handler_name(handler: Any) -> str:
+    name = getattr(handler, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    qualname = getattr(handler, "__qualname__", None)
+    return qualname if isinstance(qualname, str) else type(handler).__name__
+
+
+def _event_types(event_types: Iterable[str | EventType] | None) -> frozenset[str] | None:
+    """The upper-case type names of ``event_types`` (``None``: all types).
+
+    Raises:
+        ConfigurationError: a type is not a non-empty string.
+    """
+    if event_types is None:
+        return None
+    if isinstance(event_types, str):
+        event_types = [event_types]
+    normalized = set()
+    for t in event_types:
+        if not isinstance(t, str) or not t.strip():
+            msg = f"event_types must hold non-empty strings, got {t!r}"
+            raise ConfigurationError(msg, setting="event_types", value=t)
+        normalized.add(str(t.value if isinstance(t, EventType) else t).strip().upper())
+    return frozenset(normalized)
+
+
+class Dispatcher:
+    """The handlers of one processor, and how they run on its batches.
+
+    Args:
+        processor: the processor; its ``name``, ``stats``, ``event_storage`` and
+            ``max_handler_attempts`` are read when a handler fails.
+        log: the structlog logger for handler failures.
+    """
+
+    def __init__(self, processor: AsyncEventProcessor, log: Any) -> None:
+        self._processor = processor
+        self._log = log
+        self.registrations: list[Registration] = []
+
+    def register(
+        self,
+        handler: Callable[[TaskEvent], Any],
+        event_types: Iterable[str | EventType] | None,
+        name: str | None,
+    ) -> None:
+        """Add ``handler`` after the others (see ``AsyncEventProcessor.register_handler``).
+
+        Raises:
+            ConfigurationError: ``handler`` is not callable or ``event_types`` is invalid.
+        """
+        if not callable(handler):
+            msg = f"handler must be callable, got {type(handler).__name__}"
+            raise ConfigurationError(msg, setting="handler", value=handler)
+        types = _event_types(event_types)
+        call = getattr(handler, "__call__", handler)  # noqa: B004 - objects with async __call__
+        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+        registration = Registration(handler, name or _handler_name(handler), types, is_async)
+        self.registrations.append(registration)
+
+    async def run(self, batch: list[StoredEvent]) -> None:
+        """Run the handlers on every event of ``batch`` in order; never raises for them."""
+        handlers = self.registrations
+        for stored in batch:
+            event = stored.event
+            event_type = event.event_type
+            for reg in handlers:
+                if reg.types is not None and event_type not in reg.types:
+                    continue
+                try:
+                    if reg.is_async:
+                        await reg.handler(event)
+                    else:
+                        result = reg.handler(event)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                except Exception as exc:
+                    await self._retry_or_dead_letter(reg, stored, exc)
+
+    async def _retry_or_dead_letter(
+        self, reg: Registration, stored: StoredEvent, first_error: Exception
+    ) -> None:
+        processor = self._processor
+        error: Exception = first_error
+        for attempt in range(1, processor.max_handler_attempts + 1):
+            if attempt > 1:
+                try:
+                    result = reg.handler(stored.event)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+                    return
+                except Exception as exc:
+                    error = exc
+            processor.stats.handler_errors[reg.name] += 1
+            self._log.error(
+                "omniq.handler_failed",
+                processor=processor.name,
+                handler=reg.name,
+                event_id=stored.event.event_id,
+                task_id=stored.event.task_id,
+                event_type=stored.event.event_type,
+                attempt=attempt,
+                error=f"{type(error).__name__}: {error}",
+            )
+        dead = DeadLetter(
+            group=processor.name,
+            handler=reg.name,
+            error=f"{type(error).__name__}: {error}",
+            attempts=processor.max_handler_attempts,
+            event=stored.event,
+            position=stored.position,
+        )
+        processor.stats.dead_lettered += 1
+        try:
+            await processor.event_storage.record_dead_letter(dead)
+        except Exception as exc:  # telemetry must not stop the loop
+            processor.stats.storage_errors += 1
+            self._log.error("omniq.dead_letter_failed", processor=processor.name, error=str(exc))

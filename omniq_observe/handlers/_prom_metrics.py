@@ -1,0 +1,197 @@
+"""The metric families of :class:`~omniq_observe.handlers.PrometheusHandler`, their label
+caps and the per-queue cache of label children."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from omniq_observe.exceptions import ConfigurationError
+
+__all__ = [
+    "DEFAULT_DURATION_BUCKETS",
+    "DEFAULT_QUEUE_WAIT_BUCKETS",
+    "KNOWN_EVENT_TYPES",
+    "OVERFLOW",
+    "STATUSES",
+    "UNPAIRED_REASONS",
+    "LabelCap",
+    "Metrics",
+    "QueueSeries",
+    "check_buckets",
+]
+
+#: Attempt durations: 5 ms to 1 h.
+DEFAULT_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0,
+)
+#: Queue waits: 50 ms to 1 h.
+DEFAULT_QUEUE_WAIT_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+)
+KNOWN_EVENT_TYPES = (
+    "ENQUEUED", "STARTED", "COMPLETED", "FAILED", "RETRIED", "CANCELLED", "TIMEOUT",
+)
+STATUSES = ("completed", "failed", "timeout", "cancelled")
+UNPAIRED_REASONS = ("clock_skew", "duplicate", "expired", "no_start", "superseded")
+CAPPED_LABELS = ("queue", "event_type", "error_type", "processor", "handler")
+OVERFLOW = "__overflow__"
+_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_OWN_LABELS = frozenset(
+    {"event_type", "queue", "status", "error_type", "processor", "handler", "reason", "label"}
+)
+
+
+def check_buckets(setting: str, buckets: Iterable[float]) -> tuple[float, ...]:
+    """Return ``buckets`` as a sorted tuple of positive finite bounds.
+
+    Raises:
+        ConfigurationError: empty, unsorted, or not positive finite numbers.
+    """
+    try:
+        bounds = tuple(float(b) for b in buckets)
+    except (TypeError, ValueError):
+        msg = f"{setting} must be numbers, got {buckets!r}"
+        raise ConfigurationError(msg, setting=setting, value=buckets) from None
+    if (
+        not bounds
+        or any(not (0 < b < float("inf")) for b in bounds)
+        or list(bounds) != sorted(set(bounds))
+    ):
+        msg = f"{setting} must be increasing positive finite bounds, got {buckets!r}"
+        raise ConfigurationError(msg, setting=setting, value=buckets)
+    return bounds
+
+
+class LabelCap:
+    """Admits at most ``limit`` distinct values of one label; later ones become
+    ``__overflow__`` and are counted."""
+
+    __slots__ = ("_admitted", "_count", "label", "limit")
+
+    def __init__(self, label: str, limit: int, count: Callable[[], None]) -> None:
+        self.label = label
+        self.limit = limit
+        self._admitted: set[str] = set()
+        self._count = count
+
+    def admit(self, value: str) -> str:
+        """Return ``value`` if it is (or can still be) a label value, else ``__overflow__``."""
+        admitted = self._admitted
+        if value in admitted:
+            return value
+        if len(admitted) < self.limit:
+            admitted.add(value)
+            return value
+        self._count()
+        return OVERFLOW
+
+
+class QueueSeries:
+    """The label children of one queue, created at zero when the queue is first seen."""
+
+    __slots__ = ("duration", "events", "failures", "in_progress", "queue", "retries", "wait")
+
+    def __init__(self, metrics: Metrics, queue: str) -> None:
+        extra = metrics.static_values
+        self.queue = queue
+        self.events: dict[str, Any] = {
+            t: metrics.events.labels(t, queue, *extra) for t in KNOWN_EVENT_TYPES
+        }
+        self.duration = {s: metrics.duration.labels(queue, s, *extra) for s in STATUSES}
+        self.duration["retried"] = self.duration["failed"]  # a retry ends a failed attempt
+        self.wait = metrics.queue_wait.labels(queue, *extra)
+        self.in_progress = metrics.in_progress.labels(queue, *extra)
+        self.retries = metrics.retries.labels(queue, *extra)
+        self.failures: dict[str, Any] = {}
+
+
+class Metrics:
+    """Creates and registers every metric family of the handler.
+
+    Raises:
+        ConfigurationError: the prefix, static labels or buckets are invalid, or metrics
+            with this prefix are already registered on ``registry``.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        prefix: str,
+        duration_buckets: Sequence[float],
+        queue_wait_buckets: Sequence[float],
+        static_labels: Mapping[str, str] | None,
+    ) -> None:
+        if not isinstance(prefix, str) or not _NAME.match(prefix):
+            msg = f"prefix must be a valid Prometheus metric name prefix, got {prefix!r}"
+            raise ConfigurationError(msg, setting="prefix", value=prefix)
+        static = dict(static_labels or {})
+        for name, value in static.items():
+            if not isinstance(name, str) or not _LABEL.match(name) or name.startswith("__"):
+                msg = f"static_labels: {name!r} is not a valid label name"
+                raise ConfigurationError(msg, setting="static_labels", value=name)
+            if name in _OWN_LABELS:
+                msg = f"static_labels: {name!r} is a label the handler sets itself"
+                raise ConfigurationError(msg, setting="static_labels", value=name)
+            if not isinstance(value, str):
+                msg = f"static_labels[{name!r}] must be a string, got {value!r}"
+                raise ConfigurationError(msg, setting="static_labels", value=value)
+        names = tuple(static)
+        self.static_values = tuple(static.values())
+        self.registry = registry
+        self.collectors: list[Any] = []
+        p = prefix
+
+        def make(kind: Any, name: str, doc: str, labels: tuple[str, ...], **kw: Any) -> Any:
+            try:
+                metric = kind(name, doc, (*labels, *names), registry=registry, **kw)
+            except ValueError as exc:
+                for collector in self.collectors:
+                    registry.unregister(collector)
+                msg = f"cannot register {name} on the registry (prefix {prefix!r}): {exc}"
+                raise ConfigurationError(msg, setting="prefix", value=prefix) from exc
+            self.collectors.append(metric)
+            return metric
+
+        durations = check_buckets("duration_buckets", duration_buckets)
+        waits = check_buckets("queue_wait_buckets", queue_wait_buckets)
+        self.events = make(Counter, f"{p}_task_events", "Task events by type and queue.",
+                           ("event_type", "queue"))
+        self.duration = make(Histogram, f"{p}_task_duration_seconds",
+                             "Attempt duration: STARTED to its terminal event.",
+                             ("queue", "status"), buckets=durations)
+        self.queue_wait = make(Histogram, f"{p}_task_queue_wait_seconds",
+                               "Queue wait: ENQUEUED (or RETRIED) to STARTED.", ("queue",),
+                               buckets=waits)
+        self.in_progress = make(Gauge, f"{p}_tasks_in_progress",
+                                "Attempts started and not ended.", ("queue",),
+                                multiprocess_mode="livesum")
+        self.failures = make(Counter, f"{p}_task_failures", "FAILED events by error type.",
+                             ("queue", "error_type"))
+        self.retries = make(Counter, f"{p}_task_retries", "RETRIED events.", ("queue",))
+        self.processed = make(Counter, f"{p}_observe_events_processed",
+                              "Events the processor handled.", ("processor",))
+        self.handler_errors = make(Counter, f"{p}_observe_handler_errors",
+                                   "Handler failures (each failed try).", ("handler",))
+        self.lag = make(Gauge, f"{p}_observe_processor_lag_seconds",
+                        "Now minus the event time of the last handled event; 0 when caught up.",
+                        ("processor",), multiprocess_mode="livemax")
+        self.unpaired = make(Counter, f"{p}_observe_unpaired_events",
+                             "Events that completed no pair, by reason.", ("reason",))
+        self.overflow = make(Counter, f"{p}_observe_label_overflow",
+                             "Label values replaced by __overflow__ (max_label_values).",
+                             ("label",))
+
+    def unregister(self) -> None:
+        """Remove every metric of this handler from its registry."""
+        for collector in self.collectors:
+            with contextlib.suppress(KeyError):
+                self.registry.unregister(collector)
+        self.collectors.clear()

@@ -1,0 +1,184 @@
+"""One structured log line per task event: :class:`StructlogHandler`.
+
+The line's ``event`` is ``task.<type in lower case>`` (``task.completed``); its keys:
+``task_id``, ``event_id``, ``queue``, ``worker_id``, ``attempt``, ``duration_s`` (events
+that end an attempt), ``error`` and ``error_type`` (failures), ``traceback`` (cut to
+``max_traceback`` characters), ``trace_id`` and ``span_id`` (from the producer's stored
+``traceparent``), ``event_timestamp`` (when it happened, ISO 8601; not ``timestamp``,
+which the application's ``TimeStamper`` sets to the time of logging) and ``details`` (the
+other details, sensitive keys redacted).
+
+The handler logs through ``structlog.get_logger()`` (or the logger you pass) and never
+calls ``structlog.configure()``: the application decides renderers and destinations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+from omniq_observe._pairing import Observation
+from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor, error_type_of, truncate
+from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.handlers._shared import SharedPairing, shared_pairing
+from omniq_observe.models.event import TaskEvent
+
+__all__ = ["DEFAULT_LEVELS", "StructlogHandler", "capture_task_logs"]
+
+#: Log levels by event type; any other type logs at ``info``.
+DEFAULT_LEVELS: Mapping[str, str] = {
+    "FAILED": "error",
+    "TIMEOUT": "error",
+    "RETRIED": "warning",
+    "CANCELLED": "warning",
+}
+_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+_PROMOTED = frozenset(
+    {"worker_id", "attempt", "error", "error_type", "traceback", "queue_name", "queue"}
+)
+
+
+class StructlogHandler:
+    """Logs one structured line per task event.
+
+    Args:
+        logger: a structlog logger (default ``structlog.get_logger("omniq_observe.tasks")``).
+        levels: log level by event type, merged over :data:`DEFAULT_LEVELS`.
+        redact: details keys (substrings, case-insensitive) whose values are hidden.
+        max_traceback: the most characters of ``details["traceback"]`` logged.
+        max_value_length: the most characters of any other string detail logged.
+        ttl: seconds (event time) after which a start that never ended is forgotten.
+
+    Raises:
+        ConfigurationError: a level name or a limit is invalid.
+    """
+
+    name = "structlog"
+
+    def __init__(
+        self,
+        logger: Any = None,
+        levels: Mapping[str, str] | None = None,
+        redact: Iterable[str] = DEFAULT_REDACT_KEYS,
+        *,
+        max_traceback: int = 4096,
+        max_value_length: int = 1024,
+        ttl: float = 3600.0,
+    ) -> None:
+        merged = {**DEFAULT_LEVELS}
+        for kind, level in (levels or {}).items():
+            if not isinstance(level, str) or level.lower() not in _LEVELS:
+                msg = f"levels[{kind!r}] must be one of {sorted(_LEVELS)}, got {level!r}"
+                raise ConfigurationError(msg, setting="levels", value=level)
+            merged[str(kind).upper()] = level.lower()
+        for setting, value in (("max_traceback", max_traceback),
+                               ("max_value_length", max_value_length)):
+            if not isinstance(value, int) or value < 1:
+                msg = f"{setting} must be a positive integer, got {value!r}"
+                raise ConfigurationError(msg, setting=setting, value=value)
+        self.logger = logger if logger is not None else structlog.get_logger(
+            "omniq_observe.tasks"
+        )
+        self.levels = merged
+        self.max_traceback = max_traceback
+        self.max_value_length = max_value_length
+        self.ttl = float(ttl)
+        self._redactor = Redactor(redact)
+        self._names: dict[str, tuple[str, str]] = {}  # event type -> (event name, level)
+        self._pairing = SharedPairing(None, self.ttl)
+
+    def attach(self, processor: Any) -> None:
+        """Called by ``register_handler``: share the processor's task pairing."""
+        self._pairing = shared_pairing(processor, self.ttl)
+
+    def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
+        """Log one event; returns an awaitable only when storage must be read."""
+        obs = self._pairing.try_observe(event, self)
+        if obs is None:
+            return self._log_later(event)
+        self._log(obs)
+        return None
+
+    async def _log_later(self, event: TaskEvent) -> None:
+        self._log(await self._pairing.observe(event, self))
+
+    def fields(self, obs: Observation) -> tuple[str, str, dict[str, Any]]:
+        """Return (level, event name, key/values) of the line for one observation."""
+        event = obs.event
+        kind = event.event_type
+        named = self._names.get(kind)
+        if named is None:
+            named = self._names[kind] = (f"task.{kind.lower()}", self.levels.get(kind, "info"))
+        details = event.details
+        fields: dict[str, Any] = {
+            "task_id": event.task_id,
+            "event_id": event.event_id,
+            "queue": obs.queue,
+        }
+        worker = details.get("worker_id")
+        attempt = details.get("attempt")
+        closed = obs.closed
+        if closed is not None:
+            fields["duration_s"] = round(closed.duration, 6)
+            worker = worker if worker is not None else closed.worker_id
+            attempt = attempt if attempt is not None else closed.attempt
+        elif attempt is None:
+            attempt = obs.attempt
+        if worker is not None:
+            fields["worker_id"] = worker
+        if attempt is not None:
+            fields["attempt"] = attempt
+        if kind == "FAILED" or "error" in details:
+            error = details.get("error")
+            if error is not None:
+                fields["error"] = truncate(str(error), self.max_value_length)
+            fields["error_type"] = error_type_of(details)
+        traceback = details.get("traceback")
+        if traceback is not None:
+            fields["traceback"] = truncate(str(traceback), self.max_traceback)
+        traceparent = event.trace_context.get("traceparent") if event.trace_context else None
+        if traceparent:
+            parts = traceparent.split("-")
+            if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+                fields["trace_id"] = parts[1]
+                fields["span_id"] = parts[2]
+        fields["event_timestamp"] = event.timestamp.isoformat()
+        if len(details) > len(_PROMOTED.intersection(details)):
+            fields["details"] = self._details(details)
+        return named[1], named[0], fields
+
+    def _details(self, details: Mapping[str, Any]) -> dict[str, Any]:
+        redactor, limit = self._redactor, self.max_value_length
+        rest = redactor.redact({k: v for k, v in details.items() if k not in _PROMOTED})
+        for key, value in rest.items():
+            if isinstance(value, str) and len(value) > limit:
+                rest[key] = truncate(value, limit)
+        return rest
+
+    def _log(self, obs: Observation) -> None:
+        if obs.duplicate:
+            return
+        level, name, fields = self.fields(obs)
+        getattr(self.logger, level)(name, **fields)
+
+
+@contextmanager
+def capture_task_logs() -> Iterator[list[dict[str, Any]]]:
+    """Capture the task log lines logged inside the block (for tests).
+
+    Yields a list that, when the block ends, holds one dict per ``task.*`` line
+    (``event``, ``log_level`` and the fields), as :func:`structlog.testing.capture_logs`
+    (which it uses) gives them. structlog's configuration is restored afterwards.
+    """
+    task_lines: list[dict[str, Any]] = []
+    with structlog.testing.capture_logs() as captured:
+        try:
+            yield task_lines
+        finally:
+            task_lines.extend(
+                dict(entry) for entry in captured
+                if str(entry.get("event", "")).startswith("task.")
+            )

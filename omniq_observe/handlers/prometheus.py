@@ -1,0 +1,283 @@
+"""Prometheus metrics from task events: :class:`PrometheusHandler`.
+
+Register it on a processor like any handler; it pairs events per task (see
+:mod:`omniq_observe._pairing`) and keeps counters, duration and queue-wait histograms and
+an in-progress gauge, plus self-metrics of the processor it is attached to. Serve the
+registry with :mod:`omniq_observe.exporter`.
+
+Decisions worth knowing (also in docs/prometheus.md):
+
+* ``registry=None`` registers on ``prometheus_client.REGISTRY`` when the handler is
+  created (never at import), as prometheus_client's own instrumentations do. A second
+  handler with the same prefix on the same registry raises ConfigurationError: give it
+  its own ``CollectorRegistry`` or another prefix.
+* An attempt closed by RETRIED (no terminal event in between) is recorded as a
+  ``failed`` duration: the attempt ended without success and its time was spent.
+  ``failures_total`` counts FAILED events only (TIMEOUT has its own event type).
+* Duplicates (same ``event_id``) count nowhere except
+  ``omniq_observe_unpaired_events_total{reason="duplicate"}``.
+* Self-metrics are refreshed from ``processor.stats`` when a new batch starts and at every
+  scrape of the registry; the lag is ``ProcessorStats.lag_seconds()``: 0 while the
+  processor has read everything, else now minus the event time of the last handled event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
+
+from omniq_observe._pairing import Attempt, Observation
+from omniq_observe._semantics import error_type_of
+from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.handlers._prom_metrics import (
+    CAPPED_LABELS,
+    DEFAULT_DURATION_BUCKETS,
+    DEFAULT_QUEUE_WAIT_BUCKETS,
+    KNOWN_EVENT_TYPES,
+    UNPAIRED_REASONS,
+    LabelCap,
+    Metrics,
+    QueueSeries,
+)
+from omniq_observe.handlers._shared import SharedPairing, shared_pairing
+from omniq_observe.models.event import TaskEvent
+
+__all__ = ["DEFAULT_DURATION_BUCKETS", "DEFAULT_QUEUE_WAIT_BUCKETS", "PrometheusHandler"]
+
+
+class _Refresh(Collector):
+    """Brings the self-metrics up to date just before the registry is collected."""
+
+    def __init__(self, handler: PrometheusHandler) -> None:
+        self._handler = handler
+
+    def describe(self) -> Iterable[Any]:
+        return ()
+
+    def collect(self) -> Iterable[Any]:
+        self._handler.refresh()
+        return ()
+
+
+class PrometheusHandler:
+    """Turns task events into Prometheus metrics (names in CONTRACT.md).
+
+    Args:
+        registry: where the metrics are registered; ``None``: ``prometheus_client.REGISTRY``.
+        prefix: the metric name prefix (``omniq`` gives ``omniq_task_events_total``).
+        duration_buckets: histogram bounds of attempt durations, seconds.
+        queue_wait_buckets: histogram bounds of queue waits, seconds.
+        static_labels: labels added to every series, e.g. ``{"env": "prod"}``.
+        max_label_values: the most distinct values any one label takes; more become
+            ``__overflow__`` and are counted in ``<prefix>_observe_label_overflow_total``.
+        ttl: seconds (event time) after which a start that never ended expires.
+
+    Raises:
+        ConfigurationError: a setting is invalid or the metrics are already registered.
+    """
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        prefix: str = "omniq",
+        duration_buckets: Iterable[float] = DEFAULT_DURATION_BUCKETS,
+        queue_wait_buckets: Iterable[float] = DEFAULT_QUEUE_WAIT_BUCKETS,
+        static_labels: Mapping[str, str] | None = None,
+        max_label_values: int = 1000,
+        *,
+        ttl: float = 3600.0,
+    ) -> None:
+        if not isinstance(max_label_values, int) or max_label_values < 1:
+            msg = f"max_label_values must be a positive integer, got {max_label_values!r}"
+            raise ConfigurationError(msg, setting="max_label_values", value=max_label_values)
+        if not isinstance(ttl, (int, float)) or not ttl > 0:
+            msg = f"ttl must be a positive number of seconds, got {ttl!r}"
+            raise ConfigurationError(msg, setting="ttl", value=ttl)
+        self.registry = prometheus_client.REGISTRY if registry is None else registry
+        self.ttl = float(ttl)
+        self._lock = threading.Lock()
+        self._refresher = _Refresh(self)
+        self.registry.register(self._refresher)  # before the metrics: collected first
+        try:
+            self.metrics = m = Metrics(
+                self.registry, prefix, list(duration_buckets), list(queue_wait_buckets),
+                static_labels,
+            )
+        except BaseException:
+            self.registry.unregister(self._refresher)
+            raise
+        extra = m.static_values
+        self._overflow = {label: m.overflow.labels(label, *extra) for label in CAPPED_LABELS}
+        self._unpaired = {r: m.unpaired.labels(r, *extra) for r in UNPAIRED_REASONS}
+        caps = {
+            label: LabelCap(label, max_label_values, child.inc)
+            for label, child in self._overflow.items()
+        }
+        self._queue_cap, self._type_cap = caps["queue"], caps["event_type"]
+        self._error_cap, self._processor_cap = caps["error_type"], caps["processor"]
+        self._handler_cap = caps["handler"]
+        for event_type in KNOWN_EVENT_TYPES:
+            self._type_cap.admit(event_type)
+        self._series: dict[str, QueueSeries] = {}  # by queue name as the pairing gives it
+        self._pairing = SharedPairing(None, self.ttl)
+        self._processor: Any = None
+        self._stats: Any = None
+        self._synced_batches = -1
+        self._synced_processed = 0
+        self._synced_errors: dict[str, int] = {}
+        self._processed_child: Any = None
+        self._lag_child: Any = None
+        self._error_children: dict[str, Any] = {}
+
+    # -- the handler contract -----------------------------------------------------------
+    def attach(self, processor: Any) -> None:
+        """Called by ``register_handler``: recover pairs from the processor's storage and
+        export its stats."""
+        self._processor = processor
+        self._pairing = shared_pairing(processor, self.ttl)
+        self._stats = getattr(processor, "stats", None)
+        name = getattr(processor, "name", None)
+        if isinstance(name, str):
+            label = self._processor_cap.admit(name)
+            extra = self.metrics.static_values
+            self._processed_child = self.metrics.processed.labels(label, *extra)
+            self._lag_child = self.metrics.lag.labels(label, *extra)
+        self.refresh()
+
+    def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
+        """Record one event; returns an awaitable only when storage must be read."""
+        obs = self._pairing.try_observe(event, self)
+        if obs is None:
+            return self._record_later(event)
+        self._record(obs)
+        stats = self._stats
+        if stats is not None and stats.batches != self._synced_batches:
+            self.refresh()
+        return None
+
+    async def _record_later(self, event: TaskEvent) -> None:
+        self._record(await self._pairing.observe(event, self))
+
+    def close(self) -> None:
+        """Unregister every metric of this handler from its registry."""
+        self.metrics.unregister()
+        with contextlib.suppress(KeyError):
+            self.registry.unregister(self._refresher)
+
+    # -- recording ----------------------------------------------------------------------
+    def _record(self, obs: Observation) -> None:
+        if obs.duplicate:
+            self._unpaired["duplicate"].inc()
+            return
+        event = obs.event
+        series = self._series.get(obs.queue)
+        if series is None:
+            series = self._new_series(obs.queue)
+        kind = event.event_type
+        child = series.events.get(kind)
+        if child is None:
+            child = self._event_child(series, kind)
+        child.inc()
+        if obs.queue_wait is not None:
+            series.wait.observe(obs.queue_wait)
+        if obs.opened:
+            series.in_progress.inc()
+        closed = obs.closed
+        if closed is not None:
+            self._end(closed, series if closed.queue == obs.queue else None)
+        if kind == "FAILED":
+            self._failure(series, event)
+        elif kind == "RETRIED":
+            series.retries.inc()
+        if obs.unpaired:
+            unpaired = self._unpaired
+            for reason in obs.unpaired:
+                unpaired[reason].inc()
+        if obs.expired:
+            superseded = kind == "STARTED" and "superseded" in obs.unpaired
+            for attempt in obs.expired:
+                if superseded and attempt.task_id == event.task_id:
+                    self._end(attempt, None)  # counted as superseded above
+                    continue
+                self._unpaired[attempt.status].inc()
+                if attempt.status == "expired":
+                    self._end(attempt, None)
+
+    def _end(self, attempt: Attempt, series: QueueSeries | None) -> None:
+        """An attempt ended: observe its duration, take it out of in-progress."""
+        if series is None:
+            series = self._series.get(attempt.queue)
+            if series is None:
+                series = self._new_series(attempt.queue)
+        if attempt.end is not None:
+            child = series.duration.get(attempt.status)
+            if child is not None:
+                child.observe(attempt.duration)
+        if attempt.was_open:
+            series.in_progress.dec()
+
+    def _failure(self, series: QueueSeries, event: TaskEvent) -> None:
+        error_type = error_type_of(event.details)
+        child = series.failures.get(error_type)
+        if child is None:
+            label = self._error_cap.admit(error_type)
+            child = self.metrics.failures.labels(series.queue, label, *self.metrics.static_values)
+            if label == error_type:
+                series.failures[error_type] = child
+        child.inc()
+
+    def _new_series(self, queue: str) -> QueueSeries:
+        label = self._queue_cap.admit(queue)
+        series = self._series.get(label)
+        if series is None:
+            series = self._series[label] = QueueSeries(self.metrics, label)
+        if label == queue:
+            self._series[queue] = series
+        return series
+
+    def _event_child(self, series: QueueSeries, kind: str) -> Any:
+        label = self._type_cap.admit(kind)
+        child = series.events.get(label)
+        if child is None:
+            child = self.metrics.events.labels(label, series.queue, *self.metrics.static_values)
+            series.events[label] = child
+        return child
+
+    # -- self-metrics -------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Bring the self-metrics up to date from the processor's stats (thread-safe)."""
+        stats = self._stats
+        if stats is None or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._synced_batches = stats.batches
+            if self._processed_child is not None:
+                delta = stats.processed - self._synced_processed
+                if delta > 0:
+                    self._processed_child.inc(delta)
+                    self._synced_processed = stats.processed
+                self._lag_child.set(stats.lag_seconds())
+            names = getattr(self._processor, "handler_names", ())
+            for name in (*names, *stats.handler_errors):
+                child = self._error_children.get(name)
+                if child is None:
+                    label = self._handler_cap.admit(name)
+                    child = self.metrics.handler_errors.labels(
+                        label, *self.metrics.static_values
+                    )
+                    self._error_children[name] = child
+                errors = stats.handler_errors.get(name, 0)
+                delta = errors - self._synced_errors.get(name, 0)
+                if delta > 0:
+                    child.inc(delta)
+                    self._synced_errors[name] = errors
+        finally:
+            self._lock.release()

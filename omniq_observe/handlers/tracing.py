@@ -1,0 +1,357 @@
+"""TracingHandler: one OpenTelemetry span per task attempt, rebuilt from stored events.
+
+The span is made when the attempt ends, with the exact start (STARTED) and end (the
+terminal event) timestamps, so an uninstrumented worker's tasks still show up, in the
+enqueuer's trace. Nothing is held open: a worker that dies leaves no half-made span,
+and the memory per open attempt is the pairing's (~160 bytes), bounded by its TTL.
+
+How each case is drawn:
+
+* COMPLETED: status UNSET (the OpenTelemetry convention for success).
+* FAILED: status ERROR with ``details["error"]`` as description, ``error.type``, and an
+  ``exception`` span event (``exception.type``, ``exception.message``,
+  ``exception.stacktrace`` from ``details["traceback"]``, cut keeping its end).
+* TIMEOUT: status ERROR, ``error.type="timeout"``.
+* CANCELLED: status UNSET; ``omniq.task.status="cancelled"`` says what happened.
+* RETRIED while an attempt is open ends that attempt: status ERROR, ``error.type`` from
+  the details (``"retried"`` when they name none), an ``omniq.task.retried`` span event.
+* RETRIED after the attempt already ended (FAILED, then RETRIED: the usual order) cannot
+  go on the ended span; it becomes an ``omniq.task.retried`` span event, at the RETRIED
+  time, on the *next* attempt's span, which also links to the failed attempt's span.
+  A retry noted before a processor restart is not carried over it.
+* A STARTED that supersedes an attempt that never ended, or an attempt open for ``ttl``
+  seconds (event time) with no more events, gives a span with status ERROR and
+  ``error.type="expired"`` (ending at the superseding STARTED, or at its own start).
+* Duplicate deliveries (same ``event_id``) make no span. After a processor restart a
+  terminal event finds its STARTED in storage history (via ``attach``).
+* PRODUCER spans: for an ENQUEUED stored without a trace context (the enqueuer had no
+  active span), a ``send <queue>`` PRODUCER span at the ENQUEUED time starts the trace
+  and the task's spans join it (``producer_spans=False`` turns this off). That link is
+  kept in memory only: after a restart, attempts of such a task start their own trace.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
+
+from omniq_observe._pairing import Attempt, Observation, TaskPairing
+from omniq_observe._semantics import error_type_of, truncate
+from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.handlers._shared import SharedPairing, shared_pairing
+from omniq_observe.models.event import TaskEvent
+from omniq_observe.propagation import (
+    MESSAGING_SYSTEM,
+    _check_link_mode,
+    _get_tracer,
+    _process_attributes,
+    extract_trace_context,
+)
+
+__all__ = ["TracingHandler", "TracingStats"]
+
+_MAX_REMEMBERED = 100_000  # retry notes and producer contexts kept, at most, each
+_EMPTY = Context()
+
+
+@dataclass
+class TracingStats:
+    """What a :class:`TracingHandler` did."""
+
+    spans: int = 0
+    producer_spans: int = 0
+    duplicates: int = 0
+    expired: int = 0
+    unpaired: int = 0  # terminal events whose STARTED never came
+
+
+@dataclass(slots=True)
+class _RetryNote:
+    """What the next attempt of a failed task should show: the failed span, the retry."""
+
+    previous: SpanContext | None = None
+    retried: TaskEvent | None = None
+
+
+def _ns(seconds: float) -> int:
+    """Epoch seconds (a float exact to the microsecond) to integer nanoseconds.
+
+    Exact for times before 2106 (2**32 s): the float's error is then under 0.25 µs.
+    """
+    return round(seconds * 1_000_000) * 1000
+
+
+def _without_type(error: str, error_type: str) -> str:
+    """``"ValueError: bad"`` -> ``"bad"`` (the message without its leading type name)."""
+    head, sep, rest = error.partition(": ")
+    return rest if sep and head.rsplit(".", 1)[-1] == error_type else error
+
+
+def _tail(value: str, limit: int) -> str:
+    """Cut ``value`` to ``limit`` characters keeping its end (a traceback's last lines)."""
+    if limit <= 0 or len(value) <= limit:
+        return value
+    return "…" + value[len(value) - limit + 1 :]
+
+
+class TracingHandler:
+    """Turns task events into OpenTelemetry spans: one ``process <queue>`` span per attempt.
+
+    Register it on a processor; see the module docstring for how each case is drawn.
+
+    Args:
+        tracer_provider: the provider to use; the global one when ``None`` (this handler
+            never sets a global).
+        link_mode: ``"parent"``: the enqueuer's span is the task span's parent;
+            ``"link"``: the task span starts a new trace linked to it.
+        producer_spans: make a ``send <queue>`` PRODUCER span for an ENQUEUED stored
+            without trace context, as the root of the task's trace.
+        ttl: seconds (event time) an attempt may stay open before it is given up.
+        max_attribute_length: string attributes and descriptions are cut to this length.
+
+    Raises:
+        ConfigurationError: a setting is invalid.
+    """
+
+    name = "tracing"
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        link_mode: str = "parent",
+        *,
+        producer_spans: bool = True,
+        ttl: float = 3600.0,
+        max_attribute_length: int = 1024,
+    ) -> None:
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not ttl > 0:
+            msg = f"ttl must be a positive number of seconds, got {ttl!r}"
+            raise ConfigurationError(msg, setting="ttl", value=ttl)
+        if not isinstance(max_attribute_length, int) or max_attribute_length < 1:
+            value = max_attribute_length
+            msg = f"max_attribute_length must be a positive integer, got {value!r}"
+            raise ConfigurationError(msg, setting="max_attribute_length", value=value)
+        self.link_mode = _check_link_mode(link_mode)
+        self.producer_spans = producer_spans
+        self.max_attribute_length = max_attribute_length
+        self.ttl = float(ttl)
+        self._pairing = SharedPairing(None, self.ttl)
+        self._pairing.pairing.keep_context = True
+        self.stats = TracingStats()
+        self._tracer = _get_tracer(tracer_provider)
+        self._notes: collections.OrderedDict[str, _RetryNote] = collections.OrderedDict()
+        # Trace contexts of the producer spans made here, until the task's attempts use them.
+        self._produced: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
+        self._names: dict[str, tuple[str, dict[str, AttributeValue]]] = {}
+
+    @property
+    def pairing(self) -> TaskPairing:
+        """The task pairing this handler reads (shared with the processor's other handlers)."""
+        return self._pairing.pairing
+
+    def attach(self, processor: Any) -> None:
+        """Share the processor's pairing (which reads storage history after a restart).
+
+        The shared pairing is told to keep each ENQUEUED's trace context.
+        """
+        self._pairing = shared_pairing(processor, self.ttl)
+        self._pairing.pairing.keep_context = True
+
+    def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
+        """Handle one event; returns an awaitable only when storage must be read."""
+        obs = self._pairing.try_observe(event, self)
+        if obs is None:
+            return self._handle_with_history(event)
+        self._handle(obs)
+        return None
+
+    async def _handle_with_history(self, event: TaskEvent) -> None:
+        self._handle(await self._pairing.observe(event, self))
+
+    # -- one observation -------------------------------------------------------------
+    def _handle(self, obs: Observation) -> None:
+        if obs.duplicate:
+            self.stats.duplicates += 1
+            return
+        event = obs.event
+        for attempt in obs.expired:
+            self._expired(attempt, obs)
+        kind = event.event_type
+        closed = obs.closed
+        if closed is not None:
+            self._attempt_span(closed)
+        elif kind == "ENQUEUED":
+            if self.producer_spans and not event.trace_context:
+                self._producer_span(event, obs.queue)
+        elif kind == "RETRIED":
+            self._note(event.task_id).retried = event
+
+    def _producer_span(self, event: TaskEvent, queue: str) -> None:
+        limit = self.max_attribute_length
+        at = event.timestamp_ns
+        span = self._tracer.start_span(
+            f"send {truncate(queue, limit)}",
+            context=_EMPTY,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": truncate(queue, limit),
+                "messaging.message.id": truncate(event.task_id, limit),
+            },
+            start_time=at,
+        )
+        span.end(end_time=at)
+        self.stats.producer_spans += 1
+        ctx = span.get_span_context()
+        if ctx.is_valid:
+            produced = self._produced
+            produced[event.task_id] = {
+                "traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-"
+                               f"{int(ctx.trace_flags):02x}"
+            }
+            if len(produced) > _MAX_REMEMBERED:
+                produced.popitem(last=False)
+
+    def _attempt_span(self, attempt: Attempt) -> None:
+        end = attempt.end_event
+        if end is None or attempt.start != attempt.start:  # NaN: the STARTED never came
+            self.stats.unpaired += 1
+            return
+        note = self._notes.pop(attempt.task_id, None) if self._notes else None
+        span = self._start(attempt, note)
+        status = attempt.status
+        if note is None and (status == "completed" or status == "cancelled"):
+            if self._produced:
+                self._produced.pop(attempt.task_id, None)  # the task is over
+            span.end(end_time=end.timestamp_ns)
+            self.stats.spans += 1
+            return
+        details = end.details
+        end_ns = end.timestamp_ns
+        limit = self.max_attribute_length
+        if note is not None and note.retried is not None:
+            self._retried_event(span, note.retried)
+        if status == "failed":
+            error_type = error_type_of(details)
+            error = details.get("error")
+            text = error if isinstance(error, str) else ("" if error is None else str(error))
+            message = truncate(text, limit)
+            span.set_attribute("error.type", truncate(error_type, limit))
+            exception: dict[str, AttributeValue] = {
+                "exception.type": truncate(error_type, limit),
+                "exception.message": truncate(_without_type(text, error_type), limit),
+            }
+            stacktrace = details.get("traceback")
+            if isinstance(stacktrace, str) and stacktrace:
+                exception["exception.stacktrace"] = _tail(stacktrace, limit)
+            span.add_event("exception", exception, timestamp=end_ns)
+            span.set_status(Status(StatusCode.ERROR, message or None))
+        elif status == "timeout":
+            span.set_attribute("error.type", "timeout")
+            seconds = details.get("timeout_seconds")
+            description = (
+                f"timed out after {seconds}s" if isinstance(seconds, (int, float)) else "timed out"
+            )
+            span.set_status(Status(StatusCode.ERROR, description))
+        elif status == "retried":
+            given = "error" in details or "error_type" in details
+            span.set_attribute(
+                "error.type", truncate(error_type_of(details), limit) if given else "retried"
+            )
+            self._retried_event(span, end)
+            span.set_status(Status(StatusCode.ERROR, "retried"))
+        span.end(end_time=end_ns)
+        self.stats.spans += 1
+        if status in ("failed", "timeout", "retried"):
+            self._note(attempt.task_id).previous = span.get_span_context()
+        elif self._produced:
+            self._produced.pop(attempt.task_id, None)
+
+    def _expired(self, attempt: Attempt, obs: Observation) -> None:
+        if attempt.start != attempt.start:  # a terminal event whose STARTED never came
+            self.stats.unpaired += 1
+            return
+        self.stats.expired += 1
+        start_ns = _ns(attempt.start)
+        event = obs.event
+        superseded = event.task_id == attempt.task_id and event.event_type == "STARTED"
+        end_ns = max(start_ns, event.timestamp_ns) if superseded else start_ns
+        span = self._start(attempt, self._notes.pop(attempt.task_id, None))
+        span.set_attribute("error.type", "expired")
+        reason = "superseded by a new attempt" if superseded else "no terminal event within ttl"
+        span.set_status(Status(StatusCode.ERROR, reason))
+        span.end(end_time=end_ns)
+        self.stats.spans += 1
+
+    # -- helpers --------------------------------------------------------------------
+    def _start(self, attempt: Attempt, note: _RetryNote | None) -> trace.Span:
+        """Start the attempt's span at its exact start time, parented or linked."""
+        limit = self.max_attribute_length
+        queue = attempt.queue
+        named = self._names.get(queue)
+        if named is None:
+            named = (f"process {truncate(queue, limit)}",
+                     _process_attributes(queue, "", None, None, limit))
+            if len(self._names) >= _MAX_REMEMBERED:
+                self._names.clear()
+            self._names[queue] = named
+        name, base = named
+        attrs = base.copy()
+        task_id = attempt.task_id
+        attrs["messaging.message.id"] = task_id if len(task_id) <= limit else truncate(
+            task_id, limit
+        )
+        worker = attempt.worker_id
+        if worker is not None:
+            attrs["omniq.worker.id"] = worker if len(worker) <= limit else truncate(worker, limit)
+        if attempt.attempt > 0:
+            attrs["omniq.task.attempt"] = attempt.attempt
+        attrs["omniq.task.status"] = attempt.status
+        links: list[Link] = []
+        context = _EMPTY
+        carrier = attempt.context or (self._produced.get(task_id) if self._produced else None)
+        if carrier:
+            stored = extract_trace_context(carrier)
+            if self.link_mode == "parent":
+                context = stored
+            else:
+                parent = trace.get_current_span(stored).get_span_context()
+                if parent.is_valid:
+                    links.append(Link(parent))
+        if note is not None and note.previous is not None:
+            links.append(Link(note.previous, {"omniq.link.reason": "previous_attempt"}))
+        return self._tracer.start_span(
+            name,
+            context=context,
+            kind=SpanKind.CONSUMER,
+            attributes=attrs,
+            links=links,
+            start_time=_ns(attempt.start),
+        )
+
+    def _retried_event(self, span: trace.Span, event: TaskEvent) -> None:
+        attrs: dict[str, AttributeValue] = {"omniq.event.id": event.event_id}
+        for key, name in (("attempt", "omniq.task.attempt"),
+                          ("max_attempts", "omniq.task.max_attempts")):
+            value = event.details.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                attrs[name] = value
+        span.add_event("omniq.task.retried", attrs, timestamp=event.timestamp_ns)
+
+    def _note(self, task_id: str) -> _RetryNote:
+        notes = self._notes
+        note = notes.get(task_id)
+        if note is None:
+            note = notes[task_id] = _RetryNote()
+            if len(notes) > _MAX_REMEMBERED:
+                notes.popitem(last=False)
+        return note

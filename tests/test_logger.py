@@ -1,0 +1,302 @@
+"""AsyncEventLogger: storing, span events on the caller's span, trace context, failure policy."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from opentelemetry import baggage, context, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+from omniq_observe.backend import BaseEventStorage, MemoryBackend, SQLiteBackend
+from omniq_observe.events import AsyncEventLogger
+from omniq_observe.exceptions import ConfigurationError, InvalidEventError, StorageError
+from omniq_observe.models.event import EventType, TaskEvent
+
+UTC = timezone.utc
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer(exporter: InMemorySpanExporter) -> Iterator[trace.Tracer]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider.get_tracer("tests")
+    provider.shutdown()
+
+
+async def test_log_event_returns_once_stored_and_visible(backend: BaseEventStorage) -> None:
+    logger = AsyncEventLogger(event_storage=backend)
+    event = TaskEvent(task_id="t", event_type="ENQUEUED", details={"queue_name": "q"})
+    await logger.log_event(event)
+    assert [s.event for s in await backend.read_after(None, 10)] == [event]
+    assert logger.stats.logged == 1
+
+
+async def test_log_events_stores_a_batch_in_order(backend: BaseEventStorage) -> None:
+    logger = AsyncEventLogger(event_storage=backend)
+    batch = [TaskEvent(task_id="t", event_type=t) for t in ("ENQUEUED", "STARTED", "COMPLETED")]
+    await logger.log_events(batch)
+    assert [s.event.event_type for s in await backend.read_after(None, 10)] == [
+        "ENQUEUED",
+        "STARTED",
+        "COMPLETED",
+    ]
+    assert logger.stats.logged == 3
+
+
+async def test_not_a_task_event_is_refused() -> None:
+    logger = AsyncEventLogger(event_storage=MemoryBackend())
+    with pytest.raises(InvalidEventError) as info:
+        await logger.log_event({"task_id": "t"})  # type: ignore[arg-type]
+    assert info.value.field == "event"
+    assert "got dict" in str(info.value)
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AsyncEventLogger(event_storage="memory://")  # type: ignore[arg-type]
+    assert info.value.setting == "event_storage"
+    with pytest.raises(ConfigurationError) as info:
+        AsyncEventLogger(MemoryBackend(), on_storage_error="ignore")
+    assert "'ignore'" in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        AsyncEventLogger(MemoryBackend(), buffer_size=0)
+    assert info.value.setting == "buffer_size"
+
+
+async def test_span_event_on_the_callers_span(
+    tracer: trace.Tracer, exporter: InMemorySpanExporter
+) -> None:
+    logger = AsyncEventLogger(event_storage=MemoryBackend())
+    ts = datetime(2024, 6, 1, 8, 30, 0, 123456, tzinfo=UTC)
+    event = TaskEvent(
+        task_id="task-1",
+        event_type=EventType.FAILED,
+        timestamp=ts,
+        details={
+            "queue_name": "emails",
+            "worker_id": "w-7",
+            "attempt": 2,
+            "error": "ValueError: bad input",
+            "ratio": 0.5,
+            "ok": False,
+            "nested": {"not": "primitive"},
+            "items": [1, 2],
+            "none": None,
+            "api_token": "s3cret",
+        },
+        event_id="evt-1",
+    )
+    with tracer.start_as_current_span("caller"):
+        await logger.log_event(event)
+    [span] = exporter.get_finished_spans()
+    [span_event] = span.events
+    assert span_event.name == "omniq.task.failed"
+    assert span_event.timestamp == 1_717_230_600_123_456_000
+    assert dict(span_event.attributes or {}) == {
+        "omniq.task.id": "task-1",
+        "omniq.event.id": "evt-1",
+        "omniq.event.type": "FAILED",
+        "messaging.destination.name": "emails",
+        "omniq.worker.id": "w-7",
+        "omniq.task.attempt": 2,
+        "error.type": "ValueError",
+        "omniq.details.queue_name": "emails",
+        "omniq.details.worker_id": "w-7",
+        "omniq.details.attempt": 2,
+        "omniq.details.error": "ValueError: bad input",
+        "omniq.details.ratio": 0.5,
+        "omniq.details.ok": False,
+        "omniq.details.api_token": "[REDACTED]",
+    }
+
+
+async def test_span_event_names_and_long_strings_truncated(
+    tracer: trace.Tracer, exporter: InMemorySpanExporter
+) -> None:
+    logger = AsyncEventLogger(event_storage=MemoryBackend(), max_attribute_length=10)
+    with tracer.start_as_current_span("caller"):
+        await logger.log_events(
+            [
+                TaskEvent(task_id="t", event_type="expired", details={"reason": "x" * 50}),
+                TaskEvent(task_id="t", event_type=EventType.TIMEOUT),
+            ]
+        )
+    [span] = exporter.get_finished_spans()
+    assert [e.name for e in span.events] == ["omniq.task.expired", "omniq.task.timeout"]
+    assert span.events[0].attributes["omniq.details.reason"] == "x" * 9 + "…"  # type: ignore[index]
+    assert span.events[1].attributes["error.type"] == "timeout"  # type: ignore[index]
+
+
+async def test_callers_trace_context_is_stored_with_the_event(
+    backend: BaseEventStorage, tracer: trace.Tracer
+) -> None:
+    logger = AsyncEventLogger(event_storage=backend)
+    token = context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        with tracer.start_as_current_span("caller") as span:
+            await logger.log_event(TaskEvent(task_id="t", event_type="ENQUEUED"))
+            ctx = span.get_span_context()
+    finally:
+        context.detach(token)
+    [stored] = await backend.read_after(None, 10)
+    assert stored.event.trace_context == {
+        "traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}",
+        "baggage": "tenant=acme",
+    }
+
+
+async def test_tracestate_is_stored(backend: BaseEventStorage) -> None:
+    parent = trace.SpanContext(
+        trace_id=0x1234,
+        span_id=0x5678,
+        is_remote=True,
+        trace_flags=trace.TraceFlags(1),
+        trace_state=trace.TraceState([("vendor", "value")]),
+    )
+    logger = AsyncEventLogger(event_storage=backend)
+    with trace.use_span(trace.NonRecordingSpan(parent)):
+        await logger.log_event(TaskEvent(task_id="t", event_type="ENQUEUED"))
+    [stored] = await backend.read_after(None, 10)
+    assert stored.event.trace_context == {
+        "traceparent": "00-00000000000000000000000000001234-0000000000005678-01",
+        "tracestate": "vendor=value",
+    }
+
+
+async def test_no_span_means_no_trace_context_and_no_error() -> None:
+    backend = MemoryBackend()
+    logger = AsyncEventLogger(event_storage=backend)
+    await logger.log_event(TaskEvent(task_id="t", event_type="ENQUEUED"))
+    [stored] = await backend.read_after(None, 10)
+    assert stored.event.trace_context == {}
+
+
+async def test_given_trace_context_is_kept(tracer: trace.Tracer) -> None:
+    backend = MemoryBackend()
+    logger = AsyncEventLogger(event_storage=backend)
+    given = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+    with tracer.start_as_current_span("caller"):
+        await logger.log_event(TaskEvent(task_id="t", event_type="X", trace_context=given))
+    [stored] = await backend.read_after(None, 10)
+    assert stored.event.trace_context == given
+
+
+async def test_sampled_out_span_gets_no_event_but_keeps_context(
+    exporter: InMemorySpanExporter,
+) -> None:
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    backend = MemoryBackend()
+    logger = AsyncEventLogger(event_storage=backend, tracer_provider=provider)
+    with provider.get_tracer("t").start_as_current_span("caller") as span:
+        assert span.is_recording() is False
+        await logger.log_event(TaskEvent(task_id="t", event_type="X"))
+    assert exporter.get_finished_spans() == ()
+    [stored] = await backend.read_after(None, 10)
+    flags = int(stored.event.trace_context["traceparent"].rsplit("-", 1)[1], 16)
+    assert flags & 1 == 0  # the sampled flag is off
+
+
+async def test_logger_never_configures_a_global_tracer_provider() -> None:
+    before = trace.get_tracer_provider()
+    provider = TracerProvider()
+    logger = AsyncEventLogger(event_storage=MemoryBackend(), tracer_provider=provider)
+    await logger.log_event(TaskEvent(task_id="t", event_type="X"))
+    assert trace.get_tracer_provider() is before
+    assert logger.tracer_provider is provider
+
+
+def lock_database(path: Path) -> sqlite3.Connection:
+    """Hold SQLite's write lock from another connection, as a busy process would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    return conn
+
+
+async def test_storage_failure_raises_storage_error_with_cause(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "busy.db", busy_timeout=0.05)
+    logger = AsyncEventLogger(event_storage=backend)
+    await logger.log_event(TaskEvent(task_id="t", event_type="X"))
+    lock = lock_database(backend.path)
+    try:
+        with pytest.raises(StorageError) as info:
+            await logger.log_event(TaskEvent(task_id="t", event_type="Y"))
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+        assert "locked" in str(info.value)
+        assert logger.stats.storage_errors == 1
+        assert logger.buffered == 0
+    finally:
+        lock.close()
+    await logger.log_event(TaskEvent(task_id="t", event_type="Z"))
+    assert [s.event.event_type for s in await backend.read_after(None, 10)] == ["X", "Z"]
+    await backend.close()
+
+
+async def test_non_storage_errors_are_wrapped_in_storage_error() -> None:
+    class BrokenStorage(MemoryBackend):
+        async def append(self, events: object) -> None:  # type: ignore[override]
+            raise ConnectionResetError("peer went away")
+
+    logger = AsyncEventLogger(event_storage=BrokenStorage())
+    with pytest.raises(StorageError) as info:
+        await logger.log_event(TaskEvent(task_id="t", event_type="X"))
+    assert isinstance(info.value.__cause__, ConnectionResetError)
+    assert "ConnectionResetError: peer went away" in str(info.value)
+
+
+async def test_buffer_policy_keeps_order_drains_when_storage_returns_and_counts_drops(
+    tmp_path: Path,
+) -> None:
+    backend = SQLiteBackend(tmp_path / "busy.db", busy_timeout=0.05)
+    logger = AsyncEventLogger(event_storage=backend, on_storage_error="buffer", buffer_size=3)
+    logger.retry_interval = 0.01
+    await logger.log_event(TaskEvent(task_id="t", event_type="A"))
+    lock = lock_database(backend.path)
+    try:
+        for name in ("B", "C", "D", "E", "F"):
+            await logger.log_event(TaskEvent(task_id="t", event_type=name))  # never raises
+        assert logger.buffered == 3
+        assert logger.stats.dropped == 2
+        assert logger.stats.buffered == 3
+    finally:
+        lock.close()
+    assert await logger.flush(timeout=10) is True
+    assert logger.buffered == 0
+    assert [s.event.event_type for s in await backend.read_after(None, 10)] == ["A", "B", "C", "D"]
+    assert logger.stats.logged == 4
+    await logger.log_event(TaskEvent(task_id="t", event_type="G"))
+    assert await backend.count() == 5
+    await logger.aclose()
+    await backend.close()
+
+
+async def test_aclose_gives_up_on_a_dead_storage_and_counts_what_it_drops(
+    tmp_path: Path,
+) -> None:
+    backend = SQLiteBackend(tmp_path / "busy.db", busy_timeout=0.01)
+    await backend.append([TaskEvent(task_id="t", event_type="A")])
+    lock = lock_database(backend.path)
+    try:
+        async with AsyncEventLogger(
+            event_storage=backend, on_storage_error="buffer", buffer_size=10
+        ) as logger:
+            await logger.log_event(TaskEvent(task_id="t", event_type="B"))
+            assert await logger.flush(timeout=0.05) is False
+            await logger.aclose(timeout=0.05)
+        assert logger.buffered == 0
+        assert logger.stats.dropped == 1
+    finally:
+        lock.close()
+    await backend.close()

@@ -1,0 +1,192 @@
+"""PostgresBackend specifics on the real PostgreSQL (the shared contract is
+test_backend_contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+from _server_backends import TestPostgresBackend, make_postgres, unique_name
+from conftest import POSTGRES_URL, async_wait_until
+
+from omniq_observe.backend import Consumer, from_url
+from omniq_observe.backend.postgres import PostgresBackend
+from omniq_observe.events import AsyncEventProcessor
+from omniq_observe.exceptions import ConfigurationError, InvalidURLError
+from omniq_observe.models.event import TaskEvent
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[TestPostgresBackend]:
+    storage = make_postgres(lease_seconds=0.3)
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[psycopg.AsyncConnection]:
+    conn = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def _events(n: int, task: str = "t") -> list[TaskEvent]:
+    return [TaskEvent(task_id=f"{task}{i % 3}", event_type="ENQUEUED",
+                      details={"queue_name": "q", "i": i}) for i in range(n)]
+
+
+async def test_from_url_takes_our_parameters_and_keeps_libpq_ones() -> None:
+    storage = from_url("postgres://u@db:5433/x?schema=obs&lease_seconds=9&sslmode=disable")
+    assert isinstance(storage, PostgresBackend)
+    assert (storage.schema, storage.lease_seconds) == ("obs", 9.0)
+    assert storage.dsn == "postgresql://u@db:5433/x?sslmode=disable"
+    with pytest.raises(InvalidURLError, match="pool_size='x' is not a valid int"):
+        from_url("postgresql://u@db/x?pool_size=x")
+    with pytest.raises(ConfigurationError, match="schema must be a plain identifier"):
+        PostgresBackend(schema="bad; DROP TABLE x")
+
+
+async def test_schema_is_created_once_with_its_version_and_columns(
+    admin: psycopg.AsyncConnection,
+) -> None:
+    schema = unique_name("pg")
+    # Three processes' worth of backends start on a fresh schema at the same moment.
+    backends = [TestPostgresBackend(POSTGRES_URL, schema=schema) for _ in range(3)]
+    try:
+        healths = await asyncio.gather(*(b.health() for b in backends))
+        assert [h.schema_version for h in healths] == [1, 1, 1]
+        cur = await admin.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'omniq_events' ORDER BY ordinal_position",
+            (schema,),
+        )
+        assert await cur.fetchall() == [
+            ("id", "bigint"), ("event_id", "text"), ("task_id", "text"),
+            ("event_type", "text"), ("timestamp", "timestamp with time zone"),
+            ("details", "jsonb"), ("trace_context", "jsonb"), ("raw", "text"),
+        ]
+        cur = await admin.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s "
+            "AND tablename = 'omniq_events' ORDER BY indexname", (schema,))
+        assert [r[0] for r in await cur.fetchall()] == [
+            "omniq_events_pkey", "omniq_events_task", "omniq_events_time", "omniq_events_type"]
+    finally:
+        for b in backends[1:]:
+            b._closed = True  # only the first drops the schema
+            await PostgresBackend.close(b)
+        await backends[0].close()
+
+
+async def test_details_are_jsonb_queryable_and_nul_characters_round_trip(
+    pg: TestPostgresBackend, admin: psycopg.AsyncConnection
+) -> None:
+    tricky = TaskEvent(task_id="t", event_type="FAILED",
+                       details={"queue_name": "q", "error": "a\x00b\\u0000", "tab": "\t"},
+                       trace_context={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    await pg.append([*_events(2), tricky])
+    assert [s.event for s in await pg.read_after(None, 10)][2] == tricky
+    assert await pg.task_history("t") == [tricky]
+    cur = await admin.execute(
+        f"SELECT details->>'queue_name', trace_context->>'traceparent' "
+        f"FROM {pg.schema}.omniq_events WHERE event_type = 'FAILED'")
+    assert await cur.fetchone() == ("q", tricky.trace_context["traceparent"])
+
+
+async def test_concurrent_writers_commit_ids_in_order_so_no_reader_skips_one(
+    pg: TestPostgresBackend,
+) -> None:
+    """bigserial ids are drawn before commit: writer 1 draws id N, writer 2 draws N+1 and
+    commits first; a reader at "id > last" would then pass N for good. The backend orders
+    writers, so writer 2 waits until writer 1 committed."""
+    await pg.append(_events(1, task="first"))
+    start = await pg.last_position()
+    consumer = Consumer("g", "m")
+    await pg.commit_position("g", start)
+    writer1 = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True)
+    writer2 = PostgresBackend(POSTGRES_URL, schema=pg.schema)
+    e1 = TaskEvent(task_id="w1", event_type="ENQUEUED")
+    e2 = TaskEvent(task_id="w2", event_type="ENQUEUED")
+    try:
+        async with writer1.transaction():
+            await pg._insert(writer1, [e1])  # drawn an id, not committed
+            second = asyncio.ensure_future(writer2.append([e2]))
+            done, _ = await asyncio.wait({second}, timeout=0.5)
+            assert not done  # held back until writer 1 commits
+            assert await pg.read_after(start, 10) == []
+            assert await pg.claim(consumer, 10) == []
+        await second
+        claimed = await pg.claim(consumer, 10)
+    finally:
+        await writer1.close()
+        await writer2.close()
+    assert [s.event for s in claimed] == [e1, e2]
+    assert claimed[0].position < claimed[1].position
+
+
+async def test_two_members_share_and_an_expired_lease_is_taken_over(
+    pg: TestPostgresBackend,
+) -> None:
+    await pg.append(_events(30))
+    a, b = Consumer("g", "a"), Consumer("g", "b")
+    first = await pg.claim(a, 10)
+    second = await pg.claim(b, 20)
+    assert len({s.position for s in first + second}) == 30
+    await pg.ack(b, second)
+    # a holds its batch: the group's position stays before it.
+    assert await pg.get_position("g") is None
+    assert await pg.claim(b, 10) == []  # a's lease has not expired yet
+    # a never acknowledges; after lease_seconds, b takes a's batch over.
+    taken = await async_wait_until(lambda: pg.claim(b, 10), timeout=5)
+    assert [s.position for s in taken] == [s.position for s in first]
+    await pg.ack(a, first)  # too late: the lease is b's now, a's ack changes nothing
+    assert await pg.get_position("g") is None
+    await pg.ack(b, taken)
+    assert await pg.get_position("g") == second[-1].position
+    assert await pg.positions() == {"g": second[-1].position}
+
+
+async def test_release_hands_a_lease_over_at_once() -> None:
+    storage = make_postgres(lease_seconds=3600.0)
+    try:
+        await storage.append(_events(4))
+        leaving, staying = Consumer("g", "leaving"), Consumer("g", "staying")
+        held = await storage.claim(leaving, 4)
+        await storage.release(leaving)
+        assert [s.position for s in await storage.claim(staying, 4)] == [
+            s.position for s in held]
+    finally:
+        await storage.close()
+
+
+async def test_notify_wakes_a_waiting_processor_even_after_its_listener_was_killed(
+    pg: TestPostgresBackend, admin: psycopg.AsyncConnection
+) -> None:
+    processor = AsyncEventProcessor(pg, "wake", idle_timeout=5.0)
+    arrived: list[float] = []
+    processor.register_handler(lambda e: arrived.append(time.monotonic()))
+    runner = asyncio.ensure_future(processor.start())
+    latencies = []
+    try:
+        for n in range(1, 6):
+            await async_wait_until(
+                lambda: pg._listener is not None and pg._listener._ready.is_set()
+            )
+            if n == 3:  # kill the LISTEN connection: it reconnects and wakes waiters
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query = %s", (f"LISTEN {pg.channel}",))
+            sent = time.monotonic()
+            await pg.append(_events(1))
+            await async_wait_until(lambda n=n: len(arrived) == n, timeout=4.0)
+            latencies.append(arrived[-1] - sent)
+    finally:
+        await processor.stop()
+        await runner
+    assert max(latencies) < 1.0, latencies  # far below the 5 s idle timeout

@@ -1,0 +1,178 @@
+"""RedisBackend specifics on the real Redis (the shared contract is test_backend_contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from _server_backends import TestRedisBackend, make_redis
+from conftest import REDIS_URL, async_wait_until
+
+from omniq_observe.backend import Consumer, DeadLetter, from_url
+from omniq_observe.backend.redis import RedisBackend
+from omniq_observe.events import AsyncEventProcessor
+from omniq_observe.exceptions import ConfigurationError, InvalidURLError
+from omniq_observe.models.event import TaskEvent
+
+
+@pytest.fixture
+async def redis_backend() -> AsyncIterator[TestRedisBackend]:
+    storage = make_redis(claim_idle=0.2, claim_interval=0.05)
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+def _events(n: int, task: str = "t") -> list[TaskEvent]:
+    return [TaskEvent(task_id=f"{task}{i % 3}", event_type="ENQUEUED", details={"i": i})
+            for i in range(n)]
+
+
+async def test_from_url_takes_our_parameters_and_passes_the_rest() -> None:
+    storage = from_url(
+        "redis://127.0.0.1:6379/3?prefix=svc&claim_idle=5&max_len=100&health_check_interval=7"
+    )
+    assert isinstance(storage, RedisBackend)
+    assert (storage.prefix, storage.claim_idle, storage.max_len) == ("svc", 5.0, 100)
+    assert storage.url == "redis://127.0.0.1:6379/3?health_check_interval=7"
+    assert storage.stream == "svc:events"
+    with pytest.raises(InvalidURLError, match="max_len='many' is not a valid int"):
+        from_url("redis://127.0.0.1/0?max_len=many")
+    with pytest.raises(ConfigurationError, match="claim_idle must be a positive number"):
+        RedisBackend(claim_idle=0)
+
+
+async def test_a_waiting_processor_wakes_on_a_new_event_not_on_its_timeout(
+    redis_backend: TestRedisBackend,
+) -> None:
+    processor = AsyncEventProcessor(redis_backend, "wake", idle_timeout=5.0)
+    arrived: list[float] = []
+    processor.register_handler(lambda e: arrived.append(time.monotonic()))
+    runner = asyncio.ensure_future(processor.start())
+    try:
+        await redis_backend.append(_events(1))
+        await async_wait_until(lambda: len(arrived) == 1)
+        await async_wait_until(lambda: processor.stats.caught_up and processor.stats.batches == 1)
+        latencies = []
+        for n in range(2, 7):
+            await asyncio.sleep(0.05)  # let the processor block in XREAD again
+            sent = time.monotonic()
+            await redis_backend.append(_events(1))
+            await async_wait_until(lambda n=n: len(arrived) == n, timeout=4.0)
+            latencies.append(arrived[-1] - sent)
+    finally:
+        await processor.stop()
+        await runner
+    # Woken by the blocking read: far below the 5 s idle timeout a poll would wait.
+    assert max(latencies) < 1.0, latencies
+
+
+async def test_two_members_share_the_stream_without_overlap(
+    redis_backend: TestRedisBackend,
+) -> None:
+    await redis_backend.append(_events(30))
+    a, b = Consumer("g", "a"), Consumer("g", "b")
+    first = await redis_backend.claim(a, 10)
+    second = await redis_backend.claim(b, 10)
+    third = await redis_backend.claim(a, 100)
+    ids = [s.position for s in first + second + third]
+    assert len(ids) == 30 and len(set(ids)) == 30
+    assert await redis_backend.claim(b, 10) == []
+    # Nothing acknowledged: the group's position is still before the first event.
+    assert await redis_backend.get_position("g") is not None
+    assert [s.position for s in await redis_backend.read_after(
+        await redis_backend.get_position("g"), 1)] == [first[0].position]
+    await redis_backend.ack(a, first)
+    await redis_backend.ack(a, third)
+    # b still holds the middle batch: the position stops right before it.
+    position = await redis_backend.get_position("g")
+    assert (await redis_backend.read_after(position, 1))[0].position == second[0].position
+    await redis_backend.ack(b, second)
+    assert await redis_backend.get_position("g") == third[-1].position
+    assert await redis_backend.positions() == {"g": third[-1].position}
+
+
+async def test_entries_of_a_silent_member_are_autoclaimed_after_idle(
+    redis_backend: TestRedisBackend,
+) -> None:
+    await redis_backend.append(_events(5))
+    dead, alive = Consumer("g", "dead"), Consumer("g", "alive")
+    held = await redis_backend.claim(dead, 5)
+    assert len(held) == 5
+    assert await redis_backend.claim(alive, 5) == []  # not idle long enough yet
+    taken = await async_wait_until(lambda: redis_backend.claim(alive, 5), timeout=5)
+    assert [s.position for s in taken] == [s.position for s in held]
+    await redis_backend.ack(alive, taken)
+    assert await redis_backend.get_position("g") == held[-1].position
+
+
+async def test_release_hands_entries_over_at_once() -> None:
+    storage = make_redis(claim_idle=3600.0, claim_interval=0.05)
+    try:
+        await storage.append(_events(4))
+        leaving, staying = Consumer("g", "leaving"), Consumer("g", "staying")
+        held = await storage.claim(leaving, 4)
+        await storage.release(leaving)
+        taken = await storage.claim(staying, 4)
+        assert [s.position for s in taken] == [s.position for s in held]
+    finally:
+        await storage.close()
+
+
+async def test_commit_position_moves_an_existing_group(redis_backend: TestRedisBackend) -> None:
+    await redis_backend.append(_events(6))
+    consumer = Consumer("g", "m")
+    first = await redis_backend.claim(consumer, 2)
+    await redis_backend.ack(consumer, first)
+    stored = await redis_backend.read_after(None, 10)
+    await redis_backend.commit_position("g", stored[3].position)
+    assert await redis_backend.get_position("g") == stored[3].position
+    assert [s.position for s in await redis_backend.claim(consumer, 10)] == [
+        s.position for s in stored[4:]
+    ]
+
+
+async def test_task_history_index_expires_and_skips_pruned_events() -> None:
+    storage = make_redis(history_ttl=30.0)
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        events = _events(9)
+        await storage.append(events)
+        ttl = await admin.pttl(f"{storage.prefix}:task:t0")
+        assert 29_000 < ttl <= 30_000
+        assert await storage.task_history("t0") == events[0::3]
+        assert await storage.task_history("t0", limit=2) == events[0:6:3]
+        assert await storage.prune(max_events=4) == 5
+        assert await storage.task_history("t0") == [events[6]]
+    finally:
+        await admin.aclose()
+        await storage.close()
+
+
+async def test_max_len_trims_the_stream_on_write() -> None:
+    storage = make_redis(max_len=100)
+    try:
+        for _ in range(10):
+            await storage.append(_events(100))
+        # MAXLEN ~ trims whole stream nodes (100 entries each): between 100 and 200 stay.
+        assert 100 <= await storage.count() < 200
+    finally:
+        await storage.close()
+
+
+async def test_dead_letters_survive_a_new_backend_instance(
+    redis_backend: TestRedisBackend,
+) -> None:
+    await redis_backend.append(_events(1))
+    stored = (await redis_backend.read_after(None, 1))[0]
+    dead = DeadLetter("g", "h", "ValueError: x", 3, stored.event, stored.position)
+    await redis_backend.record_dead_letter(dead)
+    other = RedisBackend(REDIS_URL, prefix=redis_backend.prefix)
+    try:
+        assert await other.dead_letters("g") == [dead]
+    finally:
+        await other.close()
