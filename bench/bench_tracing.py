@@ -10,6 +10,9 @@ SimpleSpanProcessor and an InMemorySpanExporter, so both pay the same SDK costs.
   context and start time in dicts, and on COMPLETED extract the context with the W3C
   propagator, ``tracer.start_span(start_time=...)`` with the same attributes, and
   ``span.end(end_time=...)``.
+* the same, with the pairing shared with a PrometheusHandler registered first (as on a
+  processor running both): only the TracingHandler calls are timed, one by one, and so
+  is each event's part of the hand-written code.
 * ``OTelMetricsHandler`` versus hand-written ``histogram.record``/``counter.add`` calls
   with the same attributes, on a MeterProvider with an InMemoryMetricReader.
 
@@ -35,6 +38,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import (
     TraceContextTextMapPropagator,
 )
+from prometheus_client import CollectorRegistry
 
 from omniq_observe.backend import MemoryBackend
 from omniq_observe.events import AsyncEventProcessor
@@ -43,6 +47,7 @@ from omniq_observe.handlers.otel_metrics import (
     QUEUE_WAIT_BUCKETS,
     OTelMetricsHandler,
 )
+from omniq_observe.handlers.prometheus import PrometheusHandler
 from omniq_observe.handlers.tracing import TracingHandler
 from omniq_observe.models.event import TaskEvent
 
@@ -83,14 +88,43 @@ def tracing_run(n: int) -> float:
     return time.perf_counter() - begin
 
 
-def tracing_baseline(n: int) -> float:
+def tracing_shared_run(n: int) -> float:
+    """Only the TracingHandler calls, timed one by one, next to a PrometheusHandler that
+    registered first and so pays for the shared pairing (as in a processor with both)."""
+    events = make_events(n)
+    processor = AsyncEventProcessor(MemoryBackend(), "bench")
+    prometheus = PrometheusHandler(registry=CollectorRegistry())
+    prometheus.attach(processor)
+    handler = TracingHandler(tracer_provider=_provider, producer_spans=False)
+    handler.attach(processor)
+    clock = time.perf_counter
+    _exporter.clear()
+    spent = 0.0
+    for event in events:
+        prometheus(event)
+        begin = clock()
+        handler(event)
+        spent += clock() - begin
+    return spent
+
+
+def tracing_baseline_timed_per_event(n: int) -> float:
+    """The hand-written code, each event's part timed one by one like the row above."""
+    return tracing_baseline(n, per_event=True)
+
+
+def tracing_baseline(n: int, per_event: bool = False) -> float:
     events = make_events(n)
     tracer = _provider.get_tracer("hand-written")
     contexts: dict[str, tuple[dict[str, str], str]] = {}
     starts: dict[str, tuple[int, str | None, int]] = {}
+    clock = time.perf_counter
     _exporter.clear()
-    begin = time.perf_counter()
+    spent = 0.0
+    begin = clock()
     for event in events:
+        if per_event:
+            begin = clock()
         kind = event.event_type
         if kind == "ENQUEUED":
             contexts[event.task_id] = (event.trace_context, event.details["queue_name"])
@@ -117,7 +151,9 @@ def tracing_baseline(n: int) -> float:
                 start_time=start,
             )
             span.end(end_time=event.timestamp_ns)
-    return time.perf_counter() - begin
+        if per_event:
+            spent += clock() - begin
+    return spent if per_event else clock() - begin
 
 
 def metrics_run(n: int) -> float:
@@ -168,6 +204,10 @@ def benchmarks() -> list[Bench]:
     return [
         Bench("tracing: TracingHandler per event", 60_000, tracing_run, tracing_baseline,
               "hand-written start_span/end(end_time=)", target_ratio=0.8, repeats=7),
+        Bench("tracing: TracingHandler per event, pairing shared with Prometheus", 60_000,
+              tracing_shared_run, tracing_baseline_timed_per_event,
+              "hand-written, each event timed alike", repeats=7,
+              note="what TracingHandler adds in a processor that also runs PrometheusHandler"),
         Bench("tracing: OTelMetricsHandler per event", 60_000, metrics_run, metrics_baseline,
               "hand-written counter.add/histogram.record", repeats=7),
     ]

@@ -15,10 +15,10 @@ import math
 from array import array
 from collections.abc import Iterator
 
-__all__ = ["NAN", "TaskTable"]
+__all__ = ["NAN", "U64", "TaskTable"]
 
 NAN = math.nan
-_U64 = 0xFFFFFFFFFFFFFFFF
+U64 = _U64 = 0xFFFFFFFFFFFFFFFF  # task-id hashes probe as unsigned, like CPython's dict
 _DELETED = object()  # a tombstone in the key table: equal to no task id
 _MIN_CAPACITY = 8
 
@@ -26,6 +26,8 @@ _MIN_CAPACITY = 8
 class TaskTable:
     """Maps task ids to dense slots holding typed per-task state.
 
+    Lookups probe :attr:`keys` (task ids; ``None`` = empty) from ``hash(id) & U64 & mask``
+    as :meth:`find` does; :attr:`slots` holds the slot of the key at the same position.
     State per slot: ``t_enq``, ``t_start``, ``t_touch`` (epoch seconds, NaN when unset),
     ``attempt``, ``queue`` and ``worker`` (interned name numbers, 0 = none).
 
@@ -38,13 +40,13 @@ class TaskTable:
         "_filled",
         "_free",
         "_gen",
-        "_index",
-        "_keys",
-        "_mask",
         "attempt",
         "bucket_width",
         "ids",
+        "keys",
+        "mask",
         "queue",
+        "slots",
         "t_enq",
         "t_start",
         "t_touch",
@@ -54,9 +56,9 @@ class TaskTable:
 
     def __init__(self, bucket_width: float) -> None:
         self.bucket_width = bucket_width
-        self._keys: list[object] = [None] * _MIN_CAPACITY
-        self._index = array("i", bytes(4 * _MIN_CAPACITY))
-        self._mask = _MIN_CAPACITY - 1
+        self.keys: list[object] = [None] * _MIN_CAPACITY
+        self.slots = array("i", bytes(4 * _MIN_CAPACITY))
+        self.mask = _MIN_CAPACITY - 1
         self.used = 0  # live keys
         self._filled = 0  # live keys and tombstones
         self.ids: list[str | None] = []
@@ -75,7 +77,7 @@ class TaskTable:
 
     def find(self, task_id: str) -> int:
         """Return the slot of ``task_id``, or -1."""
-        keys, mask = self._keys, self._mask
+        keys, mask = self.keys, self.mask
         perturb = h = hash(task_id) & _U64
         i = h & mask
         while True:
@@ -83,12 +85,16 @@ class TaskTable:
             if key is None:
                 return -1
             if key == task_id:
-                return self._index[i]
+                return self.slots[i]
             perturb >>= 5
             i = (i * 5 + perturb + 1) & mask
 
-    def add(self, task_id: str, ts: float) -> int:
-        """Give ``task_id`` (not present) a fresh slot touched at ``ts``; return the slot."""
+    def add(self, task_id: str, ts: float, position: int = -1) -> int:
+        """Give ``task_id`` (not present) a fresh slot touched at ``ts``; return the slot.
+
+        ``position``: where a :meth:`find` probe for ``task_id`` just ended (an empty key
+        position, nothing changed since); saves probing again.
+        """
         if self._free:
             slot = self._free.pop()
             self.ids[slot] = task_id
@@ -105,16 +111,22 @@ class TaskTable:
             self.attempt.append(0)
             self.queue.append(0)
             self.worker.append(0)
-        self._insert_key(task_id, slot)
+        self._insert_key(task_id, slot, position)
         self._place(slot, ts)
         return slot
 
-    def remove(self, slot: int) -> None:
-        """Free ``slot`` and forget its task id."""
+    def remove(self, slot: int, position: int = -1) -> None:
+        """Free ``slot`` and forget its task id; ``position``: where its key is in
+        :attr:`keys`, when the caller knows (saves probing again)."""
         task_id = self.ids[slot]
         if task_id is None:
             return
-        keys, mask = self._keys, self._mask
+        keys, mask = self.keys, self.mask
+        if position >= 0 and keys[position] is task_id:
+            keys[position] = _DELETED
+            self.used -= 1
+            self._release(slot)
+            return
         perturb = h = hash(task_id) & _U64
         i = h & mask
         while True:
@@ -127,6 +139,9 @@ class TaskTable:
                 break
             perturb >>= 5
             i = (i * 5 + perturb + 1) & mask
+        self._release(slot)
+
+    def _release(self, slot: int) -> None:
         self.ids[slot] = None
         self._gen[slot] = (self._gen[slot] + 1) & 0x7FFFFFFF
         self._free.append(slot)
@@ -160,21 +175,25 @@ class TaskTable:
             bucket = self._buckets[number] = array("q")
         bucket.append(slot | (self._gen[slot] << 32))
 
-    def _insert_key(self, task_id: str, slot: int) -> None:
-        keys, mask = self._keys, self._mask
-        perturb = h = hash(task_id) & _U64
-        i = h & mask
-        while True:
-            key = keys[i]
-            if key is None:
-                self._filled += 1
-                break
-            if key is _DELETED:
-                break
-            perturb >>= 5
-            i = (i * 5 + perturb + 1) & mask
+    def _insert_key(self, task_id: str, slot: int, position: int = -1) -> None:
+        keys, mask = self.keys, self.mask
+        if position >= 0 and keys[position] is None:
+            i = position
+            self._filled += 1
+        else:
+            perturb = h = hash(task_id) & _U64
+            i = h & mask
+            while True:
+                key = keys[i]
+                if key is None:
+                    self._filled += 1
+                    break
+                if key is _DELETED:
+                    break
+                perturb >>= 5
+                i = (i * 5 + perturb + 1) & mask
         keys[i] = task_id
-        self._index[i] = slot
+        self.slots[i] = slot
         self.used += 1
         if self._filled * 3 >= (mask + 1) * 2:
             self._resize()
@@ -183,12 +202,12 @@ class TaskTable:
         capacity = _MIN_CAPACITY
         while capacity < self.used * 2 + 2:
             capacity *= 2
-        old_keys, old_index = self._keys, self._index
-        self._keys = [None] * capacity
-        self._index = array("i", bytes(4 * capacity))
-        self._mask = capacity - 1
+        old_keys, old_index = self.keys, self.slots
+        self.keys = [None] * capacity
+        self.slots = array("i", bytes(4 * capacity))
+        self.mask = capacity - 1
         self._filled = self.used = 0
-        keys, index, mask = self._keys, self._index, self._mask
+        keys, index, mask = self.keys, self.slots, self.mask
         for position, key in enumerate(old_keys):
             if key is None or key is _DELETED:
                 continue

@@ -247,10 +247,7 @@ def _wake(items: list[WriteItem], results: list[Any], error: BaseException | Non
     for item, result in zip(items, results, strict=True):
         if item.loop is None:
             for future in item.futures:
-                if error is None:
-                    future.set_result(result)
-                else:
-                    future.set_exception(error)
+                _settle(future, result, error)
         else:
             by_loop.setdefault(item.loop, []).extend((f, result) for f in item.futures)
     for loop, pending in by_loop.items():
@@ -260,9 +257,13 @@ def _wake(items: list[WriteItem], results: list[Any], error: BaseException | Non
 
 def _resolve(pending: list[tuple[asyncio.Future[Any], Any]], error: BaseException | None) -> None:
     for future, result in pending:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
+        if not future.done():
+            _settle(future, result, error)
+
+
+def _settle(future: Any, result: Any, error: BaseException | None) -> None:
+    """Give a caller's future its result, or ``error`` when its write failed."""
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)

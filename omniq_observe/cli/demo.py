@@ -187,7 +187,7 @@ async def write_history(
     columns = (
         TextColumn("writing tasks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     )
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, refresh_per_second=4) as progress:
         bar = progress.add_task("tasks", total=tasks)
         return await backfill(
             logger, workload, tasks, rate=rate,
