@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from omniq_observe._semantics import queue_of
-from omniq_observe._task_table import NAN, TaskTable
+from omniq_observe._task_table import NAN, U64, TaskTable
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["UNKNOWN_QUEUE", "Attempt", "Observation", "TaskPairing"]
@@ -176,6 +176,9 @@ class TaskPairing:
     def try_observe(self, event: TaskEvent) -> Observation | None:
         """Take one event if that needs no storage read; else return None (and take
         nothing: the caller then awaits :meth:`observe`). One lookup instead of two."""
+        obs = self._fast(event)
+        if obs is not None:
+            return obs
         if self.history is not None and hash(event.event_id) not in self._seen:
             index = self._table.find(event.task_id)
             if self._needs_history(event, index):
@@ -193,6 +196,10 @@ class TaskPairing:
     def observe_now(self, event: TaskEvent, history: list[TaskEvent] | None = None) -> Observation:
         """Take one event without reading storage; ``history`` is the task's stored events
         when the caller fetched them."""
+        if history is None:
+            obs = self._fast(event)
+            if obs is not None:
+                return obs
         return self._observe(event, history, self._table.find(event.task_id))
 
     def expire(self, now: float) -> list[Attempt]:
@@ -222,6 +229,131 @@ class TaskPairing:
                 expired.append(self._attempt_of(task_id, slot, None, "expired", True))
             self._free_slot(task_id, slot)
         return expired
+
+    # -- the common path ------------------------------------------------------------
+    def _fast(self, event: TaskEvent) -> Observation | None:
+        """Pair the common in-order cases with one table probe and no helper calls: an
+        ENQUEUED of a new task, a STARTED or RETRIED of a task with a known queue and no
+        open attempt, a terminal event closing the open attempt. None: anything else (a
+        duplicate, out of order, recovery, a second start...), for :meth:`_observe`; this
+        path then changed nothing. Same results as :meth:`_observe` gives for these cases.
+        """
+        event_id = event.event_id
+        key = hash(event_id)
+        seen = self._seen
+        if key in seen:
+            return None
+        consumed = self._consumed
+        if consumed and event_id in consumed:
+            return None
+        task_id = event.task_id
+        table = self._table
+        keys, mask = table.keys, table.mask
+        perturb = h = hash(task_id) & U64
+        position = h & mask
+        while True:  # TaskTable.find, inlined
+            found = keys[position]
+            if found is None:
+                slot = -1
+                break
+            if found == task_id:
+                slot = table.slots[position]
+                break
+            perturb >>= 5
+            position = (position * 5 + perturb + 1) & mask
+        kind = event.event_type
+        names = self._names
+        if slot >= 0:
+            number = table.queue[slot]
+            if not number:
+                return None
+            t_start = table.t_start
+            start = t_start[slot]
+            if kind == "STARTED":
+                pending = self._pending
+                if start == start or (pending and task_id in pending):
+                    return None  # an open attempt (superseded) or its end came first
+                ts = event.timestamp.timestamp()
+                details = event.details
+                attempts = table.attempt
+                attempt = min(attempts[slot] + 1, _MAX_ATTEMPT)
+                given = details.get("attempt")
+                if given is not None:
+                    attempt = _attempt_number(given, attempt)
+                attempts[slot] = attempt
+                worker = details.get("worker_id")
+                if isinstance(worker, str):
+                    table.worker[slot] = self._name_ids.get(worker) or self._intern(worker)
+                else:
+                    table.worker[slot] = 0
+                obs = Observation(event, names[number] or UNKNOWN_QUEUE, opened=True,
+                                  attempt=attempt)
+                t_enq = table.t_enq
+                enq = t_enq[slot]
+                if enq == enq:
+                    wait = ts - enq
+                    if wait < 0:
+                        obs.unpaired.append("clock_skew")
+                        wait = 0.0
+                    obs.queue_wait = wait
+                    t_enq[slot] = NAN
+                t_start[slot] = ts
+            elif kind in _TERMINAL_STATUS:
+                if start != start:
+                    return None  # no open attempt: pending or recovered from history
+                ts = event.timestamp.timestamp()
+                closed = Attempt(
+                    task_id, names[number] or UNKNOWN_QUEUE, table.attempt[slot],
+                    names[table.worker[slot]], start, ts, _TERMINAL_STATUS[kind], event,
+                    self._contexts.get(task_id) if self._contexts else None, True,
+                )
+                obs = Observation(event, closed.queue, closed=closed)
+                if ts < start:
+                    obs.unpaired.append("clock_skew")
+                if kind in _FINAL:
+                    table.remove(slot, position)
+                    if self._contexts:
+                        self._contexts.pop(task_id, None)
+                else:
+                    t_start[slot] = NAN
+            elif kind == "RETRIED" and start != start:
+                ts = event.timestamp.timestamp()
+                obs = Observation(event, names[number] or UNKNOWN_QUEUE)
+                table.t_enq[slot] = ts
+            else:
+                return None
+            touch = table.t_touch
+            if ts > touch[slot]:
+                touch[slot] = ts
+        elif kind == "ENQUEUED":
+            ts = event.timestamp.timestamp()
+            details = event.details
+            queue = details.get("queue_name")
+            if not isinstance(queue, str) or not queue:
+                queue = queue_of(details) or "default"
+            slot = table.add(task_id, ts, position)
+            table.queue[slot] = self._name_ids.get(queue) or self._intern(queue)
+            table.t_enq[slot] = ts
+            if self.keep_context and event.trace_context:
+                self._contexts[task_id] = event.trace_context
+            obs = Observation(event, queue)
+        else:
+            return None
+        # remember the event id (TaskPairing._remember, inlined)
+        ring = self._seen_ring
+        at = self._seen_next
+        if len(seen) >= self.dedupe_window:
+            seen.discard(ring[at])
+        seen.add(key)
+        ring[at] = key
+        at += 1
+        self._seen_next = 0 if at == len(ring) else at
+        if ts > self._clock:
+            self._clock = ts
+        self._since_expiry += 1
+        if self._since_expiry >= _EXPIRY_EVERY:
+            obs.expired.extend(self.expire(self._clock))
+        return obs
 
     # -- the event kinds ------------------------------------------------------------
     def _needs_history(self, event: TaskEvent, index: int) -> bool:

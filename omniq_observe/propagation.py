@@ -54,7 +54,7 @@ INSTRUMENTATION_NAME = "omniq_observe"
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.27.0"  # messaging.operation.type's first
 LINK_MODES = ("parent", "link")
 _W3C = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
-_TRACEPARENT_00 = re.compile(r"[ \t]*00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})[ \t]*")
+_TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _EMPTY = Context()
 
 
@@ -87,18 +87,19 @@ def extract_trace_context(carrier: TaskEvent | Mapping[str, str]) -> Context:
     if not mapping:
         return _EMPTY
     traceparent = mapping.get("traceparent")
-    match = (
-        _TRACEPARENT_00.fullmatch(traceparent)
-        if len(mapping) == 1 and isinstance(traceparent, str) else None
-    )
-    if match is None:
+    if (
+        len(mapping) != 1
+        or not isinstance(traceparent, str)
+        or len(traceparent) != 55
+        or _TRACEPARENT_00.fullmatch(traceparent) is None
+    ):
         return _W3C.extract(mapping, context=_EMPTY)  # tracestate, baggage, other versions
-    # The common case, read here as the W3C propagator reads it, for a third of its cost.
-    trace_id, span_id = int(match.group(1), 16), int(match.group(2), 16)
+    # The common case, read here as the W3C propagator reads it, for half its cost.
+    trace_id, span_id = int(traceparent[3:35], 16), int(traceparent[36:52], 16)
     if not trace_id or not span_id:
         return _EMPTY
     span_context = SpanContext(trace_id, span_id, is_remote=True,
-                               trace_flags=TraceFlags(int(match.group(3), 16)))
+                               trace_flags=TraceFlags(int(traceparent[53:], 16)))
     return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY)
 
 

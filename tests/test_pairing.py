@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from omniq_observe._pairing import TaskPairing
+from omniq_observe._pairing import Observation, TaskPairing
 from omniq_observe.models.event import TaskEvent
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -187,6 +188,42 @@ def test_finished_tasks_leave_no_state_behind() -> None:
     assert (p.tracked_tasks, p.open_attempts) == (0, 0)
 
 
+def _general_path(p: TaskPairing, event: TaskEvent) -> Observation:
+    return p._observe(event, None, p._table.find(event.task_id))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_fast_path_gives_what_the_general_path_gives(seed: int) -> None:
+    """Mixed traffic (retries, out of order, duplicates, skew, superseded starts, expiry):
+    one pairing takes the fast path where it can, the other never does; every
+    observation and the state left behind must be equal."""
+    rng = random.Random(seed)
+    events: list[TaskEvent] = []
+    for task in range(400):
+        tid, at = f"t{task}", task * 7.0
+        story = [("ENQUEUED", {"queue_name": f"q{task % 3}"} if task % 11 else {}),
+                 ("STARTED", {"worker_id": f"w{task % 4}"})]
+        if task % 4 == 1:
+            story += [("FAILED", {"error": "KeyError: x"}), ("RETRIED", {"attempt": 2}),
+                      ("STARTED", {"worker_id": "w9", "attempt": 2})]
+        if task % 9 == 2:
+            story += [("STARTED", {})]  # supersedes the open attempt
+        story += [(rng.choice(["COMPLETED", "COMPLETED", "TIMEOUT", "CANCELLED"]), {})]
+        for step, (kind, details) in enumerate(story):
+            skew = -3.0 if task % 13 == 5 and step == 1 else 0.0
+            events.append(ev(tid, kind, at + step * 0.5 + skew, **details))
+    for i in rng.sample(range(len(events)), 60):  # some swapped with a neighbour
+        events[i], events[i - 1] = events[i - 1], events[i]
+    events += rng.sample(events, 50)  # duplicate deliveries
+    events.append(ev("late", "STARTED", 40_000.0, queue_name="q0"))  # expires the rest
+    fast, general = TaskPairing(ttl=600.0), TaskPairing(ttl=600.0)
+    for event in events:
+        assert fast.observe_now(event) == _general_path(general, event), event
+    end = T0.timestamp() + 50_000.0
+    assert fast.expire(end) == general.expire(end)
+    assert (fast.tracked_tasks, fast.open_attempts, general.tracked_tasks) == (0, 0, 0)
+
+
 def test_a_million_open_tasks_fit_in_200_mb() -> None:
     """Measured with tracemalloc in a fresh process; task ids are UUID-shaped strings
     (36 characters, the usual task id), counted too since the pairing keeps them."""
@@ -194,7 +231,7 @@ def test_a_million_open_tasks_fit_in_200_mb() -> None:
         """
         import tracemalloc
         from datetime import datetime, timezone
-        from omniq_observe._pairing import TaskPairing
+        from omniq_observe._pairing import Observation, TaskPairing
         from omniq_observe.models.event import TaskEvent
 
         N = 1_000_000

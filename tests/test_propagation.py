@@ -170,3 +170,28 @@ async def test_producer_to_worker_through_storage(
     task = exporter.get_finished_spans()[-1]
     assert task.context.trace_id == request.get_span_context().trace_id
     assert task.parent is not None and task.parent.span_id == request.get_span_context().span_id
+
+
+@pytest.mark.parametrize("traceparent", [
+    TRACEPARENT,
+    " " + TRACEPARENT,
+    TRACEPARENT + "\t",
+    TRACEPARENT.upper(),
+    "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+    "00-0af7651916cd43dd8448eb211c8_319c-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+    "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+    "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    TRACEPARENT + "-extra",
+    "",
+])
+def test_extract_reads_traceparent_as_the_w3c_propagator_does(traceparent: str) -> None:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier = {"traceparent": traceparent}
+    ours = trace.get_current_span(extract_trace_context(carrier)).get_span_context()
+    theirs = trace.get_current_span(
+        TraceContextTextMapPropagator().extract(carrier)
+    ).get_span_context()
+    assert ours == theirs

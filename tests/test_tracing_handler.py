@@ -501,3 +501,26 @@ async def test_start_times_are_exact_for_any_microsecond(traced: Traced) -> None
         await feed(handler, [started, completed])
         expected.append((started.timestamp_ns, completed.timestamp_ns))
     assert [(s.start_time, s.end_time) for s in traced.consumer()] == expected
+
+
+async def test_sharing_the_pairing_with_prometheus_keeps_the_parent(traced: Traced) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from omniq_observe.handlers.prometheus import PrometheusHandler
+
+    storage = MemoryBackend()
+    with traced.provider.get_tracer("app").start_as_current_span("request") as request:
+        await AsyncEventLogger(storage).log_event(ev("t1", "ENQUEUED", at(0), queue_name="q"))
+    await storage.append([ev("t1", "STARTED", at(1)), ev("t1", "COMPLETED", at(2))])
+    processor = AsyncEventProcessor(storage, "both")
+    registry = CollectorRegistry()
+    processor.register_handler(PrometheusHandler(registry=registry))  # pairs first
+    tracing = TracingHandler(traced.provider)
+    processor.register_handler(tracing)
+    assert await processor.process_events_once() == 3
+    (span,) = traced.consumer()
+    assert span.parent is not None and span.parent.span_id == request.get_span_context().span_id
+    assert registry.get_sample_value(
+        "omniq_task_duration_seconds_count", {"queue": "q", "status": "completed"}
+    ) == 1
+    assert tracing.pairing.tracked_tasks == 0

@@ -187,8 +187,12 @@ class GroupWriter:
         self._writes.put(WriteItem(fn, list(rows or ()), None, [future]))
         return future.result()
 
-    async def append(self, events: Sequence[TaskEvent]) -> None:
-        """Store ``events`` with the other appends of this loop turn; wait for the commit."""
+    def enqueue(self, events: Sequence[TaskEvent]) -> asyncio.Future[Any]:
+        """Queue ``events`` with the other appends of this loop turn.
+
+        Returns:
+            A future of the running loop, done when their transaction has committed.
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         item = self._pending.get(loop)
@@ -199,7 +203,7 @@ class GroupWriter:
         item.futures.append(future)
         if len(item.rows) >= _PIPELINE_ROWS:
             self._flush(loop, item)
-        await future
+        return future
 
     def _flush(self, loop: asyncio.AbstractEventLoop, item: WriteItem) -> None:
         if self._pending.get(loop) is not item:

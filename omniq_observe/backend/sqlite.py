@@ -171,7 +171,7 @@ class SQLiteBackend(BaseEventStorage):
             return
         if not self._group.started or self._closed:
             self._ensure_started()
-        await self._group.append(events)
+        await self._group.enqueue(events)
 
     def append_blocking(self, events: Sequence[TaskEvent]) -> None:
         """Store events from sync code without an event loop (used by ``EventLogger``)."""

@@ -21,7 +21,13 @@ from typing import Any
 import structlog
 
 from omniq_observe._pairing import Observation
-from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor, error_type_of, truncate
+from omniq_observe._semantics import (
+    DEFAULT_REDACT_KEYS,
+    REDACTED,
+    Redactor,
+    error_type_of,
+    truncate,
+)
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._shared import SharedPairing, shared_pairing
 from omniq_observe.models.event import TaskEvent
@@ -139,24 +145,38 @@ class StructlogHandler:
         traceback = details.get("traceback")
         if traceback is not None:
             fields["traceback"] = truncate(str(traceback), self.max_traceback)
-        traceparent = event.trace_context.get("traceparent") if event.trace_context else None
+        context = event.trace_context
+        traceparent = context.get("traceparent") if context else None
         if traceparent:
             parts = traceparent.split("-")
             if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
                 fields["trace_id"] = parts[1]
                 fields["span_id"] = parts[2]
         fields["event_timestamp"] = event.timestamp.isoformat()
-        if len(details) > len(_PROMOTED.intersection(details)):
-            fields["details"] = self._details(details)
+        for key in details:
+            if key not in _PROMOTED:  # there are other details: log them too
+                fields["details"] = self._details(details)
+                break
         return named[1], named[0], fields
 
     def _details(self, details: Mapping[str, Any]) -> dict[str, Any]:
-        redactor, limit = self._redactor, self.max_value_length
-        rest = redactor.redact({k: v for k, v in details.items() if k not in _PROMOTED})
-        for key, value in rest.items():
-            if isinstance(value, str) and len(value) > limit:
-                rest[key] = truncate(value, limit)
-        return rest
+        """The details not promoted to fields: sensitive keys redacted (nested too), long
+        strings cut. One pass; the per-key sensitivity is cached by the redactor."""
+        sensitive, limit = self._redactor.is_sensitive, self.max_value_length
+        rest: dict[str, Any] = {}
+        nested = False
+        for key, value in details.items():
+            if key in _PROMOTED:
+                continue
+            if sensitive(key):
+                value = REDACTED
+            elif isinstance(value, str):
+                if len(value) > limit:
+                    value = truncate(value, limit)
+            elif isinstance(value, (dict, list)):
+                nested = True
+            rest[key] = value
+        return self._redactor.redact(rest) if nested else rest
 
     def _log(self, obs: Observation) -> None:
         if obs.duplicate:

@@ -192,7 +192,15 @@ class PrometheusHandler:
             series.in_progress.inc()
         closed = obs.closed
         if closed is not None:
-            self._end(closed, series if closed.queue == obs.queue else None)
+            if closed.queue == obs.queue and closed.end is not None:  # _end, inlined
+                duration = series.duration.get(closed.status)
+                if duration is not None:
+                    end = closed.end
+                    duration.observe(end - closed.start if end > closed.start else 0.0)
+                if closed.was_open:
+                    series.in_progress.dec()
+            else:
+                self._end(closed, None)
         if kind == "FAILED":
             self._failure(series, event)
         elif kind == "RETRIED":

@@ -232,7 +232,7 @@ class TracingHandler:
         if note is None and (status == "completed" or status == "cancelled"):
             if self._produced:
                 self._produced.pop(attempt.task_id, None)  # the task is over
-            span.end(end_time=end.timestamp_ns)
+            span.end(end_time=_ns(attempt.end) if attempt.end is not None else end.timestamp_ns)
             self.stats.spans += 1
             return
         details = end.details
