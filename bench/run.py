@@ -55,7 +55,9 @@ def main() -> int:
                 bench.repeats = 3
             print(f"running {bench.name} ...", file=sys.stderr, flush=True)
             results.append(run_bench(bench, 0.1 if args.quick else 1.0))
-    header = ("benchmark", "events/s (median)", "raw baseline/s", "ratio", "target", "ok", "baseline")
+    header = (
+        "benchmark", "events/s (median)", "raw baseline/s", "ratio", "target", "ok", "baseline"
+    )
     rows = [
         (
             r.bench.name,
@@ -68,12 +70,12 @@ def main() -> int:
         )
         for r in results
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = " | ".join(h.ljust(w) for h, w in zip(header, widths))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     print(line)
     print("-+-".join("-" * w for w in widths))
     for row in rows:
-        print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+        print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
     return 0
 
 

@@ -173,19 +173,6 @@ class TaskPairing:
             return False
         return self._needs_history(event, self._table.find(event.task_id))
 
-    def try_observe(self, event: TaskEvent) -> Observation | None:
-        """Take one event if that needs no storage read; else return None (and take
-        nothing: the caller then awaits :meth:`observe`). One lookup instead of two."""
-        obs = self._fast(event)
-        if obs is not None:
-            return obs
-        if self.history is not None and hash(event.event_id) not in self._seen:
-            index = self._table.find(event.task_id)
-            if self._needs_history(event, index):
-                return None
-            return self._observe(event, None, index)
-        return self.observe_now(event)
-
     async def observe(self, event: TaskEvent) -> Observation:
         """Take one event, reading the task's history from storage if it needs to."""
         history = None
@@ -197,9 +184,9 @@ class TaskPairing:
         """Take one event without reading storage; ``history`` is the task's stored events
         when the caller fetched them."""
         if history is None:
-            obs = self._fast(event)
+            obs = self.try_observe(event)
             if obs is not None:
-                return obs
+                return obs  # else it took nothing: pair it without the history
         return self._observe(event, history, self._table.find(event.task_id))
 
     def expire(self, now: float) -> list[Attempt]:
@@ -230,22 +217,23 @@ class TaskPairing:
             self._free_slot(task_id, slot)
         return expired
 
-    # -- the common path ------------------------------------------------------------
-    def _fast(self, event: TaskEvent) -> Observation | None:
-        """Pair the common in-order cases with one table probe and no helper calls: an
-        ENQUEUED of a new task, a STARTED or RETRIED of a task with a known queue and no
-        open attempt, a terminal event closing the open attempt. None: anything else (a
-        duplicate, out of order, recovery, a second start...), for :meth:`_observe`; this
-        path then changed nothing. Same results as :meth:`_observe` gives for these cases.
+    # -- taking events: the common path, inlined ----------------------------------
+    def try_observe(self, event: TaskEvent) -> Observation | None:
+        """Take one event if that needs no storage read; else return None (and take
+        nothing: the caller then awaits :meth:`observe`).
+
+        The common in-order cases are paired right here with one table probe (an ENQUEUED
+        of a new task, a STARTED or RETRIED of a task with a known queue and no open
+        attempt, a terminal event closing the open attempt); anything else (a duplicate,
+        out of order, recovery, a second start...) goes to the general path, with the same
+        results.
         """
         event_id = event.event_id
         key = hash(event_id)
         seen = self._seen
-        if key in seen:
-            return None
         consumed = self._consumed
-        if consumed and event_id in consumed:
-            return None
+        if key in seen or (consumed and event_id in consumed):
+            return self._try_general(event)
         task_id = event.task_id
         table = self._table
         keys, mask = table.keys, table.mask
@@ -266,13 +254,13 @@ class TaskPairing:
         if slot >= 0:
             number = table.queue[slot]
             if not number:
-                return None
+                return self._try_general(event)
             t_start = table.t_start
             start = t_start[slot]
             if kind == "STARTED":
                 pending = self._pending
                 if start == start or (pending and task_id in pending):
-                    return None  # an open attempt (superseded) or its end came first
+                    return self._try_general(event)  # superseded, or its end came first
                 ts = event.timestamp.timestamp()
                 details = event.details
                 attempts = table.attempt
@@ -286,8 +274,8 @@ class TaskPairing:
                     table.worker[slot] = self._name_ids.get(worker) or self._intern(worker)
                 else:
                     table.worker[slot] = 0
-                obs = Observation(event, names[number] or UNKNOWN_QUEUE, opened=True,
-                                  attempt=attempt)
+                obs = Observation(event, names[number] or UNKNOWN_QUEUE, False, None, True,
+                                  None, attempt)
                 t_enq = table.t_enq
                 enq = t_enq[slot]
                 if enq == enq:
@@ -300,14 +288,14 @@ class TaskPairing:
                 t_start[slot] = ts
             elif kind in _TERMINAL_STATUS:
                 if start != start:
-                    return None  # no open attempt: pending or recovered from history
+                    return self._try_general(event)  # no open attempt: held or recovered
                 ts = event.timestamp.timestamp()
                 closed = Attempt(
                     task_id, names[number] or UNKNOWN_QUEUE, table.attempt[slot],
                     names[table.worker[slot]], start, ts, _TERMINAL_STATUS[kind], event,
                     self._contexts.get(task_id) if self._contexts else None, True,
                 )
-                obs = Observation(event, closed.queue, closed=closed)
+                obs = Observation(event, closed.queue, False, None, False, closed)
                 if ts < start:
                     obs.unpaired.append("clock_skew")
                 if kind in _FINAL:
@@ -321,7 +309,7 @@ class TaskPairing:
                 obs = Observation(event, names[number] or UNKNOWN_QUEUE)
                 table.t_enq[slot] = ts
             else:
-                return None
+                return self._try_general(event)
             touch = table.t_touch
             if ts > touch[slot]:
                 touch[slot] = ts
@@ -338,7 +326,7 @@ class TaskPairing:
                 self._contexts[task_id] = event.trace_context
             obs = Observation(event, queue)
         else:
-            return None
+            return self._try_general(event)
         # remember the event id (TaskPairing._remember, inlined)
         ring = self._seen_ring
         at = self._seen_next
@@ -354,6 +342,16 @@ class TaskPairing:
         if self._since_expiry >= _EXPIRY_EVERY:
             obs.expired.extend(self.expire(self._clock))
         return obs
+
+    def _try_general(self, event: TaskEvent) -> Observation | None:
+        index = self._table.find(event.task_id)
+        if (
+            self.history is not None
+            and hash(event.event_id) not in self._seen
+            and self._needs_history(event, index)
+        ):
+            return None
+        return self._observe(event, None, index)
 
     # -- the event kinds ------------------------------------------------------------
     def _needs_history(self, event: TaskEvent, index: int) -> bool:

@@ -40,6 +40,8 @@ class TaskTable:
         "_filled",
         "_free",
         "_gen",
+        "_last_bucket",
+        "_last_entries",
         "attempt",
         "bucket_width",
         "ids",
@@ -71,6 +73,8 @@ class TaskTable:
         self.queue = array("H")
         self.worker = array("H")
         self._buckets: dict[int, array[int]] = {}
+        self._last_bucket: int | None = None  # the bucket _place used last, and its entries
+        self._last_entries = array("q")
 
     def __len__(self) -> int:
         return self.used
@@ -95,8 +99,9 @@ class TaskTable:
         ``position``: where a :meth:`find` probe for ``task_id`` just ended (an empty key
         position, nothing changed since); saves probing again.
         """
-        if self._free:
-            slot = self._free.pop()
+        free = self._free
+        if free:
+            slot = free.pop()
             self.ids[slot] = task_id
             self.t_enq[slot] = self.t_start[slot] = NAN
             self.t_touch[slot] = ts
@@ -112,7 +117,11 @@ class TaskTable:
             self.queue.append(0)
             self.worker.append(0)
         self._insert_key(task_id, slot, position)
-        self._place(slot, ts)
+        number = int(ts // self.bucket_width) if ts - ts == 0.0 else 0  # finite: its bucket
+        if number == self._last_bucket:  # events come in time order: mostly the same one
+            self._last_entries.append(slot | (self._gen[slot] << 32))
+        else:
+            self._place(slot, ts)
         return slot
 
     def remove(self, slot: int, position: int = -1) -> None:
@@ -155,6 +164,7 @@ class TaskTable:
         before it; slots touched later are moved to their touch's bucket."""
         width = self.bucket_width
         last = math.floor(cutoff / width) - 1  # buckets that end at or before cutoff
+        self._last_bucket = None  # it may be popped below
         for number in sorted(n for n in self._buckets if n <= last):
             entries = self._buckets.pop(number)
             gen, ids, touch = self._gen, self.ids, self.t_touch
@@ -166,14 +176,16 @@ class TaskTable:
                     yield slot
                 else:
                     self._place(slot, touch[slot])
+        self._last_bucket = None
 
     # -- internals ----------------------------------------------------------------------
     def _place(self, slot: int, ts: float) -> None:
-        number = math.floor(ts / self.bucket_width) if math.isfinite(ts) else 0
+        number = int(ts // self.bucket_width) if ts - ts == 0.0 else 0
         bucket = self._buckets.get(number)
         if bucket is None:
             bucket = self._buckets[number] = array("q")
         bucket.append(slot | (self._gen[slot] << 32))
+        self._last_bucket, self._last_entries = number, bucket
 
     def _insert_key(self, task_id: str, slot: int, position: int = -1) -> None:
         keys, mask = self.keys, self.mask

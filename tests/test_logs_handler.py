@@ -97,6 +97,25 @@ async def test_levels_and_redaction_are_configurable() -> None:
     assert lines[0]["details"] == {"note": "[REDACTED]", "password": "p"}
 
 
+async def test_nested_secrets_are_redacted_and_long_values_cut() -> None:
+    handler = StructlogHandler(max_value_length=8)
+    with capture_task_logs() as lines:
+        await run(handler, [
+            ev("a", "ENQUEUED", 0, queue_name="q", token="t-1", note="0123456789",
+               payload={"db_password": "p", "items": [{"api_key": "k", "n": 1}], "ok": "x"}),
+            ev("a", "STARTED", 1, note="short", worker_id="w"),  # the key classes are cached
+            ev("a", "COMPLETED", 2, worker_id="w"),
+        ])
+    assert lines[0]["details"] == {
+        "token": "[REDACTED]",
+        "note": "0123456…",
+        "payload": {"db_password": "[REDACTED]", "items": [{"api_key": "[REDACTED]", "n": 1}],
+                    "ok": "x"},
+    }
+    assert lines[1]["details"] == {"note": "short"}
+    assert "details" not in lines[2]
+
+
 async def test_a_duplicate_delivery_is_logged_once() -> None:
     start = ev("a", "STARTED", 0, queue_name="q")
     with capture_task_logs() as lines:

@@ -45,6 +45,8 @@ _LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 _PROMOTED = frozenset(
     {"worker_id", "attempt", "error", "error_type", "traceback", "queue_name", "queue"}
 )
+# what a details key is to the line (StructlogHandler._classify)
+_PROMOTED_KEY, _SENSITIVE_KEY, _PLAIN_KEY = "promoted", "sensitive", "plain"
 
 
 class StructlogHandler:
@@ -94,6 +96,7 @@ class StructlogHandler:
         self.ttl = float(ttl)
         self._redactor = Redactor(redact)
         self._names: dict[str, tuple[str, str]] = {}  # event type -> (event name, level)
+        self._key_classes: dict[str, str] = {}  # details key -> _PROMOTED_KEY, ...
         self._pairing = SharedPairing(None, self.ttl)
 
     def attach(self, processor: Any) -> None:
@@ -105,7 +108,9 @@ class StructlogHandler:
         obs = self._pairing.try_observe(event, self)
         if obs is None:
             return self._log_later(event)
-        self._log(obs)
+        if not obs.duplicate:  # _log, inlined: this runs for every event
+            level, name, fields = self.fields(obs)
+            getattr(self.logger, level)(name, **fields)
         return None
 
     async def _log_later(self, event: TaskEvent) -> None:
@@ -128,7 +133,10 @@ class StructlogHandler:
         attempt = details.get("attempt")
         closed = obs.closed
         if closed is not None:
-            fields["duration_s"] = round(closed.duration, 6)
+            end, start = closed.end, closed.start  # Attempt.duration, inlined
+            fields["duration_s"] = (
+                round(end - start, 6) if end is not None and end > start else 0.0
+            )
             worker = worker if worker is not None else closed.worker_id
             attempt = attempt if attempt is not None else closed.attempt
         elif attempt is None:
@@ -153,22 +161,18 @@ class StructlogHandler:
                 fields["trace_id"] = parts[1]
                 fields["span_id"] = parts[2]
         fields["event_timestamp"] = event.timestamp.isoformat()
-        for key in details:
-            if key not in _PROMOTED:  # there are other details: log them too
-                fields["details"] = self._details(details)
-                break
-        return named[1], named[0], fields
-
-    def _details(self, details: Mapping[str, Any]) -> dict[str, Any]:
-        """The details not promoted to fields: sensitive keys redacted (nested too), long
-        strings cut. One pass; the per-key sensitivity is cached by the redactor."""
-        sensitive, limit = self._redactor.is_sensitive, self.max_value_length
-        rest: dict[str, Any] = {}
+        rest: dict[str, Any] | None = None  # the other details, redacted and cut
         nested = False
+        classes, limit = self._key_classes, self.max_value_length
         for key, value in details.items():
-            if key in _PROMOTED:
+            known = classes.get(key)
+            if known is None:
+                known = self._classify(key)
+            if known is _PROMOTED_KEY:
                 continue
-            if sensitive(key):
+            if rest is None:
+                rest = {}
+            if known is _SENSITIVE_KEY:
                 value = REDACTED
             elif isinstance(value, str):
                 if len(value) > limit:
@@ -176,7 +180,21 @@ class StructlogHandler:
             elif isinstance(value, (dict, list)):
                 nested = True
             rest[key] = value
-        return self._redactor.redact(rest) if nested else rest
+        if rest is not None:
+            fields["details"] = self._redactor.redact(rest) if nested else rest
+        return named[1], named[0], fields
+
+    def _classify(self, key: str) -> str:
+        """Whether a details key is promoted to a field, sensitive, or neither (cached)."""
+        if key in _PROMOTED:
+            known = _PROMOTED_KEY
+        elif self._redactor.is_sensitive(key):
+            known = _SENSITIVE_KEY
+        else:
+            known = _PLAIN_KEY
+        if len(self._key_classes) < 10_000:
+            self._key_classes[key] = known
+        return known
 
     def _log(self, obs: Observation) -> None:
         if obs.duplicate:
