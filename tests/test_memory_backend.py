@@ -53,7 +53,7 @@ async def test_from_url_memory() -> None:
     assert bounded.max_events == 7
     with pytest.raises(InvalidURLError) as info:
         from_url("memory://?max_events=lots")
-    assert "max_events='lots' is not an integer" in str(info.value)
+    assert "max_events='lots' is not a valid int" in str(info.value)
 
 
 async def test_health_reports_the_event_count() -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from omniq_observe.backend.base import BaseEventStorage
 from omniq_observe.exceptions import InvalidURLError
 
-__all__ = ["SUPPORTED_SCHEMES", "from_url"]
+__all__ = ["SUPPORTED_SCHEMES", "from_url", "safe_url", "split_url_options"]
 
 SUPPORTED_SCHEMES = ("memory", "sqlite", "redis", "rediss", "postgresql", "postgres")
 
@@ -41,8 +41,8 @@ def from_url(url: str, **options: Any) -> BaseEventStorage:
     if scheme == "memory":
         from omniq_observe.backend.memory import MemoryBackend
 
-        params = _int_params(url, dict(parse_qsl(parts.query)), {"max_events"})
-        return MemoryBackend(**params, **options)
+        _, params = split_url_options(url, {"max_events": int})
+        return MemoryBackend(**{**params, **options})
     if scheme == "sqlite":
         from omniq_observe.backend.sqlite import SQLiteBackend
 
@@ -53,8 +53,8 @@ def from_url(url: str, **options: Any) -> BaseEventStorage:
                 "or sqlite:////absolute/path.db"
             )
             raise InvalidURLError(msg, setting="storage", value=url)
-        params = _int_params(url, dict(parse_qsl(parts.query)), {"max_batch"})
-        return SQLiteBackend(path, **params, **options)
+        _, params = split_url_options(url, {"max_batch": int})
+        return SQLiteBackend(path, **{**params, **options})
     if scheme in _URL_BACKENDS:
         module_name, class_name = _URL_BACKENDS[scheme]
         backend_class = getattr(importlib.import_module(module_name), class_name)
@@ -64,14 +64,37 @@ def from_url(url: str, **options: Any) -> BaseEventStorage:
     raise InvalidURLError(msg, setting="storage", value=url)
 
 
-def _int_params(url: str, params: dict[str, Any], int_keys: set[str]) -> dict[str, Any]:
-    for key in int_keys & params.keys():
+def split_url_options(url: str, kinds: dict[str, type]) -> tuple[str, dict[str, Any]]:
+    """Take the query parameters named in ``kinds`` out of ``url``, converted to their type.
+
+    Returns the URL with only the other parameters left, and the converted ones.
+
+    Raises:
+        InvalidURLError: a parameter does not convert; the message names it and its value.
+    """
+    parts = urlsplit(url)
+    rest: list[tuple[str, str]] = []
+    taken: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query):
+        kind = kinds.get(key)
+        if kind is None:
+            rest.append((key, value))
+            continue
         try:
-            params[key] = int(params[key])
+            taken[key] = kind(value)
         except ValueError:
-            msg = f"storage URL {url!r}: parameter {key}={params[key]!r} is not an integer"
-            raise InvalidURLError(msg, setting=key, value=params[key]) from None
-    return params
+            msg = f"storage URL {url!r}: parameter {key}={value!r} is not a valid {kind.__name__}"
+            raise InvalidURLError(msg, setting=key, value=value) from None
+    return urlunsplit(parts._replace(query=urlencode(rest))), taken
+
+
+def safe_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, for messages."""
+    parts = urlsplit(url)
+    if "://" not in url or parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _examples() -> str:

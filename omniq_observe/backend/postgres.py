@@ -28,7 +28,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 try:
     import psycopg
@@ -49,7 +48,8 @@ from omniq_observe.backend._pg_schema import (
     migrate,
     valid_identifier,
 )
-from omniq_observe.backend._pg_writer import GroupCommitter
+from omniq_observe.backend._group_commit import GroupCommitter
+from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
     BaseEventStorage,
     Consumer,
@@ -63,7 +63,6 @@ from omniq_observe.backend.base import (
 from omniq_observe.exceptions import (
     BackendUnavailableError,
     ConfigurationError,
-    InvalidURLError,
     StorageError,
 )
 from omniq_observe.models.event import TaskEvent, decode_event, encode_event
@@ -154,26 +153,10 @@ class PostgresBackend(BaseEventStorage):
         Raises:
             InvalidURLError: a parameter has the wrong type.
         """
-        parts = urlsplit(url)
-        if parts.scheme == "postgres":
-            parts = parts._replace(scheme="postgresql")
-        rest: list[tuple[str, str]] = []
-        kwargs: dict[str, Any] = {}
-        for key, value in parse_qsl(parts.query):
-            kind = _URL_OPTIONS.get(key)
-            if kind is None:
-                rest.append((key, value))
-                continue
-            try:
-                kwargs[key] = kind(value)
-            except ValueError:
-                msg = (
-                    f"storage URL {url!r}: parameter {key}={value!r} "
-                    f"is not a valid {kind.__name__}"
-                )
-                raise InvalidURLError(msg, setting=key, value=value) from None
-        kwargs.update(options)
-        return cls(urlunsplit(parts._replace(query=urlencode(rest))), **kwargs)
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        dsn, kwargs = split_url_options(url, _URL_OPTIONS)
+        return cls(dsn, **{**kwargs, **options})
 
     # -- connections ---------------------------------------------------------------------
     async def _open(self) -> AsyncConnectionPool:
@@ -208,7 +191,7 @@ class PostgresBackend(BaseEventStorage):
         except BaseException as exc:
             await pool.close()
             if isinstance(exc, PoolTimeout):
-                msg = f"PostgreSQL at {_safe_dsn(self.dsn)} unreachable: {exc}"
+                msg = f"PostgreSQL at {safe_url(self.dsn)} unreachable: {exc}"
                 raise BackendUnavailableError(msg) from exc
             if isinstance(exc, psycopg.Error):
                 msg = f"cannot set up schema {self.schema!r}: {exc}"
@@ -226,7 +209,7 @@ class PostgresBackend(BaseEventStorage):
                 async with pool.connection() as conn:
                     return await fn(conn)
             except PoolTimeout as exc:
-                msg = f"PostgreSQL at {_safe_dsn(self.dsn)} unavailable while {what}: {exc}"
+                msg = f"PostgreSQL at {safe_url(self.dsn)} unavailable while {what}: {exc}"
                 raise BackendUnavailableError(msg) from exc
             except psycopg.OperationalError as exc:
                 if attempt == self.retries:
@@ -440,7 +423,7 @@ class PostgresBackend(BaseEventStorage):
         return Health(
             ok=True,
             backend=self.backend_name,
-            detail=f"{_safe_dsn(self.dsn)} schema {self.schema}",
+            detail=f"{safe_url(self.dsn)} schema {self.schema}",
             schema_version=int(rows[0][0]) if rows else None,
             extra={"schema": self.schema},
         )
@@ -458,11 +441,3 @@ class PostgresBackend(BaseEventStorage):
             pool = opening.result()
         if pool is not None:
             await pool.close()
-
-
-def _safe_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    parts = urlsplit(dsn)
-    if "://" not in dsn or parts.password is None:
-        return dsn
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))

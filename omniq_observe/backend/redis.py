@@ -25,7 +25,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 try:
     import redis.asyncio as aioredis
@@ -40,9 +39,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise MissingExtraError(_msg) from exc
 
-from omniq_observe.backend._pg_writer import GroupCommitter  # generic; shared with postgres
+from omniq_observe.backend._group_commit import GroupCommitter
 from omniq_observe.backend._redis_groups import StreamGroups, stored_entries
 from omniq_observe.backend._redis_scripts import APPEND_SCRIPT, HISTORY_SCRIPT, id_str
+from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
     BaseEventStorage,
     Consumer,
@@ -56,7 +56,6 @@ from omniq_observe.backend.base import (
 from omniq_observe.exceptions import (
     BackendUnavailableError,
     ConfigurationError,
-    InvalidURLError,
     StorageError,
 )
 from omniq_observe.models.event import TaskEvent, decode_event, encode_event
@@ -180,24 +179,8 @@ class RedisBackend(BaseEventStorage):
         Raises:
             InvalidURLError: a parameter has the wrong type.
         """
-        parts = urlsplit(url)
-        rest: list[tuple[str, str]] = []
-        kwargs: dict[str, Any] = {}
-        for key, value in parse_qsl(parts.query):
-            kind = _URL_OPTIONS.get(key)
-            if kind is None:
-                rest.append((key, value))
-                continue
-            try:
-                kwargs[key] = kind(value)
-            except ValueError:
-                msg = (
-                    f"storage URL {url!r}: parameter {key}={value!r} "
-                    f"is not a valid {kind.__name__}"
-                )
-                raise InvalidURLError(msg, setting=key, value=value) from None
-        kwargs.update(options)
-        return cls(urlunsplit(parts._replace(query=urlencode(rest))), **kwargs)
+        rest, kwargs = split_url_options(url, _URL_OPTIONS)
+        return cls(rest, **{**kwargs, **options})
 
     # -- connection ----------------------------------------------------------------------
     def client(self) -> Any:
@@ -234,7 +217,7 @@ class RedisBackend(BaseEventStorage):
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            msg = f"Redis at {_safe_url(self.url)} unavailable while {what}: {exc}"
+            msg = f"Redis at {safe_url(self.url)} unavailable while {what}: {exc}"
             raise BackendUnavailableError(msg) from exc
         except RedisError as exc:
             msg = f"Redis {what} failed: {exc}"
@@ -449,7 +432,7 @@ class RedisBackend(BaseEventStorage):
         return Health(
             ok=True,
             backend=self.backend_name,
-            detail=f"{_safe_url(self.url)} {self.stream}: {length} events",
+            detail=f"{safe_url(self.url)} {self.stream}: {length} events",
             schema_version=int(version),
             extra={"stream": self.stream, "events": int(length)},
         )
@@ -464,12 +447,3 @@ class RedisBackend(BaseEventStorage):
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))

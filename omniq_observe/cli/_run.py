@@ -9,11 +9,11 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
-from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console, RenderableType
 
 from omniq_observe.backend import BaseEventStorage, Position, from_url
+from omniq_observe.backend._url import safe_url
 from omniq_observe.cli._common import CommandError, stdout_is_terminal
 
 __all__ = [
@@ -30,15 +30,6 @@ __all__ = [
 
 #: Seconds ``open_storage`` waits for the backend to answer its health check.
 CONNECT_TIMEOUT = 10.0
-
-
-def safe_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @contextlib.asynccontextmanager

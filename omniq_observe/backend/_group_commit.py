@@ -1,9 +1,10 @@
-"""Group commit for :mod:`omniq_observe.backend.postgres`.
+"""Group commit for the network backends (:mod:`~omniq_observe.backend.postgres`,
+:mod:`~omniq_observe.backend.redis`).
 
 Concurrent ``append`` calls queue their events; one writer task takes everything waiting
-(up to ``max_batch`` events) and writes it in one transaction, then resumes every caller.
-With 64 concurrent loggers that is one transaction (one COPY, one advisory lock, one
-commit) for up to 64 events instead of 64 transactions.
+(up to ``max_batch`` events) and writes it in one round trip (PostgreSQL: one transaction
+with one COPY; Redis: one pipeline), then resumes every caller. With 64 concurrent loggers
+that is one write for up to 64 events instead of 64.
 """
 
 from __future__ import annotations
