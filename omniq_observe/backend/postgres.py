@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise MissingExtraError(_msg) from exc
 
+from omniq_observe.backend._group_commit import GroupCommitter
 from omniq_observe.backend._pg_leases import LeaseTable, stored_rows
 from omniq_observe.backend._pg_listen import Listener
 from omniq_observe.backend._pg_schema import (
@@ -48,7 +49,6 @@ from omniq_observe.backend._pg_schema import (
     migrate,
     valid_identifier,
 )
-from omniq_observe.backend._group_commit import GroupCommitter
 from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
     BaseEventStorage,
