@@ -300,3 +300,44 @@ async def test_aclose_gives_up_on_a_dead_storage_and_counts_what_it_drops(
     finally:
         lock.close()
     await backend.close()
+
+
+async def test_tracer_provider_gives_an_untraced_enqueue_a_producer_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    storage = MemoryBackend()
+    logger = AsyncEventLogger(event_storage=storage, tracer_provider=provider)
+    at = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    enqueued = TaskEvent(
+        task_id="t1", event_type="ENQUEUED", timestamp=at, details={"queue_name": "emails"}
+    )
+    await logger.log_event(enqueued)
+    await logger.log_event(TaskEvent(task_id="t1", event_type="STARTED", timestamp=at))
+
+    (span,) = exporter.get_finished_spans()  # only the ENQUEUED gets one
+    assert span.name == "send emails"
+    assert span.kind == trace.SpanKind.PRODUCER
+    assert span.start_time == span.end_time == 1777636800123456000
+    assert dict(span.attributes or {}) == {
+        "messaging.system": "omniq",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "messaging.destination.name": "emails",
+        "messaging.message.id": "t1",
+    }
+    assert [e.name for e in span.events] == ["omniq.task.enqueued"]
+    ctx = span.get_span_context()
+    stored = (await storage.task_history("t1"))[0]
+    assert stored.trace_context == {"traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-"
+                                    f"{int(ctx.trace_flags):02x}"}
+
+
+async def test_no_producer_span_inside_the_callers_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    logger = AsyncEventLogger(event_storage=MemoryBackend(), tracer_provider=provider)
+    with provider.get_tracer("app").start_as_current_span("request"):
+        await logger.log_event(TaskEvent(task_id="t1", event_type="ENQUEUED"))
+    assert [s.name for s in exporter.get_finished_spans()] == ["request"]

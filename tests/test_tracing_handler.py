@@ -524,3 +524,22 @@ async def test_sharing_the_pairing_with_prometheus_keeps_the_parent(traced: Trac
         "omniq_task_duration_seconds_count", {"queue": "q", "status": "completed"}
     ) == 1
     assert tracing.pairing.tracked_tasks == 0
+
+
+async def test_task_span_joins_the_loggers_producer_span(traced: Traced) -> None:
+    storage = MemoryBackend()
+    logger = AsyncEventLogger(event_storage=storage, tracer_provider=traced.provider)
+    await logger.log_events([
+        ev("t1", "ENQUEUED", at(0), queue_name="emails"),
+        ev("t1", "STARTED", at(1), worker_id="w-1"),
+        ev("t1", "COMPLETED", at(3)),
+    ])
+    processor = AsyncEventProcessor(event_storage=storage)
+    processor.register_handler(TracingHandler(tracer_provider=traced.provider))
+    assert await processor.process_events_once() == 3
+
+    (producer,) = traced.spans("send emails")
+    (task,) = traced.consumer()
+    assert task.context.trace_id == producer.context.trace_id
+    assert task.parent is not None and task.parent.span_id == producer.context.span_id
+    assert len(traced.spans()) == 2  # no second producer span from the handler

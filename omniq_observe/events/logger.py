@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from opentelemetry import context
+from opentelemetry import context, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import TracerProvider
 
-from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor
+from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor, queue_of
 from omniq_observe.backend.base import BaseEventStorage
 from omniq_observe.events._spans import SpanEventWriter, current_trace_context
 from omniq_observe.events._sync import LoopThread
@@ -53,8 +54,10 @@ class AsyncEventLogger:
 
     Args:
         event_storage: where events go.
-        tracer_provider: the provider for spans the logger itself starts (none by
-            default); span events go on the caller's current span whatever this is.
+        tracer_provider: when given, an ENQUEUED event logged outside any span gets a
+            live ``send <queue>`` PRODUCER span from this provider, and the task's spans
+            join its trace. ``None`` (the default): the logger starts no span. Span events
+            go on the caller's current span either way.
         on_storage_error: ``"raise"`` or ``"buffer"``; see the module docstring.
         buffer_size: the most events the retry buffer holds.
         redact_keys: details keys (substrings) whose values span events hide.
@@ -85,6 +88,9 @@ class AsyncEventLogger:
             raise ConfigurationError(msg, setting="buffer_size", value=buffer_size)
         self.event_storage = event_storage
         self.tracer_provider = tracer_provider
+        self._producer_tracer = (
+            None if tracer_provider is None else tracer_provider.get_tracer("omniq_observe")
+        )
         self.on_storage_error = on_storage_error
         self.buffer_size = buffer_size
         self.stats = LoggerStats()
@@ -107,6 +113,8 @@ class AsyncEventLogger:
             msg = f"event must be a TaskEvent, got {type(event).__name__}"
             raise InvalidEventError(msg, field="event", value=event)
         ctx = context.get_current()
+        if self._producer_tracer is not None and event.event_type == "ENQUEUED":
+            ctx = self._producer_context(event, ctx)
         if ctx:  # an empty context has no span to mark and no trace context to keep
             self._spans.write(event, ctx)
             if not event.trace_context:
@@ -114,6 +122,31 @@ class AsyncEventLogger:
                 if carrier:
                     event.trace_context = carrier
         return event
+
+    def _producer_context(self, event: TaskEvent, ctx: Context) -> Context:
+        """Start and end a ``send <queue>`` PRODUCER span for an ENQUEUED logged outside
+        any span; return the context with that span current."""
+        if event.trace_context or trace.get_current_span(ctx).get_span_context().is_valid:
+            return ctx
+        assert self._producer_tracer is not None
+        queue = queue_of(event.details) or "default"
+        span = self._producer_tracer.start_span(
+            f"send {queue}",
+            context=ctx,
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "omniq",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "send",
+                "messaging.destination.name": queue,
+                "messaging.message.id": event.task_id,
+            },
+            start_time=event.timestamp_ns,
+        )
+        ctx = trace.set_span_in_context(span, ctx)
+        self._spans.write(event, ctx)  # the span event goes on the producer span
+        span.end(end_time=event.timestamp_ns)
+        return ctx
 
     async def log_event(self, event: TaskEvent) -> None:
         """Store one event; return once it is durable and visible to processors.
