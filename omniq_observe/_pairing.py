@@ -29,7 +29,11 @@ Rules:
   0 and flagged.
 * Memory: per tracked task, its id string plus ~75 bytes of table and typed arrays
   (:mod:`omniq_observe._task_table`); a finished task keeps nothing but an 8-byte expiry
-  entry until its bucket passes. A million open tasks with UUID ids take ~170 MB.
+  entry until its bucket passes. A million open tasks with UUID ids hold ~175 MiB
+  resident (tests/test_pairing.py measures it in a fresh process).
+* Speed: :meth:`TaskPairing.try_observe` pairs the common in-order events (ENQUEUED of a
+  new task, STARTED, terminal, RETRIED) inline with one table probe; everything else
+  takes the general path, which gives the same results.
 """
 
 from __future__ import annotations
