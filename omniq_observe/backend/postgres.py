@@ -1,6 +1,6 @@
 """Events in PostgreSQL: a table, leased batches for processors, LISTEN/NOTIFY to wake them.
 
-Design (see docs/storage.md):
+Design (see also the README, "Choosing a storage backend"):
 
 * ``omniq_events`` (bigserial ``id``, ``event_id``, ``task_id``, ``event_type``,
   ``timestamp`` timestamptz, ``details`` jsonb, ``trace_context`` jsonb), indexed for task

@@ -5,7 +5,7 @@ Register it on a processor like any handler; it pairs events per task (see
 an in-progress gauge, plus self-metrics of the processor it is attached to. Serve the
 registry with :mod:`omniq_observe.exporter`.
 
-Decisions worth knowing (also in docs/prometheus.md):
+Decisions worth knowing (also in the README):
 
 * ``registry=None`` registers on ``prometheus_client.REGISTRY`` when the handler is
   created (never at import), as prometheus_client's own instrumentations do. A second
