@@ -16,6 +16,8 @@ SimpleSpanProcessor and an InMemorySpanExporter, so both pay the same SDK costs.
 * ``OTelMetricsHandler`` versus hand-written ``histogram.record``/``counter.add`` calls
   with the same attributes, on a MeterProvider with an InMemoryMetricReader.
 
+Before the rows run, an untimed check makes sure both sides produce the same spans.
+
 Run: ``python bench/run.py --only tracing`` (or ``python bench/bench_tracing.py``).
 """
 
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -199,8 +203,30 @@ def metrics_baseline(n: int) -> float:
     return time.perf_counter() - begin
 
 
+def _spans_of(run: Callable[[int], float], n: int) -> list[tuple[Any, ...]]:
+    run(n)
+    return sorted((
+        (span.name, span.kind, dict(span.attributes or {}),
+         span.parent.trace_id if span.parent else None,
+         span.parent.span_id if span.parent else None,
+         span.status.status_code, span.start_time, span.end_time)
+        for span in _exporter.get_finished_spans()
+    ), key=lambda span: (span[6], span[4] or 0))
+
+
+def check_same_spans(n: int = 300) -> None:
+    """Untimed: the handler and the hand-written code make the same spans (names, kinds,
+    attributes, parents, status, exact times), so the ratio compares equal work."""
+    handler, hand_written = _spans_of(tracing_run, n), _spans_of(tracing_baseline, n)
+    if handler != hand_written or len(handler) != n // 3:
+        msg = f"the handler and the baseline made different spans: {handler[:1]} vs " \
+              f"{hand_written[:1]}"
+        raise AssertionError(msg)
+
+
 def benchmarks() -> list[Bench]:
     """The rows of the tracing table."""
+    check_same_spans()
     return [
         Bench("tracing: TracingHandler per event", 60_000, tracing_run, tracing_baseline,
               "hand-written start_span/end(end_time=)", target_ratio=0.8, repeats=7),

@@ -22,7 +22,7 @@ PROM_DIR = ROOT / "dashboards" / "prometheus"
 CONFIG = PROM_DIR / "prometheus.yml"
 RULES = PROM_DIR / "omniq-rules.yml"
 RULE_TESTS = PROM_DIR / "omniq-rules.test.yml"
-DOCS = ROOT / "docs" / "dashboards.md"
+DOCS = ROOT / "README.md"  # the alert table lives in its "Dashboards and alerts" section
 
 JOB = "omniq-observe"
 DEFAULT_PORT = 9464

@@ -39,27 +39,27 @@ class SharedPairing:
         self.pairing = TaskPairing(history, ttl=ttl)
         self._event: TaskEvent | None = None
         self._obs: Observation | None = None
-        self._served: list[object] = []
+        self._served: tuple[object, ...] = ()  # the handlers given _obs already
 
     def try_observe(self, event: TaskEvent, who: object) -> Observation | None:
         """The observation of ``event`` for handler ``who`` if it needs no storage read,
         else None."""
         if event is self._event and who not in self._served:
-            self._served.append(who)
+            self._served += (who,)
             return self._obs
         obs = self.pairing.try_observe(event)
         if obs is not None:
-            self._event, self._obs, self._served = event, obs, [who]
+            self._event, self._obs, self._served = event, obs, (who,)
         return obs
 
     async def observe(self, event: TaskEvent, who: object) -> Observation:
         """The observation of ``event`` for handler ``who``, reading storage history when
         needed."""
         if event is self._event and self._obs is not None and who not in self._served:
-            self._served.append(who)
+            self._served += (who,)
             return self._obs
         obs = await self.pairing.observe(event)
-        self._event, self._obs, self._served = event, obs, [who]
+        self._event, self._obs, self._served = event, obs, (who,)
         return obs
 
 

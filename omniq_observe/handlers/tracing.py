@@ -149,7 +149,9 @@ class TracingHandler:
         self._notes: collections.OrderedDict[str, _RetryNote] = collections.OrderedDict()
         # Trace contexts of the producer spans made here, until the task's attempts use them.
         self._produced: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
-        self._names: dict[str, tuple[str, dict[str, AttributeValue]]] = {}
+        self._names: dict[
+            tuple[str, str | None, int, str], tuple[str, dict[str, AttributeValue]]
+        ] = {}
 
     @property
     def pairing(self) -> TaskPairing:
@@ -295,28 +297,14 @@ class TracingHandler:
     # -- helpers --------------------------------------------------------------------
     def _start(self, attempt: Attempt, note: _RetryNote | None) -> trace.Span:
         """Start the attempt's span at its exact start time, parented or linked."""
-        limit = self.max_attribute_length
-        queue = attempt.queue
-        named = self._names.get(queue)
-        if named is None:
-            named = (f"process {truncate(queue, limit)}",
-                     _process_attributes(queue, "", None, None, limit))
-            if len(self._names) >= _MAX_REMEMBERED:
-                self._names.clear()
-            self._names[queue] = named
-        name, base = named
-        attrs = base.copy()
         task_id = attempt.task_id
+        name, shared = self._named(attempt)
+        attrs = shared.copy()
+        limit = self.max_attribute_length
         attrs["messaging.message.id"] = task_id if len(task_id) <= limit else truncate(
             task_id, limit
         )
-        worker = attempt.worker_id
-        if worker is not None:
-            attrs["omniq.worker.id"] = worker if len(worker) <= limit else truncate(worker, limit)
-        if attempt.attempt > 0:
-            attrs["omniq.task.attempt"] = attempt.attempt
-        attrs["omniq.task.status"] = attempt.status
-        links: list[Link] = []
+        links: list[Link] | None = None
         context = _EMPTY
         carrier = attempt.context or (self._produced.get(task_id) if self._produced else None)
         if carrier:
@@ -326,8 +314,9 @@ class TracingHandler:
             else:
                 parent = trace.get_current_span(stored).get_span_context()
                 if parent.is_valid:
-                    links.append(Link(parent))
+                    links = [Link(parent)]
         if note is not None and note.previous is not None:
+            links = links or []
             links.append(Link(note.previous, {"omniq.link.reason": "previous_attempt"}))
         return self._tracer.start_span(
             name,
@@ -337,6 +326,25 @@ class TracingHandler:
             links=links,
             start_time=_ns(attempt.start),
         )
+
+    def _named(self, attempt: Attempt) -> tuple[str, dict[str, AttributeValue]]:
+        """The span name and the attributes every attempt with this queue, worker, number
+        and status shares (``messaging.message.id`` a placeholder, in its place); built
+        once per combination."""
+        key = (attempt.queue, attempt.worker_id, attempt.attempt, attempt.status)
+        named = self._names.get(key)
+        if named is None:
+            limit = self.max_attribute_length
+            queue, number = attempt.queue, attempt.attempt
+            attrs = _process_attributes(
+                queue, "", attempt.worker_id, number if number > 0 else None, limit
+            )
+            attrs["omniq.task.status"] = attempt.status
+            named = (f"process {truncate(queue, limit)}", attrs)
+            if len(self._names) >= _MAX_REMEMBERED:
+                self._names.clear()  # unbounded worker names: start over rather than grow
+            self._names[key] = named
+        return named
 
     def _retried_event(self, span: trace.Span, event: TaskEvent) -> None:
         attrs: dict[str, AttributeValue] = {"omniq.event.id": event.event_id}

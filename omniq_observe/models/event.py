@@ -179,8 +179,11 @@ def _check_details(value: Any) -> dict[str, Any]:
 
 # Set while decode_event runs in this thread: stored data was validated when it was made,
 # and JSON cannot hold what the details check looks for, so decoding skips that check.
-_decoding = threading.local()
-_decoding.active = False
+class _DecodingFlag(threading.local):
+    active = False  # the class default makes the flag readable in every thread
+
+
+_decoding = _DecodingFlag()
 
 
 class TaskEvent(msgspec.Struct, kw_only=True, tag_field="v", tag=WIRE_VERSION):
@@ -213,7 +216,7 @@ class TaskEvent(msgspec.Struct, kw_only=True, tag_field="v", tag=WIRE_VERSION):
                 msg = f"task_id must be a non-empty string, got {task_id!r}"
                 raise InvalidEventError(msg, field="task_id", value=task_id)
             self.task_id = str(task_id)
-        if getattr(_decoding, "active", False):
+        if _decoding.active:
             return
         event_type = self.event_type
         if type(event_type) is not str or not event_type.isupper() or event_type[-1] == " ":
