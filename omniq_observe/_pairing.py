@@ -38,6 +38,8 @@ Rules:
 
 from __future__ import annotations
 
+import math
+
 from omniq_observe._pairing_rules import PairingRules
 from omniq_observe._pairing_types import (
     _EXPIRY_EVERY,

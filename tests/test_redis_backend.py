@@ -27,6 +27,12 @@ async def redis_backend() -> AsyncIterator[TestRedisBackend]:
         await storage.close()
 
 
+async def _blocked_in_xread(probe: aioredis.Redis) -> bool:
+    """True when some client of the server is blocked in XREAD right now."""
+    clients = await probe.client_list()
+    return any(c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in clients)
+
+
 def _events(n: int, task: str = "t") -> list[TaskEvent]:
     return [TaskEvent(task_id=f"{task}{i % 3}", event_type="ENQUEUED", details={"i": i})
             for i in range(n)]
@@ -52,6 +58,7 @@ async def test_a_waiting_processor_wakes_on_a_new_event_not_on_its_timeout(
     processor = AsyncEventProcessor(redis_backend, "wake", idle_timeout=5.0)
     arrived: list[float] = []
     processor.register_handler(lambda e: arrived.append(time.monotonic()))
+    probe = aioredis.from_url(REDIS_URL)
     runner = asyncio.ensure_future(processor.start())
     try:
         await redis_backend.append(_events(1))
@@ -59,7 +66,7 @@ async def test_a_waiting_processor_wakes_on_a_new_event_not_on_its_timeout(
         await async_wait_until(lambda: processor.stats.caught_up and processor.stats.batches == 1)
         latencies = []
         for n in range(2, 7):
-            await asyncio.sleep(0.05)  # let the processor block in XREAD again
+            await async_wait_until(lambda: _blocked_in_xread(probe), what="a blocked XREAD")
             sent = time.monotonic()
             await redis_backend.append(_events(1))
             await async_wait_until(lambda n=n: len(arrived) == n, timeout=4.0)
@@ -67,6 +74,7 @@ async def test_a_waiting_processor_wakes_on_a_new_event_not_on_its_timeout(
     finally:
         await processor.stop()
         await runner
+        await probe.aclose()
     # Woken by the blocking read: far below the 5 s idle timeout a poll would wait.
     assert max(latencies) < 1.0, latencies
 
