@@ -115,8 +115,8 @@ def _select_page(conn: sqlite3.Connection, after: int, limit: int) -> list[Store
 
 
 _new = object.__new__
-_set_position = StoredEvent.position.__set__  # type: ignore[attr-defined]
-_set_event = StoredEvent.event.__set__  # type: ignore[attr-defined]
+_set_position = vars(StoredEvent)["position"].__set__  # the slots' member descriptors
+_set_event = vars(StoredEvent)["event"].__set__
 
 
 def stored_events(positions: Sequence[int], events: Sequence[TaskEvent]) -> list[StoredEvent]:

@@ -32,8 +32,6 @@ _CHECKPOINT_EVERY = 250
 # Appends of one loop turn are sent to the writer as soon as this many are waiting, so
 # that the writer commits them while the loop prepares the rest (a two-stage pipeline).
 _PIPELINE_ROWS = 32
-import os
-_GATHER = int(os.environ.get('GATHER', '1000000'))
 
 
 class WriteItem:
@@ -117,7 +115,7 @@ class GroupWriter:
                 items = [item]
                 size = len(item.rows) or 1
                 stop = False
-                while size < min(self.max_batch, _GATHER):
+                while size < self.max_batch:
                     try:
                         nxt = get_nowait()
                     except queue.Empty:

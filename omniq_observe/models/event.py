@@ -186,7 +186,10 @@ class _DecodingFlag(threading.local):
 _decoding = _DecodingFlag()
 
 
-class TaskEvent(msgspec.Struct, kw_only=True, tag_field="v", tag=WIRE_VERSION):
+# gc=False: an event refers only to strings, a datetime and (validated) JSON values, never
+# back to itself, so it is never part of a reference cycle; untracked, the pages of events
+# a processor decodes no longer trigger and lengthen garbage collections.
+class TaskEvent(msgspec.Struct, kw_only=True, tag_field="v", tag=WIRE_VERSION, gc=False):
     """One lifecycle event of one task.
 
     Args:
