@@ -8,14 +8,16 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from omniq_observe.exceptions import ConfigurationError
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "TCP_PORT",
     "CommandError",
     "add_storage_argument",
+    "bounded",
     "env_default",
     "parse_duration",
     "stdout_is_terminal",
@@ -23,6 +25,7 @@ __all__ = [
 
 DEFAULT_STORAGE = "sqlite:///omniq-events.db"
 ENV_PREFIX = "OMNIQ_OBSERVE_"
+_N = TypeVar("_N", int, float)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
@@ -69,6 +72,31 @@ def duration_type(setting: str) -> Callable[[str], timedelta]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def bounded(
+    setting: str, kind: Callable[[str], _N], low: _N, high: _N, description: str
+) -> Callable[[str], _N]:
+    """An argparse ``type=`` parsing ``kind`` within ``[low, high]``.
+
+    The error names the setting and the value: ``port 'x' is not a TCP port (0-65535)``.
+    """
+
+    def parse(value: str) -> _N:
+        try:
+            number: _N | None = kind(value)
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            msg = f"{setting} {value!r} is not {description}"
+            raise argparse.ArgumentTypeError(msg)
+        return number
+
+    return parse
+
+
+#: ``type=`` for a TCP port argument.
+TCP_PORT = bounded("port", int, 0, 65535, "a TCP port (0-65535)")
 
 
 def stdout_is_terminal() -> bool:

@@ -14,7 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from omniq_observe.backend import BaseEventStorage
-from omniq_observe.cli._common import CommandError, add_storage_argument, env_default
+from omniq_observe.cli._common import (
+    TCP_PORT,
+    CommandError,
+    add_storage_argument,
+    bounded,
+    env_default,
+)
 from omniq_observe.cli._run import (
     make_console,
     open_storage,
@@ -47,6 +53,12 @@ ending before now); with --serve new tasks then arrive in real time at --rate pe
 RunServer = Callable[..., Coroutine[Any, Any, None]]
 
 
+_TASKS = bounded("tasks", int, 0, 10**9, "a non-negative integer")
+_QUEUES = bounded("queues", int, 1, 10**6, "a positive integer")
+_FAILURE_RATE = bounded("failure rate", float, 0.0, 1.0, "a number between 0 and 1")
+_RATE = bounded("rate", float, 0.0, 1e6, "a number of tasks per second (0 to 1000000)")
+
+
 def register(subparsers: Any) -> None:
     """Add the ``demo`` command."""
     parser = subparsers.add_parser(
@@ -58,13 +70,13 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_storage_argument(parser)
-    parser.add_argument("--tasks", type=_count("tasks"), default=1000, metavar="N",
+    parser.add_argument("--tasks", type=_TASKS, default=1000, metavar="N",
                         help="tasks written up front (default 1000)")
-    parser.add_argument("--queues", type=_count("queues"), default=4, metavar="K",
+    parser.add_argument("--queues", type=_QUEUES, default=4, metavar="K",
                         help="how many queues (default 4)")
-    parser.add_argument("--failure-rate", type=_ratio, default=0.1, metavar="F",
+    parser.add_argument("--failure-rate", type=_FAILURE_RATE, default=0.1, metavar="F",
                         help="chance that one attempt fails or times out (default 0.1)")
-    parser.add_argument("--rate", type=_rate, default=10.0, metavar="R",
+    parser.add_argument("--rate", type=_RATE, default=10.0, metavar="R",
                         help="tasks per second: the spacing of the history, and the live "
                         "rate with --serve (default 10)")
     parser.add_argument("--seed", type=int, default=None, help="repeatable workload")
@@ -72,7 +84,7 @@ def register(subparsers: Any) -> None:
                         help="then run the processor and /metrics until Ctrl-C")
     parser.add_argument("--host", default=env_default("host", "127.0.0.1"),
                         help="--serve address (env OMNIQ_OBSERVE_HOST; default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=int(env_default("port", 9464)),
+    parser.add_argument("--port", type=TCP_PORT, default=env_default("port", "9464"),
                         help="--serve port (env OMNIQ_OBSERVE_PORT; default 9464)")
     parser.add_argument("--name", default=env_default("name", "default"),
                         help="--serve processor name (env OMNIQ_OBSERVE_NAME; default default)")
@@ -83,43 +95,6 @@ def register(subparsers: Any) -> None:
                         "terminal for this command's own output")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
     parser.set_defaults(func=run)
-
-
-def _count(setting: str) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = -1
-        if number < (0 if setting == "tasks" else 1):
-            kind = "non-negative" if setting == "tasks" else "positive"
-            msg = f"{setting} {value!r} is not a {kind} integer"
-            raise argparse.ArgumentTypeError(msg)
-        return number
-
-    return parse
-
-
-def _ratio(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not 0.0 <= number <= 1.0:
-        msg = f"failure rate {value!r} is not a number between 0 and 1"
-        raise argparse.ArgumentTypeError(msg)
-    return number
-
-
-def _rate(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not 0.0 <= number <= 1e6:
-        msg = f"rate {value!r} is not a number of tasks per second (0 to 1000000)"
-        raise argparse.ArgumentTypeError(msg)
-    return number
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,12 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from omniq_observe.backend import BaseEventStorage, from_url
-from omniq_observe.cli._common import CommandError, add_storage_argument, env_default
+from omniq_observe.cli._common import (
+    TCP_PORT,
+    CommandError,
+    add_storage_argument,
+    env_default,
+)
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import BackendUnavailableError
 from omniq_observe.exporter import ProcessorHealth, start_http_server
@@ -48,7 +53,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", default=env_default("host", "127.0.0.1"),
                         help="address to bind (env OMNIQ_OBSERVE_HOST; default 127.0.0.1; "
                              "0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=_port, default=env_default("port", str(DEFAULT_PORT)),
+    parser.add_argument("--port", type=TCP_PORT, default=env_default("port", str(DEFAULT_PORT)),
                         help=f"port (env OMNIQ_OBSERVE_PORT; default {DEFAULT_PORT})")
     parser.add_argument("--name", default=env_default("name", "default"),
                         help="processor name, its checkpoint (env OMNIQ_OBSERVE_NAME)")
@@ -65,17 +70,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-lag", type=float, default=float(env_default("max_lag", "60")),
                         help="/healthz is 503 above this lag, seconds (env OMNIQ_OBSERVE_MAX_LAG)")
     parser.set_defaults(func=run)
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        msg = f"port {value!r} is not a TCP port (0-65535)"
-        raise argparse.ArgumentTypeError(msg)
-    return port
 
 
 def run(args: argparse.Namespace) -> int:
