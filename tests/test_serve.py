@@ -227,8 +227,11 @@ def test_the_latest_event_shows_up_on_metrics(serve: Serve) -> None:
     [
         ("nonsense", "is not a URL"),
         ("ftp://host/x", "unsupported scheme"),
-        ("redis://127.0.0.1:1/0", "unreachable"),
-        ("sqlite:////nonexistent-dir/x/events.db", "unreachable"),
+        ("redis://127.0.0.1:1/0", "cannot reach storage redis://127.0.0.1:1/0: "),
+        (
+            "sqlite:////nonexistent-dir/x/events.db",
+            "cannot reach storage sqlite:////nonexistent-dir/x/events.db: ",
+        ),
     ],
 )
 def test_bad_storage_prints_one_line_and_exits_2(url: str, message: str) -> None:

@@ -14,10 +14,12 @@ from rich.console import Console, RenderableType
 
 from omniq_observe.backend import BaseEventStorage, Position, from_url
 from omniq_observe.backend._url import safe_url
-from omniq_observe.cli._common import CommandError, stdout_is_terminal
+from omniq_observe.cli._common import stdout_is_terminal
+from omniq_observe.exceptions import BackendUnavailableError
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "check_reachable",
     "format_age",
     "format_time",
     "later_position",
@@ -32,6 +34,27 @@ __all__ = [
 CONNECT_TIMEOUT = 10.0
 
 
+async def check_reachable(storage: BaseEventStorage, url: str, timeout: float) -> None:
+    """Fail fast, in one line, when ``storage`` does not answer its health check.
+
+    Raises:
+        BackendUnavailableError: no answer within ``timeout`` seconds, or not healthy.
+    """
+    try:
+        health = await asyncio.wait_for(storage.health(), timeout)
+    except asyncio.TimeoutError:
+        msg = f"storage {safe_url(url)} did not answer within {timeout:g}s"
+        raise BackendUnavailableError(msg) from None
+    except Exception as exc:
+        text = str(exc).strip()
+        msg = f"cannot reach storage {safe_url(url)}: {text.splitlines()[0] if text else exc!r}"
+        raise BackendUnavailableError(msg) from exc
+    if not health.ok:
+        detail = health.detail.splitlines()[0] if health.detail else "unavailable"
+        msg = f"cannot reach storage {safe_url(url)}: {detail}"
+        raise BackendUnavailableError(msg)
+
+
 @contextlib.asynccontextmanager
 async def open_storage(
     url: str, timeout: float = CONNECT_TIMEOUT
@@ -40,19 +63,11 @@ async def open_storage(
 
     Raises:
         InvalidURLError: the URL is malformed or its scheme unsupported.
-        CommandError: the backend does not answer within ``timeout`` seconds.
+        BackendUnavailableError: the backend does not answer within ``timeout`` seconds.
     """
     storage = from_url(url)
     try:
-        try:
-            health = await asyncio.wait_for(storage.health(), timeout)
-        except asyncio.TimeoutError:
-            msg = f"storage {safe_url(url)} did not answer within {timeout:g}s"
-            raise CommandError(msg) from None
-        if not health.ok:
-            detail = health.detail.splitlines()[0] if health.detail else "unavailable"
-            msg = f"cannot reach storage {safe_url(url)}: {detail}"
-            raise CommandError(msg)
+        await check_reachable(storage, url, timeout)
         yield storage
     finally:
         with contextlib.suppress(Exception):

@@ -27,8 +27,8 @@ from omniq_observe.cli._common import (
     add_storage_argument,
     env_default,
 )
+from omniq_observe.cli._run import check_reachable
 from omniq_observe.events import AsyncEventProcessor
-from omniq_observe.exceptions import BackendUnavailableError
 from omniq_observe.exporter import ProcessorHealth, start_http_server
 from omniq_observe.handlers.logs import StructlogHandler
 from omniq_observe.handlers.prometheus import PrometheusHandler
@@ -118,27 +118,6 @@ def configure_logging(log_format: str, log_level: str) -> None:
     )
 
 
-async def _check_storage(storage: BaseEventStorage, url: str) -> None:
-    """Fail fast, in one line, when the backend cannot be reached."""
-    try:
-        health = await asyncio.wait_for(storage.health(), _CONNECT_TIMEOUT)
-    except asyncio.TimeoutError:
-        msg = f"storage {url} did not answer within {_CONNECT_TIMEOUT:.0f}s"
-        raise BackendUnavailableError(msg) from None
-    except Exception as exc:
-        msg = f"storage {url} is unreachable: {_first_line(exc)}"
-        raise BackendUnavailableError(msg) from exc
-    if not health.ok:
-        detail = health.detail.splitlines()[0] if health.detail else "unhealthy"
-        msg = f"storage {url} is unreachable: {detail}"
-        raise BackendUnavailableError(msg)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 async def run_server(
     storage: str | BaseEventStorage,
     *,
@@ -183,7 +162,7 @@ async def run_server(
     url = storage if isinstance(storage, str) else type(storage).__name__
     server = None
     try:
-        await _check_storage(backend, url)
+        await check_reachable(backend, url, _CONNECT_TIMEOUT)
         processor = AsyncEventProcessor(event_storage=backend, name=name)
         registry = CollectorRegistry()
         metrics = PrometheusHandler(registry=registry)

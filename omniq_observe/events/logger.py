@@ -155,16 +155,7 @@ class AsyncEventLogger:
             InvalidEventError: ``event`` is not a TaskEvent.
             StorageError: storage failed and the policy is ``"raise"``.
         """
-        events = [self.prepare(event)]
-        if self._buffer:
-            await self.store(events)
-            return
-        try:
-            await self.event_storage.append(events)
-        except Exception as exc:
-            await self._store_failed(events, exc)
-            return
-        self.stats.logged += 1
+        await self.store([self.prepare(event)])
 
     async def log_events(self, events: Sequence[TaskEvent]) -> None:
         """Store a batch of events in one write, in order."""
