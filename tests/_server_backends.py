@@ -86,11 +86,14 @@ def make_redis(tmp: Path | None = None, **options: object) -> TestRedisBackend:
     return TestRedisBackend(url, prefix=unique_name("redis"), **options)  # type: ignore[arg-type]
 
 
-def make_postgres(tmp: Path | None = None, **options: object) -> TestPostgresBackend:
-    """A PostgreSQL backend in a fresh schema (skips when PostgreSQL is down)."""
+def make_postgres(
+    tmp: Path | None = None, query: str = "", **options: object
+) -> TestPostgresBackend:
+    """A PostgreSQL backend in a fresh schema (skips when PostgreSQL is down); ``query``
+    is added to the DSN (``"?application_name=x"``)."""
     dsn = _conftest().POSTGRES_URL
     _require(dsn, "PostgreSQL", 5432)
-    return TestPostgresBackend(dsn, schema=unique_name("pg"), **options)  # type: ignore[arg-type]
+    return TestPostgresBackend(dsn + query, schema=unique_name("pg"), **options)  # type: ignore[arg-type]
 
 
 SERVER_FACTORIES: dict[str, Callable[[Path], BaseEventStorage]] = {

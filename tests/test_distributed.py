@@ -171,8 +171,7 @@ async def test_redis_client_kill_mid_stream_loses_nothing() -> None:
 
 async def test_postgres_pg_terminate_backend_loses_nothing() -> None:
     app = unique_name("conn")
-    storage = make_postgres(lease_seconds=1.0)
-    storage.dsn = f"{POSTGRES_URL}?application_name={app}"
+    storage = make_postgres(query=f"?application_name={app}", lease_seconds=1.0)
     admin = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True)
     kills: list[int] = []
 

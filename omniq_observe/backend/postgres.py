@@ -25,13 +25,14 @@ Design (see also the README, "Choosing a storage backend"):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 try:
-    import psycopg
-    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+    # The extra's packages, imported here first so that a missing one names the extra.
+    import psycopg  # noqa: F401
+    import psycopg_pool  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
     _msg = "PostgresBackend needs the postgres extra: pip install 'omniq-observe[postgres]'"
     from omniq_observe.exceptions import MissingExtraError
@@ -41,12 +42,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from omniq_observe.backend._group_commit import GroupCommitter
 from omniq_observe.backend._pg_leases import LeaseTable, stored_rows
 from omniq_observe.backend._pg_listen import Listener
+from omniq_observe.backend._pg_pool import PgConnections
 from omniq_observe.backend._pg_schema import (
     SCHEMA_VERSION,
     WIRE,
     copy_payload,
     lock_key,
-    migrate,
     valid_identifier,
 )
 from omniq_observe.backend._url import safe_url, split_url_options
@@ -61,15 +62,12 @@ from omniq_observe.backend.base import (
     as_utc,
 )
 from omniq_observe.exceptions import (
-    BackendUnavailableError,
     ConfigurationError,
-    StorageError,
 )
 from omniq_observe.models.event import TaskEvent, decode_event, encode_event
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 
-_T = TypeVar("_T")
 _URL_OPTIONS: dict[str, type] = {
     "schema": str,
     "lease_seconds": float,
@@ -125,7 +123,6 @@ class PostgresBackend(BaseEventStorage):
             if not isinstance(value, int) or value < low:
                 msg = f"{setting} must be an integer >= {low}, got {value!r}"
                 raise ConfigurationError(msg, setting=setting, value=value)
-        self.dsn = dsn
         self.lease_seconds = float(lease_seconds)
         self.pool_size = pool_size
         self.retries = retries
@@ -135,12 +132,15 @@ class PostgresBackend(BaseEventStorage):
         self._events, self._dead = f"{schema}.omniq_events", f"{schema}.omniq_dead_letters"
         self._leases = LeaseTable(schema, self.channel, self.lease_seconds)
         self._write_lock = lock_key(schema, "append")
-        self._pool: AsyncConnectionPool | None = None
-        self._opening: asyncio.Future[AsyncConnectionPool] | None = None
-        self._version: int | None = None
+        self._db = PgConnections(dsn, self.schema, pool_size, retries, self.connect_timeout)
         self._committer: GroupCommitter | None = None
         self._listener: Listener | None = None
         self._closed = False
+
+    @property
+    def dsn(self) -> str:
+        """The connection string (as given, password included)."""
+        return self._db.dsn
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresBackend:
@@ -158,91 +158,18 @@ class PostgresBackend(BaseEventStorage):
         dsn, kwargs = split_url_options(url, _URL_OPTIONS)
         return cls(dsn, **{**kwargs, **options})
 
-    # -- connections ---------------------------------------------------------------------
-    async def _open(self) -> AsyncConnectionPool:
-        if self._pool is not None:
-            return self._pool
-        if self._closed:
-            msg = f"PostgresBackend(schema={self.schema!r}) is closed"
-            raise StorageError(msg)
-        if self._opening is None:
-            self._opening = asyncio.ensure_future(self._open_pool())
-        try:
-            return await asyncio.shield(self._opening)
-        except BaseException:
-            if self._opening.done():
-                self._opening = None
-            raise
-
-    async def _open_pool(self) -> AsyncConnectionPool:
-        pool = AsyncConnectionPool(
-            self.dsn,
-            min_size=1,
-            max_size=self.pool_size,
-            open=False,
-            timeout=self.connect_timeout,
-            kwargs={"autocommit": True, "options": "-c TimeZone=UTC"},
-            name=f"omniq-{self.schema}",
-        )
-        await pool.open(wait=False)
-        try:
-            async with pool.connection() as conn:
-                self._version = await migrate(conn, self.schema)
-        except BaseException as exc:
-            await pool.close()
-            if isinstance(exc, PoolTimeout):
-                msg = f"PostgreSQL at {safe_url(self.dsn)} unreachable: {exc}"
-                raise BackendUnavailableError(msg) from exc
-            if isinstance(exc, psycopg.Error):
-                msg = f"cannot set up schema {self.schema!r}: {exc}"
-                raise StorageError(msg) from exc
-            raise
-        self._pool = pool
-        return pool
-
-    async def _run(self, what: str, fn: Callable[[Any], Awaitable[_T]]) -> _T:
-        """Run ``fn(connection)``; retry after a lost connection; translate errors."""
-        pool = await self._open()
-        delay = 0.02
-        for attempt in range(self.retries + 1):
-            try:
-                async with pool.connection() as conn:
-                    return await fn(conn)
-            except PoolTimeout as exc:
-                msg = f"PostgreSQL at {safe_url(self.dsn)} unavailable while {what}: {exc}"
-                raise BackendUnavailableError(msg) from exc
-            except psycopg.OperationalError as exc:
-                if attempt == self.retries:
-                    msg = f"PostgreSQL connection lost while {what}: {exc}"
-                    raise BackendUnavailableError(msg) from exc
-                await pool.check()  # drop the other dead connections, not only this one
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            except psycopg.Error as exc:
-                msg = f"PostgreSQL {what} failed: {exc}"
-                raise StorageError(msg) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _fetch(self, what: str, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        async def fetch(conn: Any) -> list[Any]:
-            cur = await conn.execute(sql, args)
-            rows: list[Any] = await cur.fetchall()
-            return rows
-
-        return await self._run(what, fetch)
-
     # -- writing -------------------------------------------------------------------------
     async def append(self, events: Sequence[TaskEvent]) -> None:
         """Store events; concurrent calls share one transaction (group commit)."""
         if not events:
             return
-        await self._open()
+        await self._db.open()
         if self._committer is None:
             self._committer = GroupCommitter(self._write_events, self.max_batch)
         await self._committer.submit(events)
 
     async def _write_events(self, events: list[TaskEvent]) -> None:
-        await self._run(f"appending {len(events)} event(s)", lambda c: self._insert(c, events))
+        await self._db.run(f"appending {len(events)} event(s)", lambda c: self._insert(c, events))
 
     async def _insert(self, conn: Any, events: Sequence[TaskEvent]) -> None:
         payload = copy_payload(events)
@@ -261,7 +188,7 @@ class PostgresBackend(BaseEventStorage):
 
     # -- the log -------------------------------------------------------------------------
     async def read_after(self, position: Position | None, limit: int) -> list[StoredEvent]:
-        rows = await self._fetch(
+        rows = await self._db.fetch(
             "reading events",
             f"SELECT id, {WIRE} FROM {self._events} WHERE id > %s ORDER BY id LIMIT %s",
             (0 if position is None else int(position), limit),
@@ -269,44 +196,45 @@ class PostgresBackend(BaseEventStorage):
         return stored_rows(rows)
 
     async def last_position(self) -> Position | None:
-        rows = await self._fetch("reading the last position", f"SELECT max(id) FROM {self._events}")
+        sql = f"SELECT max(id) FROM {self._events}"
+        rows = await self._db.fetch("reading the last position", sql)
         return None if rows[0][0] is None else int(rows[0][0])
 
     async def commit_position(self, group: str, position: Position) -> None:
-        await self._run(f"committing the position of {group!r}",
-                        lambda c: self._leases.commit_position(c, group, int(position)))
+        await self._db.run(f"committing the position of {group!r}",
+                           lambda c: self._leases.commit_position(c, group, int(position)))
 
     async def get_position(self, group: str) -> Position | None:
-        return await self._run(f"reading the position of {group!r}",
-                               lambda c: self._leases.get_position(c, group))
+        return await self._db.run(f"reading the position of {group!r}",
+                                  lambda c: self._leases.get_position(c, group))
 
     async def positions(self) -> dict[str, Position]:
-        return dict(await self._run("reading positions", self._leases.positions))
+        return dict(await self._db.run("reading positions", self._leases.positions))
 
     # -- processors (see _pg_leases) -----------------------------------------------------
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
-        return await self._run(f"claiming events for {consumer.group!r}",
-                               lambda c: self._leases.claim(c, consumer, limit))
+        return await self._db.run(f"claiming events for {consumer.group!r}",
+                                  lambda c: self._leases.claim(c, consumer, limit))
 
     async def ack(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
         if batch:
-            await self._run(f"acknowledging events of {consumer.group!r}",
-                            lambda c: self._leases.ack(c, consumer))
+            await self._db.run(f"acknowledging events of {consumer.group!r}",
+                               lambda c: self._leases.ack(c, consumer))
 
     async def release(self, consumer: Consumer) -> None:
         """Expire this member's leases now, so that other members take them at once."""
-        if self._pool is not None:
-            await self._run(f"releasing {consumer.member!r} of {consumer.group!r}",
-                            lambda c: self._leases.release(c, consumer))
+        if self._db.opened:
+            await self._db.run(f"releasing {consumer.member!r} of {consumer.group!r}",
+                               lambda c: self._leases.release(c, consumer))
 
     async def has_events_for(self, consumer: Consumer) -> bool:
-        return await self._run(f"checking for events of {consumer.group!r}",
-                               lambda c: self._leases.has_events_for(c, consumer))
+        return await self._db.run(f"checking for events of {consumer.group!r}",
+                                  lambda c: self._leases.has_events_for(c, consumer))
 
     async def wait_for_events(self, consumer: Consumer, timeout: float) -> bool:
         """Wait for a NOTIFY from an append (or a release) on this schema's channel."""
         if self._listener is None:
-            await self._open()
+            await self._db.open()
             self._listener = Listener(self.dsn, self.channel)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -332,7 +260,7 @@ class PostgresBackend(BaseEventStorage):
                 args,
             )
 
-        await self._run("recording a dead letter", insert)
+        await self._db.run("recording a dead letter", insert)
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
         sql = f"SELECT grp, handler, error, attempts, position, event::text FROM {self._dead}"
@@ -340,13 +268,13 @@ class PostgresBackend(BaseEventStorage):
         if group is not None:
             sql += " WHERE grp = %s"
             args = (group,)
-        rows = await self._fetch("reading dead letters", sql + " ORDER BY id", args)
+        rows = await self._db.fetch("reading dead letters", sql + " ORDER BY id", args)
         return [DeadLetter(g, h, err, n, decode_event(body), int(pos))
                 for g, h, err, n, pos, body in rows]
 
     # -- queries -------------------------------------------------------------------------
     async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
-        rows = await self._fetch(
+        rows = await self._db.fetch(
             f"reading the history of task {task_id!r}",
             f"SELECT {WIRE} FROM {self._events} WHERE task_id = %s ORDER BY id LIMIT %s",
             (task_id.replace("\x00", "\ufffd"), limit),
@@ -374,7 +302,7 @@ class PostgresBackend(BaseEventStorage):
             clauses.append("timestamp < %s")
             args.append(as_utc(until))
         args.append(limit + 1)
-        rows = await self._fetch(
+        rows = await self._db.fetch(
             "querying events",
             f"SELECT id, {WIRE} FROM {self._events} WHERE {' AND '.join(clauses)} "
             "ORDER BY id LIMIT %s",
@@ -385,7 +313,7 @@ class PostgresBackend(BaseEventStorage):
         return Page(events, events[-1].position if more and events else None)
 
     async def count(self) -> int:
-        rows = await self._fetch("counting events", f"SELECT count(*) FROM {self._events}")
+        rows = await self._db.fetch("counting events", f"SELECT count(*) FROM {self._events}")
         return int(rows[0][0])
 
     async def prune(
@@ -410,11 +338,11 @@ class PostgresBackend(BaseEventStorage):
                     deleted += cur.rowcount
             return deleted
 
-        return await self._run("pruning events", prune)
+        return await self._db.run("pruning events", prune)
 
     async def health(self) -> Health:
         try:
-            rows = await self._fetch(
+            rows = await self._db.fetch(
                 "checking health",
                 f"SELECT value FROM {self.schema}.omniq_meta WHERE key = 'schema_version'",
             )
@@ -436,8 +364,4 @@ class PostgresBackend(BaseEventStorage):
             await self._committer.close()
         if self._listener is not None:
             await self._listener.close()
-        opening, pool = self._opening, self._pool
-        if pool is None and opening is not None and opening.done() and not opening.exception():
-            pool = opening.result()
-        if pool is not None:
-            await pool.close()
+        await self._db.close()

@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from omniq_observe.backend._group_commit import GroupCommitter
 from omniq_observe.backend._redis_groups import StreamGroups, stored_entries
+from omniq_observe.backend._redis_scan import prune_older, query_stream
 from omniq_observe.backend._redis_scripts import APPEND_SCRIPT, HISTORY_SCRIPT, id_str
 from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
@@ -63,7 +64,6 @@ from omniq_observe.models.event import TaskEvent, decode_event, encode_event
 __all__ = ["SCHEMA_VERSION", "RedisBackend"]
 
 SCHEMA_VERSION = 1
-_SCAN = 1000
 # URL query parameters that are ours (the rest go to redis-py) and their types.
 _URL_OPTIONS: dict[str, type] = {
     "prefix": str,
@@ -347,27 +347,10 @@ class RedisBackend(BaseEventStorage):
         after: Position | None = None,
     ) -> Page:
         types = {t.upper() for t in event_types} if event_types else None
-        since, until = as_utc(since), as_utc(until)
-        found: list[StoredEvent] = []
-        start = "-" if after is None else f"({id_str(after)}"
-        client = self.client()
-        while True:
-            with self._errors("querying events"):
-                entries = await client.xrange(self.stream, start, "+", count=_SCAN)
-            for stored in stored_entries(entries):
-                event = stored.event
-                if types is not None and event.event_type not in types:
-                    continue
-                if since is not None and event.timestamp < since:
-                    continue
-                if until is not None and event.timestamp >= until:
-                    continue
-                if len(found) == limit:
-                    return Page(found, found[-1].position)
-                found.append(stored)
-            if len(entries) < _SCAN:
-                return Page(found, None)
-            start = f"({id_str(entries[-1][0])}"
+        with self._errors("querying events"):
+            return await query_stream(self.client(), self.stream, types=types,
+                                      since=as_utc(since), until=as_utc(until),
+                                      limit=limit, after=after)
 
     async def count(self) -> int:
         with self._errors("counting events"):
@@ -381,41 +364,11 @@ class RedisBackend(BaseEventStorage):
         with self._errors("pruning events"):
             cutoff = as_utc(older_than)
             if cutoff is not None:
-                deleted += await self._prune_older(cutoff)
+                deleted += await prune_older(client, self.stream, cutoff)
             if max_events is not None:
                 deleted += int(
                     await client.xtrim(self.stream, maxlen=max_events, approximate=False)
                 )
-        return deleted
-
-    async def _prune_older(self, cutoff: datetime) -> int:
-        """Trim the leading run of old events with MINID, then delete old stragglers."""
-        client = self.client()
-        first_kept: str | None = None
-        stragglers: list[str] = []
-        start = "-"
-        leading = 0
-        while True:
-            entries = await client.xrange(self.stream, start, "+", count=_SCAN)
-            for stored in stored_entries(entries):
-                old = stored.event.timestamp < cutoff
-                if first_kept is None:
-                    if old:
-                        leading += 1
-                    else:
-                        first_kept = str(stored.position)
-                elif old:
-                    stragglers.append(str(stored.position))
-            if len(entries) < _SCAN:
-                break
-            start = f"({id_str(entries[-1][0])}"
-        deleted = 0
-        if first_kept is None and leading:
-            deleted += int(await client.xtrim(self.stream, maxlen=0, approximate=False))
-        elif leading:
-            deleted += int(await client.xtrim(self.stream, minid=first_kept, approximate=False))
-        for i in range(0, len(stragglers), _SCAN):
-            deleted += int(await client.xdel(self.stream, *stragglers[i : i + _SCAN]))
         return deleted
 
     async def health(self) -> Health:
