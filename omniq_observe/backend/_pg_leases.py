@@ -149,6 +149,16 @@ class LeaseTable:
         )
         self._held.pop(consumer, None)
 
+    async def renew(self, conn: Any, consumer: Consumer) -> None:
+        """Extend the lease of the batch ``consumer`` claimed last (if still its own)."""
+        after_id = self._held.get(consumer)
+        if after_id is not None:
+            await conn.execute(
+                f"UPDATE {self.leases} SET expires_at = now() + %s::interval "
+                "WHERE grp = %s AND after_id = %s AND member = %s",
+                (self.lease, consumer.group, after_id, consumer.member),
+            )
+
     async def release(self, conn: Any, consumer: Consumer) -> None:
         """Expire the member's leases and wake the other members."""
         self._held.pop(consumer, None)

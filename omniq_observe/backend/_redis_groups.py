@@ -175,6 +175,21 @@ class StreamGroups:
             self._members.setdefault(consumer, _Member()).check_own = True
             raise
 
+    async def renew(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
+        """Reset the idle time of the entries of ``batch`` this member still holds, so
+        that no other member's ``XAUTOCLAIM`` takes them while its handlers run."""
+        if not batch:
+            return
+        client = self.backend.client()
+        group, name = consumer.group, consumer.member
+        pending = await client.xpending_range(
+            self.stream, group, str(batch[0].position), str(batch[-1].position), len(batch),
+            consumername=name,
+        )
+        ids = [p["message_id"] for p in pending]
+        if ids:
+            await client.xclaim(self.stream, group, name, 0, ids, justid=True)
+
     async def release(self, consumer: Consumer) -> None:
         """Mark this member's pending entries long idle, so that the next ``XAUTOCLAIM``
         of any member takes them; forget the member when it holds nothing."""

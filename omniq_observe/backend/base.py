@@ -109,6 +109,10 @@ class BaseEventStorage(abc.ABC):
     #: ``read_after(last position of the batch in hand)`` while it handles this one.
     #: Backends whose ``claim`` hands out work (Redis groups, PostgreSQL leases) keep False.
     read_ahead: bool = False
+    #: Seconds a claimed batch stays with its member before another member may take it
+    #: over, on backends that share work (``None``: batches are never taken over). A
+    #: processor calls ``renew`` every third of this while its handlers run.
+    lease_seconds: float | None = None
 
     # -- writing -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -146,6 +150,11 @@ class BaseEventStorage(abc.ABC):
         """Mark a claimed batch handled; the group's position moves past it."""
         if batch:
             await self.commit_position(consumer.group, batch[-1].position)
+
+    async def renew(  # noqa: B027 - optional hook
+        self, consumer: Consumer, batch: Sequence[StoredEvent]
+    ) -> None:
+        """Keep the batch ``consumer`` claimed last its own for another ``lease_seconds``."""
 
     async def release(self, consumer: Consumer) -> None:  # noqa: B027 - optional hook
         """Give up what ``consumer`` holds (on stop), so other members can take it at once."""

@@ -87,7 +87,8 @@ class PostgresBackend(BaseEventStorage):
         dsn: a libpq connection string or URL (``postgresql://user@host/db``).
         schema: the schema holding the tables (created on first use).
         lease_seconds: how long a member holds a claimed batch before another member may
-            take it over; longer than the slowest batch of handlers.
+            take it over; a processor renews its batch
+            while its handlers run.
         pool_size: the most connections the pool opens (plus one for LISTEN).
         retries: how often an operation is retried after a lost connection.
         connect_timeout: seconds to wait for a connection before failing.
@@ -220,6 +221,10 @@ class PostgresBackend(BaseEventStorage):
         if batch:
             await self._db.run(f"acknowledging events of {consumer.group!r}",
                                lambda c: self._leases.ack(c, consumer))
+
+    async def renew(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
+        await self._db.run(f"renewing the lease of {consumer.member!r}",
+                           lambda c: self._leases.renew(c, consumer))
 
     async def release(self, consumer: Consumer) -> None:
         """Expire this member's leases now, so that other members take them at once."""

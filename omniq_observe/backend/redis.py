@@ -92,7 +92,8 @@ class RedisBackend(BaseEventStorage):
             keep everything until ``prune``).
         history_ttl: seconds a task's history index lives after its last event.
         claim_idle: seconds an entry must sit unacknowledged with a member before another
-            member takes it over; longer than the slowest batch of handlers.
+            member takes it over; a processor renews its batch
+            while its handlers run.
         claim_interval: how often (seconds) a member looks for such entries.
         retries: connection retries per command, with backoff.
         socket_timeout: seconds one command may take.
@@ -150,6 +151,7 @@ class RedisBackend(BaseEventStorage):
         self.max_len = max_len
         self.history_ttl = float(history_ttl)
         self.claim_idle = float(claim_idle)
+        self.lease_seconds = self.claim_idle  # the storage contract's name for it
         self.claim_interval = float(claim_interval)
         self.retries = retries
         self.socket_timeout = float(socket_timeout)
@@ -287,6 +289,10 @@ class RedisBackend(BaseEventStorage):
         if batch:
             with self._errors(f"acknowledging events of {consumer.group!r}"):
                 await self._consumers.ack(consumer, batch)
+
+    async def renew(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
+        with self._errors(f"renewing the entries of {consumer.member!r}"):
+            await self._consumers.renew(consumer, batch)
 
     async def release(self, consumer: Consumer) -> None:
         """Hand this member's unacknowledged entries to the other members at once."""

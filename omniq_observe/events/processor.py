@@ -28,6 +28,7 @@ import structlog
 
 from omniq_observe.backend.base import BaseEventStorage, Consumer, StoredEvent
 from omniq_observe.events._dispatch import Dispatcher
+from omniq_observe.events._leases import LeaseRenewal
 from omniq_observe.events._sync import LoopThread
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
@@ -198,14 +199,27 @@ class AsyncEventProcessor:
                 batch = await storage.claim(self.consumer, limit)
 
     async def _handle_batch(self, batch: list[StoredEvent]) -> None:
-        """Run the handlers on every event of ``batch`` in order, then acknowledge it."""
-        await self._dispatch.run(batch)
+        """Run the handlers on every event of ``batch`` in order, then acknowledge it.
+
+        On backends with leases the batch's lease is renewed while the handlers run.
+        """
+        if self.event_storage.lease_seconds is None:
+            await self._dispatch.run(batch)
+        else:
+            with LeaseRenewal(self.event_storage, self.consumer, batch, self._renew_failed):
+                await self._dispatch.run(batch)
         await self.event_storage.ack(self.consumer, batch)
         stats = self.stats
         stats.processed += len(batch)
         stats.batches += 1
         stats.last_event_timestamp = batch[-1].event.timestamp.timestamp()
         stats.heartbeat = time.monotonic()
+
+    def _renew_failed(self, exc: Exception) -> None:
+        self.stats.storage_errors += 1
+        self._log.warning(
+            "omniq.lease_renew_failed", processor=self.name, error=f"{type(exc).__name__}: {exc}"
+        )
 
     async def start(self) -> None:
         """Process events until :meth:`stop` or cancellation.
