@@ -13,7 +13,7 @@ from typing import Any
 
 from omniq_observe.backend._redis_groups import stored_entries
 from omniq_observe.backend._redis_scripts import id_str
-from omniq_observe.backend.base import Page, Position, StoredEvent
+from omniq_observe.backend.base import Page, Position, StoredEvent, query_matches
 
 __all__ = ["SCAN", "prune_older", "query_stream"]
 
@@ -45,12 +45,7 @@ async def query_stream(
     start = "-" if after is None else f"({id_str(after)}"
     async for page in _pages(client, stream, start):
         for stored in page:
-            event = stored.event
-            if types is not None and event.event_type not in types:
-                continue
-            if since is not None and event.timestamp < since:
-                continue
-            if until is not None and event.timestamp >= until:
+            if not query_matches(stored.event, types, since, until):
                 continue
             if len(found) == limit:
                 return Page(found, found[-1].position)

@@ -39,6 +39,7 @@ __all__ = [
     "as_utc",
     "check_prune_limit",
     "epoch_us",
+    "query_matches",
 ]
 
 Position = int | str
@@ -260,6 +261,17 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+def query_matches(
+    event: TaskEvent, types: set[str] | None, since: datetime | None, until: datetime | None
+) -> bool:
+    """Whether ``event`` passes ``query``'s filters (upper-cased types, UTC datetimes)."""
+    if types is not None and event.event_type not in types:
+        return False
+    if since is not None and event.timestamp < since:
+        return False
+    return until is None or event.timestamp < until
 
 
 def check_prune_limit(max_events: int | None) -> None:

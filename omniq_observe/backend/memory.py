@@ -15,6 +15,7 @@ from omniq_observe.backend.base import (
     StoredEvent,
     as_utc,
     check_prune_limit,
+    query_matches,
 )
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
@@ -104,11 +105,7 @@ class MemoryBackend(BaseEventStorage):
             start = 0 if after is None else bisect.bisect_right(self._keys, int(after))
             for index in range(start, len(self._events)):
                 event = self._events[index]
-                if types is not None and event.event_type not in types:
-                    continue
-                if since is not None and event.timestamp < since:
-                    continue
-                if until is not None and event.timestamp >= until:
+                if not query_matches(event, types, since, until):
                     continue
                 if len(found) == limit:
                     return Page(found, found[-1].position)
