@@ -32,8 +32,13 @@ Rules:
   entry until its bucket passes. A million open tasks with UUID ids hold ~175 MiB
   resident (tests/test_pairing.py measures it in a fresh process).
 * Speed: :meth:`TaskPairing.try_observe` pairs the common in-order events (ENQUEUED of a
-  new task, STARTED, terminal, RETRIED) inline with one table probe; everything else
-  takes the general path, which gives the same results.
+  new task, STARTED, terminal, RETRIED) inline with one lookup; everything else takes
+  the general path, which gives the same results. A task enqueued there is first kept
+  "young": its fields in a tuple in a plain dict, cheaper to make, update and drop than a
+  table slot. The young tasks settle into the table, oldest first, before anything else
+  reads or adds to it and whenever expiry runs (at least once every 1024 events): the table
+  then holds them as if each had been added at its ENQUEUED, and a task that ends before
+  that never costs a slot.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from omniq_observe._pairing_types import (
     _ts,
 )
 from omniq_observe._semantics import queue_of
-from omniq_observe._task_table import NAN, U64
+from omniq_observe._task_table import NAN
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["OVERFLOW", "UNKNOWN_QUEUE", "Attempt", "History", "Observation", "TaskPairing"]
@@ -76,13 +81,15 @@ class TaskPairing(PairingRules):
     @property
     def open_attempts(self) -> int:
         """How many attempts are started and not yet ended."""
+        if self._young:
+            self._settle()
         start = self._table.t_start
         return sum(1 for slot in self._table.live_slots() if not math.isnan(start[slot]))
 
     @property
     def tracked_tasks(self) -> int:
         """How many tasks the pairing holds state for."""
-        return len(self._table)
+        return len(self._table) + len(self._young)
 
     def needs_history(self, event: TaskEvent) -> bool:
         """True when ``event`` can only be paired with the task's stored history.
@@ -92,6 +99,8 @@ class TaskPairing(PairingRules):
         """
         if self.history is None or hash(event.event_id) in self._seen:
             return False
+        if self._young:
+            self._settle()
         return self._needs_history(event, self._table.find(event.task_id))
 
     async def observe(self, event: TaskEvent) -> Observation:
@@ -108,6 +117,8 @@ class TaskPairing(PairingRules):
             obs = self.try_observe(event)
             if obs is not None:
                 return obs  # else it took nothing: pair it without the history
+        if self._young:
+            self._settle()
         return self._observe(event, history, self._table.find(event.task_id))
 
     def expire(self, now: float) -> list[Attempt]:
@@ -116,6 +127,8 @@ class TaskPairing(PairingRules):
         Held terminal events dropped here come back as attempts with status "no_start".
         """
         self._since_expiry = 0
+        if self._young:
+            self._settle()
         cutoff = now - self.ttl
         table = self._table
         expired: list[Attempt] = []
@@ -143,128 +156,154 @@ class TaskPairing(PairingRules):
         """Take one event if that needs no storage read; else return None (and take
         nothing: the caller then awaits :meth:`observe`).
 
-        The common in-order cases are paired right here with one table probe (an ENQUEUED
-        of a new task, a STARTED or RETRIED of a task with a known queue and no open
-        attempt, a terminal event closing the open attempt); anything else (a duplicate,
-        out of order, recovery, a second start...) goes to the general path, with the same
-        results.
+        The common in-order cases are paired right here with one lookup (an ENQUEUED of a
+        new task, a STARTED or RETRIED of a task with a known queue and no open attempt, a
+        terminal event closing the open attempt); anything else (a duplicate, out of order,
+        recovery, a second start...) goes to the general path, with the same results.
         """
         event_id = event.event_id
         key = hash(event_id)
         seen = self._seen
-        consumed = self._consumed
-        if key in seen or (consumed and event_id in consumed):
+        if key in seen or (self._consumed and event_id in self._consumed):
             return self._try_general(event)
         task_id = event.task_id
-        table = self._table
-        keys, mask = table.keys, table.mask
-        perturb = h = hash(task_id) & U64
-        position = h & mask
-        while True:  # TaskTable.find, inlined
-            found = keys[position]
-            if found is None:
-                slot = -1
-                break
-            if found == task_id:
-                slot = table.slots[position]
-                break
-            perturb >>= 5
-            position = (position * 5 + perturb + 1) & mask
         kind = event.event_type
-        names = self._names
-        if slot >= 0:
-            number = table.queue[slot]
-            if not number:
-                return self._try_general(event)
-            t_start = table.t_start
-            start = t_start[slot]
-            if kind == "STARTED":
-                pending = self._pending
-                if start == start or (pending and task_id in pending):
-                    return self._try_general(event)  # superseded, or its end came first
-                ts = event.timestamp.timestamp()
-                details = event.details
-                attempts = table.attempt
-                attempt = min(attempts[slot] + 1, _MAX_ATTEMPT)
-                given = details.get("attempt")
-                if given is not None:
-                    attempt = _attempt_number(given, attempt)
-                attempts[slot] = attempt
-                worker = details.get("worker_id")
-                if isinstance(worker, str):
-                    table.worker[slot] = self._name_ids.get(worker) or self._intern(worker)
-                else:
-                    table.worker[slot] = 0
-                obs = Observation(event, names[number] or UNKNOWN_QUEUE, False, None, True,
-                                  None, attempt)
-                t_enq = table.t_enq
-                enq = t_enq[slot]
-                if enq == enq:
-                    wait = ts - enq
-                    if wait < 0:
-                        obs.unpaired.append("clock_skew")
-                        wait = 0.0
-                    obs.queue_wait = wait
-                    t_enq[slot] = NAN
-                t_start[slot] = ts
-            elif kind in _TERMINAL_STATUS:
-                if start != start:
-                    return self._try_general(event)  # no open attempt: held or recovered
-                ts = event.timestamp.timestamp()
-                closed = Attempt(
-                    task_id, names[number] or UNKNOWN_QUEUE, table.attempt[slot],
-                    names[table.worker[slot]], start, ts, _TERMINAL_STATUS[kind], event,
-                    self._contexts.get(task_id) if self._contexts else None, True,
-                )
-                obs = Observation(event, closed.queue, False, None, False, closed)
-                if ts < start:
-                    obs.unpaired.append("clock_skew")
-                if kind in _FINAL:
-                    table.remove(slot, position)
-                    if self._contexts:
-                        self._contexts.pop(task_id, None)
-                else:
-                    t_start[slot] = NAN
-            elif kind == "RETRIED" and start != start:
-                ts = event.timestamp.timestamp()
-                obs = Observation(event, names[number] or UNKNOWN_QUEUE)
-                table.t_enq[slot] = ts
+        young = self._young
+        state = young.get(task_id)
+        # slot: -1 for a young task (its fields in locals, stored back as a new tuple), -2 for
+        # a task not tracked, else the task's slot in the table (fields used in place)
+        if state is not None:
+            added, number, enq, start, touch, attempt, worker, context = state
+            slot = -1
+        else:
+            table = self._table
+            found = None
+            if table.used:  # (when every task ends young, the table stays empty)
+                keys, mask = table.keys, table.mask
+                position = hash(task_id) & mask
+                found = keys[position]
+                while found is not None and found != task_id:  # TaskTable.find, inlined
+                    position = (position + 1) & mask
+                    found = keys[position]
+            if found is None:
+                slot = -2  # not tracked
             else:
+                slot = table.slots[position]
+                number = table.queue[slot]
+                if not number:
+                    return self._try_general(event)
+                start = table.t_start[slot]
+        if slot == -2:
+            if kind != "ENQUEUED":
                 return self._try_general(event)
-            touch = table.t_touch
-            if ts > touch[slot]:
-                touch[slot] = ts
-        elif kind == "ENQUEUED":
             ts = event.timestamp.timestamp()
             details = event.details
             queue = details.get("queue_name")
             if not isinstance(queue, str) or not queue:
                 queue = queue_of(details) or "default"
-            slot = table.add(task_id, ts, position)
-            table.queue[slot] = self._name_ids.get(queue) or self._intern(queue)
-            table.t_enq[slot] = ts
-            if self.keep_context and event.trace_context:
-                self._contexts[task_id] = event.trace_context
+            number = self._name_ids.get(queue) or self._intern(queue)
+            context = event.trace_context if self.keep_context and event.trace_context else None
+            young[task_id] = (ts, number, ts, NAN, ts, 0, 0, context)
             obs = Observation(event, queue)
+        elif kind == "STARTED":
+            if start == start or (self._pending and task_id in self._pending):
+                return self._try_general(event)  # superseded, or its end came first
+            ts = event.timestamp.timestamp()
+            details = event.details
+            if slot >= 0:
+                attempt = table.attempt[slot]
+                enq = table.t_enq[slot]
+            given = details.get("attempt")
+            if type(given) is int and 0 < given <= _MAX_ATTEMPT:
+                attempt = given
+            else:
+                attempt = _attempt_number(given, min(attempt + 1, _MAX_ATTEMPT))
+            name = details.get("worker_id")
+            worker = 0
+            if isinstance(name, str):
+                worker = self._name_ids.get(name) or self._intern(name)
+            queue = self._names[number] or UNKNOWN_QUEUE
+            if enq != enq:  # NaN: no queue wait to close
+                obs = Observation(event, queue, False, None, True, None, attempt)
+            else:
+                wait = ts - enq
+                obs = Observation(event, queue, False, wait if wait >= 0 else 0.0, True, None,
+                                  attempt)
+                if wait < 0:
+                    obs.unpaired.append("clock_skew")
+            if slot < 0:
+                young[task_id] = (added, number, NAN, ts, ts if ts > touch else touch, attempt,
+                                  worker, context)
+            else:
+                table.attempt[slot] = attempt
+                table.worker[slot] = worker
+                table.t_start[slot] = ts
+                if enq == enq:
+                    table.t_enq[slot] = NAN
+                if ts > table.t_touch[slot]:
+                    table.t_touch[slot] = ts
+        elif kind in _TERMINAL_STATUS:
+            if start != start:
+                return self._try_general(event)  # no open attempt: held or recovered
+            ts = event.timestamp.timestamp()
+            final = kind in _FINAL
+            if slot < 0:
+                if final:
+                    del young[task_id]
+                else:
+                    young[task_id] = (added, number, enq, NAN, ts if ts > touch else touch,
+                                      attempt, worker, context)
+            else:
+                attempt = table.attempt[slot]
+                worker = table.worker[slot]
+                contexts = self._contexts
+                context = (
+                    (contexts.pop(task_id, None) if final else contexts.get(task_id))
+                    if contexts else None
+                )
+                if final:
+                    table.remove(slot, position)
+                else:
+                    table.t_start[slot] = NAN
+                    if ts > table.t_touch[slot]:
+                        table.t_touch[slot] = ts
+            names = self._names
+            queue = names[number] or UNKNOWN_QUEUE
+            obs = Observation(event, queue, False, None, False, Attempt(
+                task_id, queue, attempt, names[worker], start, ts, _TERMINAL_STATUS[kind],
+                event, context, True,
+            ))
+            if ts < start:
+                obs.unpaired.append("clock_skew")
+        elif kind == "RETRIED" and start != start:
+            ts = event.timestamp.timestamp()
+            obs = Observation(event, self._names[number] or UNKNOWN_QUEUE)
+            if slot < 0:
+                young[task_id] = (added, number, ts, start, ts if ts > touch else touch, attempt,
+                                  worker, context)
+            else:
+                table.t_enq[slot] = ts
+                if ts > table.t_touch[slot]:
+                    table.t_touch[slot] = ts
         else:
             return self._try_general(event)
-        # remember the event id (TaskPairing._remember, inlined)
-        ring = self._seen_ring
-        at = self._seen_next
-        if len(seen) >= self.dedupe_window:
-            seen.discard(ring[at])
+        # remember the event id (PairingRules._remember, inlined)
+        order = self._seen_order
+        if len(order) >= self._seen_limit:
+            seen.discard(order.popleft())
+        order.append(key)
         seen.add(key)
-        ring[at] = key
-        at += 1
-        self._seen_next = 0 if at == len(ring) else at
         if ts > self._clock:
             self._clock = ts
-        self._since_expiry += 1
-        if self._since_expiry >= _EXPIRY_EVERY:
+        since = self._since_expiry + 1
+        self._since_expiry = since
+        if since >= _EXPIRY_EVERY:
             obs.expired.extend(self.expire(self._clock))
         return obs
 
     def _try_general(self, event: TaskEvent) -> Observation | None:
+        if self._young:
+            self._settle()
         index = self._table.find(event.task_id)
         if (
             self.history is not None

@@ -10,7 +10,7 @@ results.
 from __future__ import annotations
 
 import math
-from array import array
+from collections import deque
 
 from omniq_observe._pairing_types import (
     _EXPIRY_EVERY,
@@ -25,6 +25,7 @@ from omniq_observe._pairing_types import (
     Observation,
     _attempt_number,
     _ts,
+    _Young,
 )
 from omniq_observe._semantics import queue_of
 from omniq_observe._task_table import NAN, TaskTable
@@ -52,11 +53,15 @@ class PairingRules:
         self.dedupe_window = dedupe_window
         self.keep_context = keep_context
         self._table = TaskTable(ttl / 16 if math.isfinite(ttl) else 3600.0)
+        # Tasks enqueued since the last _settle, oldest first: the fast path keeps a new
+        # task here (a dict entry costs a fraction of a table slot's), so that a task that
+        # ends before the next settle never touches the table.
+        self._young: dict[str, _Young] = {}
         self._names: list[str | None] = [None]  # interned queue/worker names; 0 = none
         self._name_ids: dict[str, int] = {}
         self._seen: set[int] = set()  # hashes of recent event ids
-        self._seen_ring = array("q", bytes(8 * max(1, dedupe_window)))
-        self._seen_next = 0
+        self._seen_order: deque[int] = deque()  # the same, oldest first
+        self._seen_limit = max(1, dedupe_window)
         self._consumed: dict[str, None] = {}  # STARTED ids paired from history (bounded)
         self._pending: dict[str, TaskEvent] = {}  # terminal events waiting for their STARTED
         self._looked_up: dict[str, None] = {}  # tasks whose history was read (bounded)
@@ -306,6 +311,27 @@ class PairingRules:
         if self._contexts:
             self._contexts.pop(task_id, None)
 
+    def _settle(self) -> None:
+        """Move the young tasks into the table, oldest first.
+
+        Called before anything but the fast path reads the table, and before anything adds
+        to it: the table then holds (and expiry visits) every task in the order the tasks
+        came, as if each had been added to the table at its ENQUEUED.
+        """
+        table, contexts = self._table, self._contexts
+        for task_id, state in self._young.items():
+            added, queue, enq, start, touch, attempt, worker, context = state
+            slot = table.add(task_id, added)
+            table.queue[slot] = queue
+            table.t_enq[slot] = enq
+            table.t_start[slot] = start
+            table.t_touch[slot] = touch
+            table.attempt[slot] = attempt
+            table.worker[slot] = worker
+            if context is not None:
+                contexts[task_id] = context
+        self._young.clear()
+
     def _intern(self, name: str) -> int:
         index = self._name_ids.get(name)
         if index is None:
@@ -320,13 +346,11 @@ class PairingRules:
         return index
 
     def _remember(self, key: int) -> None:
-        seen, ring = self._seen, self._seen_ring
-        position = self._seen_next
-        if len(seen) >= self.dedupe_window:
-            seen.discard(ring[position])
-        seen.add(key)
-        ring[position] = key
-        self._seen_next = (position + 1) % len(ring)
+        order = self._seen_order
+        if len(order) >= self._seen_limit:
+            self._seen.discard(order.popleft())
+        order.append(key)
+        self._seen.add(key)
 
     def expire(self, now: float) -> list[Attempt]:
         """Drop idle tasks; defined by :class:`~omniq_observe._pairing.TaskPairing`."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+
+import msgspec
 
 from omniq_observe.models.event import TaskEvent
 
@@ -23,10 +24,17 @@ UNKNOWN_QUEUE = "unknown"
 OVERFLOW = "__overflow__"
 
 History = Callable[[str], Awaitable[list[TaskEvent]]]
+# A task enqueued since the pairing last settled, as TaskPairing keeps it until then: the
+# time it was added, then a task table slot's fields (queue, t_enq, t_start, t_touch,
+# attempt, worker) and the ENQUEUED's trace context when kept.
+_Young = tuple[float, int, float, float, float, int, int, dict[str, str] | None]
 
 
-@dataclass(slots=True)
-class Attempt:
+# Made for every event, so built in C (msgspec structs: a quarter of a dataclass's cost).
+# gc=False: an attempt refers to strings, floats, an event (itself untracked) and a dict of
+# strings, and an observation to those and to lists of strings and attempts; none can refer
+# back, so neither is ever part of a reference cycle.
+class Attempt(msgspec.Struct, gc=False):
     """One STARTED paired with the event that ended it (or with nothing, when it expired)."""
 
     task_id: str
@@ -51,8 +59,7 @@ class Attempt:
         return self.end is not None and self.end < self.start
 
 
-@dataclass(slots=True)
-class Observation:
+class Observation(msgspec.Struct, gc=False):
     """What one event completes."""
 
     event: TaskEvent
@@ -62,8 +69,8 @@ class Observation:
     opened: bool = False  # an attempt started and is now in progress
     closed: Attempt | None = None
     attempt: int | None = None  # the attempt number a STARTED opened
-    unpaired: list[str] = field(default_factory=list)
-    expired: list[Attempt] = field(default_factory=list)
+    unpaired: list[str] = []  # a fresh list each (msgspec copies empty defaults)
+    expired: list[Attempt] = []
 
 
 def _ts(event: TaskEvent) -> float:

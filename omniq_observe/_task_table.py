@@ -5,6 +5,10 @@ A plain ``dict[str, int]`` costs ~70 bytes per task before any state (its entry 
 table (a list of keys and an ``array`` of dense slot numbers) and the state in typed arrays
 indexed by slot, so an open task costs its id string plus ~75 bytes.
 
+The key table probes linearly and deletes by shifting the entries after a removed key back
+(no tombstones): tasks come and go all the time, and tombstones would force a rebuild of the
+key table every few hundred tasks.
+
 Expiry uses time buckets of slot numbers tagged with the slot's generation: a freed slot's
 entries go stale (generation mismatch) instead of keeping the finished task's id alive.
 """
@@ -15,21 +19,20 @@ import math
 from array import array
 from collections.abc import Iterator
 
-__all__ = ["NAN", "U64", "TaskTable"]
+__all__ = ["NAN", "TaskTable"]
 
 NAN = math.nan
-U64 = _U64 = 0xFFFFFFFFFFFFFFFF  # task-id hashes probe as unsigned, like CPython's dict
-_DELETED = object()  # a tombstone in the key table: equal to no task id
 _MIN_CAPACITY = 8
 
 
 class TaskTable:
     """Maps task ids to dense slots holding typed per-task state.
 
-    Lookups probe :attr:`keys` (task ids; ``None`` = empty) from ``hash(id) & U64 & mask``
-    as :meth:`find` does; :attr:`slots` holds the slot of the key at the same position.
-    State per slot: ``t_enq``, ``t_start``, ``t_touch`` (epoch seconds, NaN when unset),
-    ``attempt``, ``queue`` and ``worker`` (interned name numbers, 0 = none).
+    Lookups probe :attr:`keys` (task ids; ``None`` = empty) from ``hash(id) & mask`` on,
+    one position at a time, as :meth:`find` does; :attr:`slots` holds the slot of the key
+    at the same position. State per slot: ``t_enq``, ``t_start``, ``t_touch`` (epoch
+    seconds, NaN when unset), ``attempt``, ``queue`` and ``worker`` (interned name numbers,
+    0 = none).
 
     Args:
         bucket_width: seconds of event time per expiry bucket.
@@ -37,11 +40,12 @@ class TaskTable:
 
     __slots__ = (
         "_buckets",
-        "_filled",
         "_free",
         "_gen",
+        "_grow_at",
         "_last_bucket",
         "_last_entries",
+        "_shrink_below",
         "attempt",
         "bucket_width",
         "ids",
@@ -58,11 +62,12 @@ class TaskTable:
 
     def __init__(self, bucket_width: float) -> None:
         self.bucket_width = bucket_width
-        self.keys: list[object] = [None] * _MIN_CAPACITY
+        self.keys: list[str | None] = [None] * _MIN_CAPACITY
         self.slots = array("i", bytes(4 * _MIN_CAPACITY))
         self.mask = _MIN_CAPACITY - 1
         self.used = 0  # live keys
-        self._filled = 0  # live keys and tombstones
+        self._grow_at = _MIN_CAPACITY // 2  # this many live keys: double the key table
+        self._shrink_below = 0  # fewer live keys than this: halve the key table
         self.ids: list[str | None] = []
         self._free = array("i")
         self._gen = array("I")
@@ -73,7 +78,8 @@ class TaskTable:
         self.queue = array("H")
         self.worker = array("H")
         self._buckets: dict[int, array[int]] = {}
-        self._last_bucket: int | None = None  # the bucket _place used last, and its entries
+        # The bucket _place used last (as the float ts // bucket_width), and its entries.
+        self._last_bucket = NAN
         self._last_entries = array("q")
 
     def __len__(self) -> int:
@@ -82,16 +88,14 @@ class TaskTable:
     def find(self, task_id: str) -> int:
         """Return the slot of ``task_id``, or -1."""
         keys, mask = self.keys, self.mask
-        perturb = h = hash(task_id) & _U64
-        i = h & mask
+        i = hash(task_id) & mask
         while True:
             key = keys[i]
             if key is None:
                 return -1
             if key == task_id:
                 return self.slots[i]
-            perturb >>= 5
-            i = (i * 5 + perturb + 1) & mask
+            i = (i + 1) & mask
 
     def add(self, task_id: str, ts: float, position: int = -1) -> int:
         """Give ``task_id`` (not present) a fresh slot touched at ``ts``; return the slot.
@@ -116,9 +120,19 @@ class TaskTable:
             self.attempt.append(0)
             self.queue.append(0)
             self.worker.append(0)
-        self._insert_key(task_id, slot, position)
-        number = int(ts // self.bucket_width) if ts - ts == 0.0 else 0  # finite: its bucket
-        if number == self._last_bucket:  # events come in time order: mostly the same one
+        keys = self.keys
+        if position < 0 or keys[position] is not None:
+            mask = self.mask
+            position = hash(task_id) & mask
+            while keys[position] is not None:
+                position = (position + 1) & mask
+        keys[position] = task_id
+        self.slots[position] = slot
+        used = self.used = self.used + 1
+        if used >= self._grow_at:
+            self._resize(2 * len(keys))
+        # events come in time order: mostly the bucket used last (never equal when NaN)
+        if ts // self.bucket_width == self._last_bucket:
             self._last_entries.append(slot | (self._gen[slot] << 32))
         else:
             self._place(slot, ts)
@@ -127,33 +141,38 @@ class TaskTable:
     def remove(self, slot: int, position: int = -1) -> None:
         """Free ``slot`` and forget its task id; ``position``: where its key is in
         :attr:`keys`, when the caller knows (saves probing again)."""
-        task_id = self.ids[slot]
+        ids = self.ids
+        task_id = ids[slot]
         if task_id is None:
             return
-        keys, mask = self.keys, self.mask
-        if position >= 0 and keys[position] is task_id:
-            keys[position] = _DELETED
-            self.used -= 1
-            self._release(slot)
-            return
-        perturb = h = hash(task_id) & _U64
-        i = h & mask
-        while True:
-            key = keys[i]
-            if key is None:
-                break
-            if key == task_id:
-                keys[i] = _DELETED
-                self.used -= 1
-                break
-            perturb >>= 5
-            i = (i * 5 + perturb + 1) & mask
-        self._release(slot)
-
-    def _release(self, slot: int) -> None:
-        self.ids[slot] = None
+        ids[slot] = None
         self._gen[slot] = (self._gen[slot] + 1) & 0x7FFFFFFF
         self._free.append(slot)
+        keys, mask = self.keys, self.mask
+        if position < 0 or keys[position] is not task_id:
+            position = hash(task_id) & mask
+            while keys[position] is not task_id:
+                if keys[position] is None:
+                    return  # not in the key table (it always is): nothing more to undo
+                position = (position + 1) & mask
+        # Shift back the keys after the hole that may sit there (their probe from their
+        # home position passes it), so that no probe meets an empty position too early.
+        hole = position
+        i = (hole + 1) & mask
+        key = keys[i]
+        if key is not None:
+            slots = self.slots
+            while key is not None:
+                if (i - hash(key)) & mask >= (i - hole) & mask:
+                    keys[hole] = key
+                    slots[hole] = slots[i]
+                    hole = i
+                i = (i + 1) & mask
+                key = keys[i]
+        keys[hole] = None
+        self.used -= 1
+        if self.used < self._shrink_below:
+            self._resize(len(keys) // 2)
 
     def live_slots(self) -> Iterator[int]:
         """Every slot in use."""
@@ -164,7 +183,7 @@ class TaskTable:
         before it; slots touched later are moved to their touch's bucket."""
         width = self.bucket_width
         last = math.floor(cutoff / width) - 1  # buckets that end at or before cutoff
-        self._last_bucket = None  # it may be popped below
+        self._last_bucket = NAN  # it may be popped below
         for number in sorted(n for n in self._buckets if n <= last):
             entries = self._buckets.pop(number)
             gen, ids, touch = self._gen, self.ids, self.t_touch
@@ -176,59 +195,34 @@ class TaskTable:
                     yield slot
                 else:
                     self._place(slot, touch[slot])
-        self._last_bucket = None
+        self._last_bucket = NAN
 
     # -- internals ----------------------------------------------------------------------
     def _place(self, slot: int, ts: float) -> None:
-        number = int(ts // self.bucket_width) if ts - ts == 0.0 else 0
-        bucket = self._buckets.get(number)
+        number = ts // self.bucket_width
+        if number - number != 0.0:  # not finite: the first bucket
+            number = 0.0
+        bucket = self._buckets.get(int(number))
         if bucket is None:
-            bucket = self._buckets[number] = array("q")
+            bucket = self._buckets[int(number)] = array("q")
         bucket.append(slot | (self._gen[slot] << 32))
         self._last_bucket, self._last_entries = number, bucket
 
-    def _insert_key(self, task_id: str, slot: int, position: int = -1) -> None:
-        keys, mask = self.keys, self.mask
-        if position >= 0 and keys[position] is None:
-            i = position
-            self._filled += 1
-        else:
-            perturb = h = hash(task_id) & _U64
-            i = h & mask
-            while True:
-                key = keys[i]
-                if key is None:
-                    self._filled += 1
-                    break
-                if key is _DELETED:
-                    break
-                perturb >>= 5
-                i = (i * 5 + perturb + 1) & mask
-        keys[i] = task_id
-        self.slots[i] = slot
-        self.used += 1
-        if self._filled * 3 >= (mask + 1) * 2:
-            self._resize()
-
-    def _resize(self) -> None:
-        capacity = _MIN_CAPACITY
-        while capacity < self.used * 2 + 2:
-            capacity *= 2
-        old_keys, old_index = self.keys, self.slots
-        self.keys = [None] * capacity
-        self.slots = array("i", bytes(4 * capacity))
-        self.mask = capacity - 1
-        self._filled = self.used = 0
-        keys, index, mask = self.keys, self.slots, self.mask
+    def _resize(self, capacity: int) -> None:
+        """Rebuild the key table with ``capacity`` positions (a power of two)."""
+        capacity = max(capacity, _MIN_CAPACITY)
+        old_keys, old_slots = self.keys, self.slots
+        keys: list[str | None] = [None] * capacity
+        slots = array("i", bytes(4 * capacity))
+        mask = capacity - 1
         for position, key in enumerate(old_keys):
-            if key is None or key is _DELETED:
-                continue
-            perturb = h = hash(key) & _U64
-            i = h & mask
-            while keys[i] is not None:
-                perturb >>= 5
-                i = (i * 5 + perturb + 1) & mask
-            keys[i] = key
-            index[i] = old_index[position]
-            self._filled += 1
-        self.used = self._filled
+            if key is not None:
+                i = hash(key) & mask
+                while keys[i] is not None:
+                    i = (i + 1) & mask
+                keys[i] = key
+                slots[i] = old_slots[position]
+        self.keys, self.slots, self.mask = keys, slots, mask
+        self._grow_at = capacity // 2  # keep it at most half full
+        # shrink when at most an eighth full (halving leaves it at most a quarter full)
+        self._shrink_below = capacity // 8 if capacity > _MIN_CAPACITY else 0

@@ -224,6 +224,44 @@ def test_the_fast_path_gives_what_the_general_path_gives(seed: int) -> None:
     assert (fast.tracked_tasks, fast.open_attempts, general.tracked_tasks) == (0, 0, 0)
 
 
+def test_expiry_order_is_arrival_order_whichever_path_tracked_the_task() -> None:
+    """The fast path keeps a newly enqueued task aside until the pairing settles; tasks the
+    general path tracks (a STARTED without ENQUEUED) go to the table at once. Either way
+    they expire in the order they came, as with the general path alone."""
+    events: list[TaskEvent] = []
+    for i in range(30):
+        if i % 3 == 1:
+            events.append(ev(f"t{i}", "STARTED", i, queue="q"))
+        else:
+            events += [ev(f"t{i}", "ENQUEUED", i, queue_name="q"), ev(f"t{i}", "STARTED", i + 0.5)]
+    fast, general = TaskPairing(ttl=60.0), TaskPairing(ttl=60.0)
+    for event in events:
+        assert fast.observe_now(event) == _general_path(general, event)
+    assert fast.tracked_tasks == general.tracked_tasks == 30
+    end = T0.timestamp() + 1000.0
+    expired = fast.expire(end)
+    assert expired == general.expire(end)
+    assert [a.task_id for a in expired] == [f"t{i}" for i in range(30)]
+
+
+def test_a_held_end_closes_the_next_start_even_after_its_task_was_dropped() -> None:
+    """Expiry can drop a task while its held terminal event stays held (it waits behind a
+    later one); enqueued again, the task's next STARTED still pairs with it, on both paths."""
+    fast, general = TaskPairing(ttl=10), TaskPairing(ttl=10)
+    for event in (ev("a", "COMPLETED", 100, queue_name="q"), ev("t", "COMPLETED", 50)):
+        assert fast.observe_now(event) == _general_path(general, event)
+    now = T0.timestamp() + 80
+    assert fast.expire(now) == general.expire(now) == []
+    assert fast.tracked_tasks == general.tracked_tasks == 1  # "t" dropped, its end held
+    for event in (ev("t", "ENQUEUED", 200, queue_name="q"), ev("t", "STARTED", 201)):
+        obs = fast.observe_now(event)
+        assert obs == _general_path(general, event)
+    assert obs.closed is not None
+    assert (obs.closed.status, obs.closed.end, obs.closed.was_open) == (
+        "completed", T0.timestamp() + 50, False
+    )
+
+
 def test_a_million_open_tasks_fit_in_200_mb() -> None:
     """A fresh process measures its resident memory (/proc/self/statm) before and after a
     pairing takes STARTED events of a million tasks. Task ids are UUID-shaped strings (36

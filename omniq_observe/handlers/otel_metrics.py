@@ -76,6 +76,7 @@ class OTelMetricsHandler:
         self.max_attribute_length = max_attribute_length
         self.ttl = float(ttl)
         self._pairing = SharedPairing(None, self.ttl)
+        self._pairing.join(self)
         meter = metrics.get_meter(INSTRUMENTATION_NAME, _version(), meter_provider, SCHEMA_URL)
         self._duration = meter.create_histogram(
             "messaging.process.duration",
@@ -110,11 +111,15 @@ class OTelMetricsHandler:
 
     def attach(self, processor: Any) -> None:
         """Share the processor's pairing (which reads storage history after a restart)."""
-        self._pairing = shared_pairing(processor, self.ttl)
+        self._pairing = shared_pairing(processor, self.ttl, self)
 
     def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
         """Record one event; returns an awaitable only when storage must be read."""
-        obs = self._pairing.try_observe(event, self)
+        shared = self._pairing
+        if shared.sole is self:  # no other handler reads this pairing: nothing to share
+            obs = shared.last = shared.pairing.try_observe(event)
+        else:
+            obs = shared.try_observe(event, self)
         if obs is None:
             return self._record_with_history(event)
         self._record(obs)
@@ -134,14 +139,29 @@ class OTelMetricsHandler:
             error_type = error_type_of(event.details)
         elif kind == "TIMEOUT":
             error_type = "timeout"
-        self._events.add(1, self._event_attrs(queue, kind, error_type))
-        if kind == "STARTED":
-            self._consumed.add(1, self._base_attrs(queue))
-        if obs.queue_wait is not None:
-            self._queue_wait.record(obs.queue_wait, self._base_attrs(queue))
+        # Each attribute set is looked up here and built by the _*_attrs method on a miss:
+        # this runs for every event.
+        attrs = self._by_type.get((queue, kind, error_type))
+        self._events.add(1, attrs or self._event_attrs(queue, kind, error_type))
+        wait = obs.queue_wait
+        if kind == "STARTED" or wait is not None:
+            base = self._base.get(queue) or self._base_attrs(queue)
+            if kind == "STARTED":
+                self._consumed.add(1, base)
+            if wait is not None:
+                self._queue_wait.record(wait, base)
         closed = obs.closed
-        if closed is not None and closed.start == closed.start:  # not NaN: it has a start
-            self._duration.record(closed.duration, self._duration_attrs(closed))
+        if closed is not None:
+            start, end = closed.start, closed.end
+            if start == start:  # not NaN: it has a start
+                status = closed.status
+                attrs = None
+                if status == "completed" or status == "cancelled":
+                    attrs = self._by_status.get((closed.queue, status, ""))
+                self._duration.record(
+                    end - start if end is not None and end > start else 0.0,  # .duration
+                    attrs or self._duration_attrs(closed),
+                )
 
     # -- attribute sets, built once per combination ---------------------------------
     def _base_attrs(self, queue: str) -> _Attrs:

@@ -33,6 +33,7 @@ How each case is drawn:
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,9 @@ __all__ = ["TracingHandler", "TracingStats"]
 
 _MAX_REMEMBERED = 100_000  # retry notes and producer contexts kept, at most, each
 _EMPTY = Context()
+_floor = math.floor
+_CONSUMER = SpanKind.CONSUMER  # read for every span: a global, not an enum attribute
+_NameKey = tuple[str, str | None, int, str]  # queue, worker id, attempt number, status
 
 
 @dataclass
@@ -83,9 +87,10 @@ class _RetryNote:
 def _ns(seconds: float) -> int:
     """Epoch seconds (a float exact to the microsecond) to integer nanoseconds.
 
-    Exact for times before 2106 (2**32 s): the float's error is then under 0.25 µs.
+    Exact for times before 2106 (2**32 s): the float's error is then under 0.25 µs, so
+    adding 0.5 and flooring rounds to the microsecond (cheaper than ``round``).
     """
-    return round(seconds * 1_000_000) * 1000
+    return _floor(seconds * 1e6 + 0.5) * 1000
 
 
 def _without_type(error: str, error_type: str) -> str:
@@ -143,15 +148,14 @@ class TracingHandler:
         self.max_attribute_length = max_attribute_length
         self.ttl = float(ttl)
         self._pairing = SharedPairing(None, self.ttl)
+        self._pairing.join(self)
         self._pairing.pairing.keep_context = True
         self.stats = TracingStats()
         self._tracer = _get_tracer(tracer_provider)
         self._notes: collections.OrderedDict[str, _RetryNote] = collections.OrderedDict()
         # Trace contexts of the producer spans made here, until the task's attempts use them.
         self._produced: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
-        self._names: dict[
-            tuple[str, str | None, int, str], tuple[str, dict[str, AttributeValue]]
-        ] = {}
+        self._names: dict[_NameKey, tuple[str, dict[str, AttributeValue]]] = {}
 
     @property
     def pairing(self) -> TaskPairing:
@@ -163,15 +167,29 @@ class TracingHandler:
 
         The shared pairing is told to keep each ENQUEUED's trace context.
         """
-        self._pairing = shared_pairing(processor, self.ttl)
+        self._pairing = shared_pairing(processor, self.ttl, self)
         self._pairing.pairing.keep_context = True
 
     def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
         """Handle one event; returns an awaitable only when storage must be read."""
-        obs = self._pairing.try_observe(event, self)
+        shared = self._pairing
+        if shared.sole is self:  # no other handler reads this pairing: nothing to share
+            obs = shared.last = shared.pairing.try_observe(event)
+        else:
+            obs = shared.try_observe(event, self)
         if obs is None:
             return self._handle_with_history(event)
-        self._handle(obs)
+        # _handle's common cases, inlined: an attempt ended, or nothing to draw (a STARTED
+        # that opened an attempt, an ENQUEUED needing no producer span)
+        closed = obs.closed
+        if obs.expired or obs.duplicate:
+            self._handle(obs)
+        elif closed is not None:
+            self._attempt_span(closed)
+        elif not obs.opened and (
+            event.event_type != "ENQUEUED" or (self.producer_spans and not event.trace_context)
+        ):
+            self._handle(obs)
         return None
 
     async def _handle_with_history(self, event: TaskEvent) -> None:
@@ -234,7 +252,9 @@ class TracingHandler:
         if note is None and (status == "completed" or status == "cancelled"):
             if self._produced:
                 self._produced.pop(attempt.task_id, None)  # the task is over
-            span.end(end_time=_ns(attempt.end) if attempt.end is not None else end.timestamp_ns)
+            ended = attempt.end  # _ns, inlined below: this runs for every span
+            span.end(end_time=_floor(ended * 1e6 + 0.5) * 1000 if ended is not None
+                     else end.timestamp_ns)
             self.stats.spans += 1
             return
         details = end.details
@@ -298,8 +318,11 @@ class TracingHandler:
     def _start(self, attempt: Attempt, note: _RetryNote | None) -> trace.Span:
         """Start the attempt's span at its exact start time, parented or linked."""
         task_id = attempt.task_id
-        name, shared = self._named(attempt)
-        attrs = shared.copy()
+        key = (attempt.queue, attempt.worker_id, attempt.attempt, attempt.status)
+        named = self._names.get(key)
+        if named is None:
+            named = self._named(key)
+        attrs = named[1].copy()
         limit = self.max_attribute_length
         attrs["messaging.message.id"] = task_id if len(task_id) <= limit else truncate(
             task_id, limit
@@ -319,31 +342,26 @@ class TracingHandler:
             links = links or []
             links.append(Link(note.previous, {"omniq.link.reason": "previous_attempt"}))
         return self._tracer.start_span(
-            name,
+            named[0],
             context=context,
-            kind=SpanKind.CONSUMER,
+            kind=_CONSUMER,
             attributes=attrs,
             links=links,
-            start_time=_ns(attempt.start),
+            start_time=_floor(attempt.start * 1e6 + 0.5) * 1000,  # _ns, inlined
         )
 
-    def _named(self, attempt: Attempt) -> tuple[str, dict[str, AttributeValue]]:
-        """The span name and the attributes every attempt with this queue, worker, number
-        and status shares (``messaging.message.id`` a placeholder, in its place); built
-        once per combination."""
-        key = (attempt.queue, attempt.worker_id, attempt.attempt, attempt.status)
-        named = self._names.get(key)
-        if named is None:
-            limit = self.max_attribute_length
-            queue, number = attempt.queue, attempt.attempt
-            attrs = _process_attributes(
-                queue, "", attempt.worker_id, number if number > 0 else None, limit
-            )
-            attrs["omniq.task.status"] = attempt.status
-            named = (f"process {truncate(queue, limit)}", attrs)
-            if len(self._names) >= _MAX_REMEMBERED:
-                self._names.clear()  # unbounded worker names: start over rather than grow
-            self._names[key] = named
+    def _named(self, key: _NameKey) -> tuple[str, dict[str, AttributeValue]]:
+        """The span name and the attributes every attempt with this (queue, worker, number,
+        status) shares (``messaging.message.id`` a placeholder, in its place); built once
+        per combination."""
+        queue, worker_id, number, status = key
+        limit = self.max_attribute_length
+        attrs = _process_attributes(queue, "", worker_id, number if number > 0 else None, limit)
+        attrs["omniq.task.status"] = status
+        named = (f"process {truncate(queue, limit)}", attrs)
+        if len(self._names) >= _MAX_REMEMBERED:
+            self._names.clear()  # unbounded worker names: start over rather than grow
+        self._names[key] = named
         return named
 
     def _retried_event(self, span: trace.Span, event: TaskEvent) -> None:

@@ -1,0 +1,86 @@
+"""SharedPairing: one pairing per processor, and the handler alone on it taking a short cut."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from omniq_observe.backend import MemoryBackend
+from omniq_observe.events import AsyncEventProcessor
+from omniq_observe.handlers import PrometheusHandler
+from omniq_observe.handlers._shared import shared_pairing
+from omniq_observe.handlers.tracing import TracingHandler
+from omniq_observe.models.event import TaskEvent
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def ev(task: str, kind: str, at: float, **details: Any) -> TaskEvent:
+    return TaskEvent(
+        task_id=task, event_type=kind, timestamp=T0 + timedelta(seconds=at), details=details
+    )
+
+
+class Processor:
+    """Just enough of a processor: a weak-referenceable key with a storage."""
+
+    event_storage = None
+
+
+def test_handlers_of_one_processor_share_one_pairing_per_ttl() -> None:
+    processor = Processor()
+    first = shared_pairing(processor, 60.0, "a")
+    assert shared_pairing(processor, 60.0) is first
+    assert shared_pairing(processor, 30.0) is not first
+    assert shared_pairing(Processor(), 60.0) is not first
+
+
+def test_only_a_handler_alone_that_joined_by_name_is_sole() -> None:
+    assert shared_pairing(Processor(), 60.0, "a").sole == "a"
+    assert shared_pairing(Processor(), 60.0).sole is None  # joined without its name
+    processor = Processor()
+    shared = shared_pairing(processor, 60.0, "a")
+    shared_pairing(processor, 60.0, "b")
+    assert shared.sole is None
+
+
+def test_a_handler_joining_mid_event_gets_the_event_the_sole_handler_took() -> None:
+    """The sole handler took an observation straight from the pairing (no bookkeeping);
+    a second handler joins and sees the same event: it gets that observation, once, and
+    the first handler seeing the event again pairs it anew (a duplicate), as when shared."""
+    processor = Processor()
+    shared = shared_pairing(processor, 60.0, "a")
+    event = ev("t", "ENQUEUED", 0, queue_name="q")
+    obs = shared.last = shared.pairing.try_observe(event)  # what the sole handler "a" does
+    assert obs is not None and not obs.duplicate
+    assert shared_pairing(processor, 60.0, "b") is shared
+    assert shared.sole is None
+    assert shared.try_observe(event, "b") is obs
+    again = shared.try_observe(event, "a")
+    assert again is not None and again.duplicate
+
+
+async def test_tracing_alone_then_with_prometheus_counts_every_event_once() -> None:
+    """A TracingHandler alone on a processor takes the short cut; a PrometheusHandler
+    registered later shares the pairing and counts the events after it, exactly."""
+    storage = MemoryBackend()
+    processor = AsyncEventProcessor(event_storage=storage, name="p")
+    tracing = TracingHandler(tracer_provider=TracerProvider(), producer_spans=False)
+    processor.register_handler(tracing)
+    assert tracing.pairing is shared_pairing(processor, 3600.0).pairing
+    await storage.append([ev("a", "ENQUEUED", 0, queue_name="q"), ev("a", "STARTED", 1)])
+    await processor.process_events_once()
+    registry = CollectorRegistry()
+    processor.register_handler(PrometheusHandler(registry=registry))
+    await storage.append([ev("a", "COMPLETED", 2), ev("b", "ENQUEUED", 3, queue_name="q")])
+    await processor.process_events_once()
+    completed = {"event_type": "COMPLETED", "queue": "q"}
+    assert registry.get_sample_value("omniq_task_events_total", completed) == 1
+    duration = {"queue": "q", "status": "completed"}
+    assert registry.get_sample_value("omniq_task_duration_seconds_sum", duration) == 1.0
+    duplicates = {"reason": "duplicate"}
+    assert registry.get_sample_value("omniq_observe_unpaired_events_total", duplicates) == 0
+    assert (tracing.stats.spans, tracing.stats.duplicates) == (1, 0)
