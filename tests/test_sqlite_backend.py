@@ -248,3 +248,16 @@ async def test_prune_refuses_a_bad_max_events(sqlite_backend: SQLiteBackend, bad
         await sqlite_backend.prune(max_events=bad)  # type: ignore[arg-type]
     assert info.value.setting == "max_events"
     assert await sqlite_backend.count() == 3
+
+
+async def test_pages_read_are_untracked_by_the_garbage_collector(
+    sqlite_backend: SQLiteBackend,
+) -> None:
+    """Events and their positions cannot form cycles: a page read must not give the
+    collector objects to track (which made big reads trigger and lengthen collections)."""
+    events = [TaskEvent(task_id=f"t{i}", event_type="STARTED", details={"i": i}) for i in range(3)]
+    await sqlite_backend.append(events)
+    page = await sqlite_backend.read_after(None, 10)
+    assert [(s.position, s.event) for s in page] == [(1, events[0]), (2, events[1]),
+                                                     (3, events[2])]
+    assert [gc.is_tracked(s) or gc.is_tracked(s.event) for s in page] == [False] * 3

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 WIRE_VERSION = 1
+_T = TypeVar("_T")
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 
@@ -283,13 +284,7 @@ def decode_event(data: bytes | str) -> TaskEvent:
     Raises:
         InvalidEventError: the data is not a valid wire form of a known version.
     """
-    _decoding.active = True
-    try:
-        return _decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise _wire_error(exc, data) from exc
-    finally:
-        _decoding.active = False
+    return decode_wire(_decoder, data)
 
 
 def decode_events(array: bytes | str) -> list[TaskEvent]:
@@ -298,11 +293,21 @@ def decode_events(array: bytes | str) -> list[TaskEvent]:
     Raises:
         InvalidEventError: an element is not a valid wire form of a known version.
     """
+    return decode_wire(_list_decoder, array)
+
+
+def decode_wire(decoder: msgspec.json.Decoder[_T], data: bytes | str) -> _T:
+    """Decode stored JSON that holds wire forms of events (a storage backend's page of
+    rows, say) with ``decoder``; the events skip the checks they passed when made.
+
+    Raises:
+        InvalidEventError: an event is not a valid wire form of a known version.
+    """
     _decoding.active = True
     try:
-        return _list_decoder.decode(array)
+        return decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise _wire_error(exc, array) from exc
+        raise _wire_error(exc, data) from exc
     finally:
         _decoding.active = False
 
