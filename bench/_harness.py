@@ -4,6 +4,7 @@ several interleaved repeats, never a single timing."""
 
 from __future__ import annotations
 
+import gc
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +73,9 @@ def run_bench(bench: Bench, scale: float = 1.0) -> Result:
     if bench.baseline is not None:
         bench.baseline(max(1, events // 10))
     for _ in range(bench.repeats):
+        gc.collect()  # each side starts without the garbage the other side left
         result.rates.append(events / bench.run(events))
         if bench.baseline is not None:
+            gc.collect()
             result.baseline_rates.append(events / bench.baseline(events))
     return result
