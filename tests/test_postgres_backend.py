@@ -115,7 +115,7 @@ async def test_concurrent_writers_commit_ids_in_order_so_no_reader_skips_one(
     e2 = TaskEvent(task_id="w2", event_type="ENQUEUED")
     try:
         async with writer1.transaction():
-            await pg._insert(writer1, [e1])  # drawn an id, not committed
+            await pg._insert(writer1, [e1], own_transaction=False)  # drawn an id, not committed
             second = asyncio.ensure_future(writer2.append([e2]))
             done, _ = await asyncio.wait({second}, timeout=0.5)
             assert not done  # held back until writer 1 commits

@@ -25,13 +25,14 @@ Design (see also the README, "Choosing a storage backend"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 try:
     # The extra's packages, imported here first so that a missing one names the extra.
-    import psycopg  # noqa: F401
+    import psycopg
     import psycopg_pool  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
     _msg = "PostgresBackend needs the postgres extra: pip install 'omniq-observe[postgres]'"
@@ -132,7 +133,14 @@ class PostgresBackend(BaseEventStorage):
         self.channel = f"omniq_{schema}"
         self._events, self._dead = f"{schema}.omniq_events", f"{schema}.omniq_dead_letters"
         self._leases = LeaseTable(schema, self.channel, self.lease_seconds)
-        self._write_lock = lock_key(schema, "append")
+        self._lock_append = (
+            f"SELECT pg_advisory_xact_lock({lock_key(schema, 'append')}), "
+            f"pg_notify('{self.channel}', '')"
+        )
+        self._copy_events = (
+            f"COPY {self._events} (event_id, task_id, event_type, timestamp, details, "
+            "trace_context, raw) FROM STDIN"
+        )
         self._db = PgConnections(dsn, self.schema, pool_size, retries, self.connect_timeout)
         self._committer: GroupCommitter | None = None
         self._listener: Listener | None = None
@@ -172,20 +180,26 @@ class PostgresBackend(BaseEventStorage):
     async def _write_events(self, events: list[TaskEvent]) -> None:
         await self._db.run(f"appending {len(events)} event(s)", lambda c: self._insert(c, events))
 
-    async def _insert(self, conn: Any, events: Sequence[TaskEvent]) -> None:
+    async def _insert(
+        self, conn: Any, events: Sequence[TaskEvent], *, own_transaction: bool = True
+    ) -> None:
+        """Append ``events``; in a transaction of its own unless the caller has one open."""
         payload = copy_payload(events)
-        async with conn.transaction():
-            cur = conn.cursor()
-            # Commit-ordered ids (see the module docstring); the NOTIFY goes out on commit.
-            await cur.execute(
-                "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')",
-                (self._write_lock, self.channel),
-            )
-            async with cur.copy(
-                f"COPY {self._events} (event_id, task_id, event_type, timestamp, details, "
-                "trace_context, raw) FROM STDIN"
-            ) as copy:
+        cur = conn.cursor()
+        # The lock makes ids commit in order (see the module docstring); the NOTIFY goes
+        # out on commit. Both values are ours (an integer, a checked identifier), so the
+        # statement needs no parameters, and then BEGIN may travel with it: one round trip.
+        await cur.execute(f"BEGIN; {self._lock_append}" if own_transaction else self._lock_append)
+        try:
+            async with cur.copy(self._copy_events) as copy:
                 await copy.write(payload)
+            if own_transaction:
+                await conn.execute("COMMIT")
+        except BaseException:
+            if own_transaction:
+                with contextlib.suppress(psycopg.Error):  # a lost connection: the pool drops it
+                    await conn.execute("ROLLBACK")
+            raise
 
     # -- the log -------------------------------------------------------------------------
     async def read_after(self, position: Position | None, limit: int) -> list[StoredEvent]:
