@@ -140,6 +140,21 @@ async def test_wait_for_events_wakes_on_a_new_event(backend: BaseEventStorage) -
     assert await asyncio.wait_for(waiter, 5.0) is True
 
 
+async def test_a_cancelled_append_fails_none_of_those_it_shares_a_write_with(
+    backend: BaseEventStorage,
+) -> None:
+    await backend.append([TaskEvent(task_id="warm", event_type="STARTED")])  # connected
+    events = [TaskEvent(task_id=f"c{i}", event_type="STARTED") for i in range(3)]
+    appends = [asyncio.ensure_future(backend.append([event])) for event in events]
+    await asyncio.sleep(0)  # one turn: each append has queued its event
+    appends[1].cancel()
+    results = await asyncio.gather(*appends, return_exceptions=True)
+    assert results[0] is None and results[2] is None
+    assert results[1] is None or isinstance(results[1], asyncio.CancelledError)
+    stored = [s.event for s in await backend.read_after(None, 10)]
+    assert stored[1:] == events  # queued before the cancel: written with the others
+
+
 async def test_task_history_in_log_order_with_limit(backend: BaseEventStorage) -> None:
     events = make_events(12, tasks=3)
     await backend.append(events)

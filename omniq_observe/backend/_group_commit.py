@@ -43,8 +43,9 @@ class GroupCommitter:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         self._wake.set()
-        # A cancelled caller does not cancel the shared transaction.
-        await asyncio.shield(future)
+        # A cancelled caller cancels only its own future: the writer task goes on with the
+        # shared transaction and skips that future.
+        await future
 
     async def _run(self) -> None:
         pending = self._pending

@@ -148,12 +148,15 @@ def copy_payload(events: Sequence[TaskEvent]) -> bytes:
         details = encode(e.details).decode()
         context = encode(e.trace_context).decode()
         fields = [e.event_id, e.task_id, e.event_type, e.timestamp.isoformat(), details, context]
-        raw = "\\N"
         if "\\u0000" in details or "\\u0000" in context or "\x00" in e.task_id + e.event_id:
             raw = encode_event(e).decode().translate(_ESCAPES)
             fields = [f.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd") for f in fields]
-        fields = [f.translate(_ESCAPES) for f in fields]
-        fields.append(raw)
-        lines.append("\t".join(fields))
+            lines.append("\t".join([*(f.translate(_ESCAPES) for f in fields), raw]))
+            continue
+        line = "\t".join(fields)
+        # Most rows need no escaping: four scans in C find out, instead of six translations.
+        if line.count("\t") != 5 or "\\" in line or "\n" in line or "\r" in line:
+            line = "\t".join([f.translate(_ESCAPES) for f in fields])
+        lines.append(line + "\t\\N")
     lines.append("")
     return "\n".join(lines).encode()
