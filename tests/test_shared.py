@@ -5,13 +5,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from omniq_observe.backend import MemoryBackend
 from omniq_observe.events import AsyncEventProcessor
-from omniq_observe.handlers import PrometheusHandler
+from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.handlers import PrometheusHandler, StructlogHandler
 from omniq_observe.handlers._shared import shared_pairing
+from omniq_observe.handlers.otel_metrics import OTelMetricsHandler
 from omniq_observe.handlers.tracing import TracingHandler
 from omniq_observe.models.event import TaskEvent
 
@@ -33,31 +37,21 @@ class Processor:
 def test_handlers_of_one_processor_share_one_pairing_per_ttl() -> None:
     processor = Processor()
     first = shared_pairing(processor, 60.0, "a")
-    assert shared_pairing(processor, 60.0) is first
-    assert shared_pairing(processor, 30.0) is not first
-    assert shared_pairing(Processor(), 60.0) is not first
-
-
-def test_only_a_handler_alone_that_joined_by_name_is_sole() -> None:
-    assert shared_pairing(Processor(), 60.0, "a").sole == "a"
-    assert shared_pairing(Processor(), 60.0).sole is None  # joined without its name
-    processor = Processor()
-    shared = shared_pairing(processor, 60.0, "a")
-    shared_pairing(processor, 60.0, "b")
-    assert shared.sole is None
+    assert shared_pairing(processor, 60.0, "b") is first
+    assert shared_pairing(processor, 30.0, "c") is not first
+    assert shared_pairing(Processor(), 60.0, "a") is not first
 
 
 def test_a_handler_joining_mid_event_gets_the_event_the_sole_handler_took() -> None:
-    """The sole handler took an observation straight from the pairing (no bookkeeping);
-    a second handler joins and sees the same event: it gets that observation, once, and
-    the first handler seeing the event again pairs it anew (a duplicate), as when shared."""
+    """The handler alone on the pairing took an observation without the bookkeeping; a
+    second handler joins and sees the same event: it gets that observation, once, and the
+    first handler seeing the event again pairs it anew (a duplicate), as when shared."""
     processor = Processor()
     shared = shared_pairing(processor, 60.0, "a")
     event = ev("t", "ENQUEUED", 0, queue_name="q")
-    obs = shared.last = shared.pairing.try_observe(event)  # what the sole handler "a" does
+    obs = shared.try_observe(event, "a")
     assert obs is not None and not obs.duplicate
     assert shared_pairing(processor, 60.0, "b") is shared
-    assert shared.sole is None
     assert shared.try_observe(event, "b") is obs
     again = shared.try_observe(event, "a")
     assert again is not None and again.duplicate
@@ -70,7 +64,6 @@ async def test_tracing_alone_then_with_prometheus_counts_every_event_once() -> N
     processor = AsyncEventProcessor(event_storage=storage, name="p")
     tracing = TracingHandler(tracer_provider=TracerProvider(), producer_spans=False)
     processor.register_handler(tracing)
-    assert tracing.pairing is shared_pairing(processor, 3600.0).pairing
     await storage.append([ev("a", "ENQUEUED", 0, queue_name="q"), ev("a", "STARTED", 1)])
     await processor.process_events_once()
     registry = CollectorRegistry()
@@ -84,3 +77,17 @@ async def test_tracing_alone_then_with_prometheus_counts_every_event_once() -> N
     duplicates = {"reason": "duplicate"}
     assert registry.get_sample_value("omniq_observe_unpaired_events_total", duplicates) == 0
     assert (tracing.stats.spans, tracing.stats.duplicates) == (1, 0)
+
+
+@pytest.mark.parametrize("bad", [-1, 0, True, "60", float("nan")])
+@pytest.mark.parametrize("make", [
+    lambda ttl: PrometheusHandler(registry=CollectorRegistry(), ttl=ttl),
+    lambda ttl: StructlogHandler(ttl=ttl),
+    lambda ttl: TracingHandler(tracer_provider=TracerProvider(), ttl=ttl),
+    lambda ttl: OTelMetricsHandler(MeterProvider(), ttl=ttl),
+], ids=["prometheus", "structlog", "tracing", "otel_metrics"])
+def test_every_pairing_handler_refuses_a_bad_ttl_alike(make: Any, bad: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        make(bad)
+    assert str(info.value) == f"ttl must be a positive number of seconds, got {bad!r}"
+    assert info.value.setting == "ttl" and info.value.value is bad

@@ -29,7 +29,7 @@ from omniq_observe._semantics import (
     truncate,
 )
 from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.handlers._shared import SharedPairing, shared_pairing
+from omniq_observe.handlers._shared import SharedPairing, checked_ttl, shared_pairing
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["DEFAULT_LEVELS", "StructlogHandler", "capture_task_logs"]
@@ -93,15 +93,16 @@ class StructlogHandler:
         self.levels = merged
         self.max_traceback = max_traceback
         self.max_value_length = max_value_length
-        self.ttl = float(ttl)
+        self.ttl = checked_ttl(ttl)
         self._redactor = Redactor(redact)
         self._names: dict[str, tuple[str, str]] = {}  # event type -> (event name, level)
         self._key_classes: dict[str, str] = {}  # details key -> _PROMOTED_KEY, ...
         self._pairing = SharedPairing(None, self.ttl)
+        self._pairing.join(self)
 
     def attach(self, processor: Any) -> None:
         """Called by ``register_handler``: share the processor's task pairing."""
-        self._pairing = shared_pairing(processor, self.ttl)
+        self._pairing = shared_pairing(processor, self.ttl, self)
 
     def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
         """Log one event; returns an awaitable only when storage must be read."""

@@ -32,8 +32,7 @@ from opentelemetry.util.types import AttributeValue
 
 from omniq_observe._pairing import Attempt, Observation, TaskPairing
 from omniq_observe._semantics import error_type_of, truncate
-from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.handlers._shared import SharedPairing, shared_pairing
+from omniq_observe.handlers._shared import SharedPairing, checked_ttl, shared_pairing
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.propagation import INSTRUMENTATION_NAME, MESSAGING_SYSTEM, SCHEMA_URL, _version
 
@@ -70,11 +69,8 @@ class OTelMetricsHandler:
         ttl: float = 3600.0,
         max_attribute_length: int = 256,
     ) -> None:
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not ttl > 0:
-            msg = f"ttl must be a positive number of seconds, got {ttl!r}"
-            raise ConfigurationError(msg, setting="ttl", value=ttl)
         self.max_attribute_length = max_attribute_length
-        self.ttl = float(ttl)
+        self.ttl = checked_ttl(ttl)
         self._pairing = SharedPairing(None, self.ttl)
         self._pairing.join(self)
         meter = metrics.get_meter(INSTRUMENTATION_NAME, _version(), meter_provider, SCHEMA_URL)
@@ -115,11 +111,7 @@ class OTelMetricsHandler:
 
     def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
         """Record one event; returns an awaitable only when storage must be read."""
-        shared = self._pairing
-        if shared.sole is self:  # no other handler reads this pairing: nothing to share
-            obs = shared.last = shared.pairing.try_observe(event)
-        else:
-            obs = shared.try_observe(event, self)
+        obs = self._pairing.try_observe(event, self)
         if obs is None:
             return self._record_with_history(event)
         self._record(obs)

@@ -45,7 +45,7 @@ from omniq_observe.handlers._prom_metrics import (
     Metrics,
     QueueSeries,
 )
-from omniq_observe.handlers._shared import SharedPairing, shared_pairing
+from omniq_observe.handlers._shared import SharedPairing, checked_ttl, shared_pairing
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["DEFAULT_DURATION_BUCKETS", "DEFAULT_QUEUE_WAIT_BUCKETS", "PrometheusHandler"]
@@ -98,11 +98,9 @@ class PrometheusHandler:
         if not isinstance(max_label_values, int) or max_label_values < 1:
             msg = f"max_label_values must be a positive integer, got {max_label_values!r}"
             raise ConfigurationError(msg, setting="max_label_values", value=max_label_values)
-        if not isinstance(ttl, (int, float)) or not ttl > 0:
-            msg = f"ttl must be a positive number of seconds, got {ttl!r}"
-            raise ConfigurationError(msg, setting="ttl", value=ttl)
+        ttl = checked_ttl(ttl)  # before anything is registered
         self.registry = prometheus_client.REGISTRY if registry is None else registry
-        self.ttl = float(ttl)
+        self.ttl = ttl
         self._lock = threading.Lock()
         self._refresher = _Refresh(self)
         self.registry.register(self._refresher)  # before the metrics: collected first
@@ -128,6 +126,7 @@ class PrometheusHandler:
             self._type_cap.admit(event_type)
         self._series: dict[str, QueueSeries] = {}  # by queue name as the pairing gives it
         self._pairing = SharedPairing(None, self.ttl)
+        self._pairing.join(self)
         self._processor: Any = None
         self._stats: Any = None
         self._synced_batches = -1
@@ -142,7 +141,7 @@ class PrometheusHandler:
         """Called by ``register_handler``: recover pairs from the processor's storage and
         export its stats."""
         self._processor = processor
-        self._pairing = shared_pairing(processor, self.ttl)
+        self._pairing = shared_pairing(processor, self.ttl, self)
         self._stats = getattr(processor, "stats", None)
         name = getattr(processor, "name", None)
         if isinstance(name, str):

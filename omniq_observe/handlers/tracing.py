@@ -46,7 +46,7 @@ from opentelemetry.util.types import AttributeValue
 from omniq_observe._pairing import Attempt, Observation, TaskPairing
 from omniq_observe._semantics import error_type_of, truncate
 from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.handlers._shared import SharedPairing, shared_pairing
+from omniq_observe.handlers._shared import SharedPairing, checked_ttl, shared_pairing
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.propagation import (
     MESSAGING_SYSTEM,
@@ -136,9 +136,6 @@ class TracingHandler:
         ttl: float = 3600.0,
         max_attribute_length: int = 1024,
     ) -> None:
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not ttl > 0:
-            msg = f"ttl must be a positive number of seconds, got {ttl!r}"
-            raise ConfigurationError(msg, setting="ttl", value=ttl)
         if not isinstance(max_attribute_length, int) or max_attribute_length < 1:
             value = max_attribute_length
             msg = f"max_attribute_length must be a positive integer, got {value!r}"
@@ -146,7 +143,7 @@ class TracingHandler:
         self.link_mode = _check_link_mode(link_mode)
         self.producer_spans = producer_spans
         self.max_attribute_length = max_attribute_length
-        self.ttl = float(ttl)
+        self.ttl = checked_ttl(ttl)
         self._pairing = SharedPairing(None, self.ttl)
         self._pairing.join(self)
         self._pairing.pairing.keep_context = True
@@ -172,11 +169,7 @@ class TracingHandler:
 
     def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
         """Handle one event; returns an awaitable only when storage must be read."""
-        shared = self._pairing
-        if shared.sole is self:  # no other handler reads this pairing: nothing to share
-            obs = shared.last = shared.pairing.try_observe(event)
-        else:
-            obs = shared.try_observe(event, self)
+        obs = self._pairing.try_observe(event, self)
         if obs is None:
             return self._handle_with_history(event)
         # _handle's common cases, inlined: an attempt ended, or nothing to draw (a STARTED
