@@ -151,7 +151,6 @@ class RedisBackend(BaseEventStorage):
         self.max_len = max_len
         self.history_ttl = float(history_ttl)
         self.claim_idle = float(claim_idle)
-        self.lease_seconds = self.claim_idle  # the storage contract's name for it
         self.claim_interval = float(claim_interval)
         self.retries = retries
         self.socket_timeout = float(socket_timeout)
@@ -168,6 +167,15 @@ class RedisBackend(BaseEventStorage):
         self._scripts: dict[str, Any] = {}
         self._consumers = StreamGroups(self)
         self._closed = False
+
+    @property
+    def lease_seconds(self) -> float:
+        """The storage contract's name for ``claim_idle``."""
+        return self.claim_idle
+
+    @lease_seconds.setter
+    def lease_seconds(self, seconds: float) -> None:
+        self.claim_idle = seconds
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBackend:
