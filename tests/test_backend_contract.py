@@ -284,7 +284,7 @@ async def test_every_read_returns_the_wire_form_byte_for_byte(backend: BaseEvent
         event_type="COMPLETED",
         timestamp=T0,
         details={"z": 1e20, "max": 1.7976931348623157e308, "neg": -0.0, "one": 1.0,
-                 "int": 10**20, "a": {"y": [0.1, -1e-300], "b": None}, "m": "\x00\u2028"},
+                 "int": 10**20, "a": {"y": [0.1, -1e-300], "b": None}, "m": "\u2028\t"},
         trace_context={"tracestate": "b=2,a=1", "traceparent": "00-" + "3" * 32 + "-" + "4" * 16
                        + "-01"},
     )

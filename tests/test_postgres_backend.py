@@ -13,7 +13,7 @@ import pytest
 from _server_backends import TestPostgresBackend, make_postgres, unique_name
 from conftest import POSTGRES_URL, async_wait_until
 
-from omniq_observe.backend import Consumer, from_url
+from omniq_observe.backend import Consumer, DeadLetter, from_url
 from omniq_observe.backend._pg_schema import migrations
 from omniq_observe.backend.postgres import PostgresBackend
 from omniq_observe.events import AsyncEventProcessor
@@ -106,6 +106,11 @@ async def test_the_wire_form_is_kept_as_text_and_nul_characters_round_trip(
     cur = await admin.execute(
         f"SELECT task_id, body FROM {pg.schema}.omniq_events WHERE event_type = 'FAILED'")
     assert await cur.fetchone() == ("t\ufffd", encode_event(tricky).decode())
+    # Its dead letter is kept too (jsonb cannot hold \u0000; the event is kept as text).
+    position = (await pg.read_after(None, 10))[2].position
+    dead = DeadLetter("g", "h", "ValueError: NUL", 3, tricky, position)
+    await pg.record_dead_letter(dead)
+    assert await pg.dead_letters("g") == [dead]
 
 
 async def test_a_version_1_schema_is_migrated_keeping_events_and_dropping_copies(

@@ -22,9 +22,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from omniq_observe.backend._pg_schema import migrate
 from omniq_observe.backend._url import safe_url
-from omniq_observe.exceptions import BackendUnavailableError, StorageError
+from omniq_observe.exceptions import BackendUnavailableError, InvalidEventError, StorageError
+from omniq_observe.models.event import TaskEvent
 
-__all__ = ["PgConnections", "is_transient"]
+__all__ = ["PgConnections", "is_transient", "rejected_events"]
 
 _T = TypeVar("_T")
 
@@ -106,7 +107,9 @@ class PgConnections:
                 await migrate(conn, self.schema)
         except BaseException as exc:
             await pool.close()
-            if isinstance(exc, PoolTimeout):
+            if isinstance(exc, PoolTimeout) or (
+                isinstance(exc, psycopg.Error) and is_transient(exc)
+            ):
                 msg = f"PostgreSQL at {safe_url(self.dsn)} unreachable: {exc}"
                 raise BackendUnavailableError(msg) from exc
             if isinstance(exc, psycopg.Error):
@@ -170,3 +173,36 @@ class PgConnections:
             pool = opening.result()
         if pool is not None:
             await pool.close()
+
+
+# SQLSTATE classes of errors an event's own values cause: data exception, integrity
+# constraint, program limit (a value too long for an index).
+_EVENT_ERROR_CLASSES = ("22", "23", "54")
+
+
+def rejected_events(events: Sequence[TaskEvent], exc: psycopg.Error) -> Exception:
+    """What to raise when PostgreSQL refused to store ``events`` (not a transient failure).
+
+    An error caused by the events' own values becomes :class:`InvalidEventError`, naming
+    the field when the server's message names its index; anything else is a
+    :class:`StorageError`.
+    """
+    state = exc.sqlstate or ""
+    if not state.startswith(_EVENT_ERROR_CLASSES):
+        msg = f"PostgreSQL refused to store {len(events)} event(s): {exc}"
+        return StorageError(msg)
+    text = str(exc)
+    field = next((name for index, name in _INDEXED_FIELDS if index in text), "event")
+    value: Any = [getattr(e, field, e) for e in events] if field != "event" else list(events)
+    shown = value[0] if len(value) == 1 else value
+    msg = f"PostgreSQL cannot store {field}={_short(shown)}: {exc}"
+    return InvalidEventError(msg, field=field, value=shown)
+
+
+_INDEXED_FIELDS = (("omniq_events_task", "task_id"), ("omniq_events_type", "event_type"),
+                   ("omniq_events_event_id", "event_id"))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"

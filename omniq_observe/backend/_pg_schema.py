@@ -22,7 +22,10 @@ from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent, encode_event
 
 __all__ = [
+    "COPY_STAGE",
+    "CREATE_STAGE",
     "SCHEMA_VERSION",
+    "STAGE",
     "WIRE",
     "copy_payload",
     "lock_key",
@@ -42,6 +45,15 @@ _V1_WIRE = (
     "'timestamp', timestamp, 'details', details, 'event_id', event_id, "
     "'trace_context', trace_context)::text)"
 )
+
+# Each connection's staging table for appends (emptied at every commit).
+STAGE = "pg_temp.omniq_stage"
+CREATE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (n bigint GENERATED ALWAYS AS IDENTITY, "
+    "event_id text, task_id text, event_type text, timestamp timestamptz, body text) "
+    "ON COMMIT DELETE ROWS"
+)
+COPY_STAGE = f"COPY {STAGE} (event_id, task_id, event_type, timestamp, body) FROM STDIN"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 

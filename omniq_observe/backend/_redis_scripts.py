@@ -94,18 +94,27 @@ local tasks = {}
 for _, entry in ipairs(entries) do
   local fields = entry[2]
   for j = 1, #fields, 2 do
-    if fields[j] == 't' then tasks[fields[j + 1]] = true end
+    if fields[j] == 't' then
+      local task = fields[j + 1]
+      tasks[task] = (tasks[task] or 0) + 1
+    end
   end
 end
-for task in pairs(tasks) do
-  local key = prefix .. task
+-- A task's list holds its ids in id order: drop its leading ids up to the chunk's last.
+for task, count in pairs(tasks) do
+  local key, drop = prefix .. task, 0
   while true do
-    local head = redis.call('LINDEX', key, 0)
-    if not head then break end
-    local ms, seq = key_of(head)
-    if ms > last_ms or (ms == last_ms and seq > last_seq) then break end
-    redis.call('LPOP', key)
+    local ids = redis.call('LRANGE', key, drop, drop + count)
+    local older = 0
+    for _, head in ipairs(ids) do
+      local ms, seq = key_of(head)
+      if ms > last_ms or (ms == last_ms and seq > last_seq) then break end
+      older = older + 1
+    end
+    drop = drop + older
+    if older < #ids or #ids == 0 then break end
   end
+  if drop > 0 then redis.call('LTRIM', key, drop, -1) end
 end
 return redis.call('XTRIM', stream, 'MINID', string.format('%d-%d', last_ms, last_seq + 1))
 """

@@ -47,9 +47,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from omniq_observe.backend._group_commit import GroupCommitter
 from omniq_observe.backend._pg_leases import LeaseTable, stored_rows
 from omniq_observe.backend._pg_listen import Listener
-from omniq_observe.backend._pg_pool import PgConnections
+from omniq_observe.backend._pg_pool import PgConnections, rejected_events
 from omniq_observe.backend._pg_schema import (
+    COPY_STAGE,
+    CREATE_STAGE,
     SCHEMA_VERSION,
+    STAGE,
     WIRE,
     copy_payload,
     lock_key,
@@ -66,22 +69,10 @@ from omniq_observe.backend.base import (
     StoredEvent,
     as_utc,
 )
-from omniq_observe.exceptions import ConfigurationError, InvalidEventError, StorageError
+from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent, decode_event, encode_event
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
-
-# Each connection's staging table for appends (emptied at every commit).
-_STAGE = "pg_temp.omniq_stage"
-_CREATE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (n bigint GENERATED ALWAYS AS IDENTITY, "
-    "event_id text, task_id text, event_type text, timestamp timestamptz, body text) "
-    "ON COMMIT DELETE ROWS"
-)
-_COPY_STAGE = f"COPY {_STAGE} (event_id, task_id, event_type, timestamp, body) FROM STDIN"
-# SQLSTATE classes of errors an event's own values cause: data exception, integrity
-# constraint, program limit (a value too long for an index).
-_EVENT_ERROR_CLASSES = ("22", "23", "54")
 
 _URL_OPTIONS: dict[str, type] = {
     "schema": str,
@@ -153,7 +144,7 @@ class PostgresBackend(BaseEventStorage):
         )
         self._insert_staged = (
             f"INSERT INTO {self._events} (event_id, task_id, event_type, timestamp, body) "
-            f"SELECT event_id, task_id, event_type, timestamp, body FROM {_STAGE} ORDER BY n "
+            f"SELECT event_id, task_id, event_type, timestamp, body FROM {STAGE} ORDER BY n "
             "ON CONFLICT (event_id) DO NOTHING"
         )
         self._staged: weakref.WeakSet[Any] = weakref.WeakSet()  # connections with a stage
@@ -196,7 +187,7 @@ class PostgresBackend(BaseEventStorage):
     async def _write_events(self, events: list[TaskEvent]) -> None:
         await self._db.run(f"appending {len(events)} event(s)",
                            lambda c: self._insert(c, events),
-                           data_error=lambda exc: _rejected(events, exc))
+                           data_error=lambda exc: rejected_events(events, exc))
 
     async def _insert(
         self, conn: Any, events: Sequence[TaskEvent], *, own_transaction: bool = True
@@ -209,11 +200,11 @@ class PostgresBackend(BaseEventStorage):
         # the statements need no parameters and travel together: three round trips.
         first = self._lock_append
         if conn not in self._staged:
-            first = f"{_CREATE_STAGE}; {first}"
+            first = f"{CREATE_STAGE}; {first}"
         await cur.execute(f"BEGIN; {first}" if own_transaction else first)
         self._staged.add(conn)
         try:
-            async with cur.copy(_COPY_STAGE) as copy:
+            async with cur.copy(COPY_STAGE) as copy:
                 await copy.write(payload)
             finish = f"{self._insert_staged}; COMMIT" if own_transaction else self._insert_staged
             await cur.execute(finish)
@@ -408,30 +399,3 @@ class PostgresBackend(BaseEventStorage):
             await self._listener.close()
         await self._db.close()
 
-
-def _rejected(events: Sequence[TaskEvent], exc: psycopg.Error) -> Exception:
-    """What to raise when PostgreSQL refused to store ``events`` (not a transient failure).
-
-    An error caused by the events' own values becomes :class:`InvalidEventError`, naming
-    the field when the server's message names its index; anything else is a
-    :class:`StorageError`.
-    """
-    state = exc.sqlstate or ""
-    if not state.startswith(_EVENT_ERROR_CLASSES):
-        msg = f"PostgreSQL refused to store {len(events)} event(s): {exc}"
-        return StorageError(msg)
-    text = str(exc)
-    field = next((name for index, name in _INDEXED_FIELDS if index in text), "event")
-    value: Any = [getattr(e, field, e) for e in events] if field != "event" else list(events)
-    shown = value[0] if len(value) == 1 else value
-    msg = f"PostgreSQL cannot store {field}={_short(shown)}: {exc}"
-    return InvalidEventError(msg, field=field, value=shown)
-
-
-_INDEXED_FIELDS = (("omniq_events_task", "task_id"), ("omniq_events_type", "event_type"),
-                   ("omniq_events_event_id", "event_id"))
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"

@@ -44,6 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError(_msg) from exc
 
 from omniq_observe.backend._group_commit import GroupCommitter
+from omniq_observe.backend._redis_config import URL_OPTIONS, check_settings, persistence_warning
 from omniq_observe.backend._redis_groups import StreamGroups, stored_entries
 from omniq_observe.backend._redis_scan import MARGIN_MS, StreamKeys, prune_older, query_stream
 from omniq_observe.backend._redis_scripts import (
@@ -65,7 +66,6 @@ from omniq_observe.backend.base import (
 )
 from omniq_observe.exceptions import (
     BackendUnavailableError,
-    ConfigurationError,
     StorageError,
 )
 from omniq_observe.models.event import TaskEvent, decode_event, encode_event, epoch_us
@@ -75,22 +75,6 @@ __all__ = ["SCHEMA_VERSION", "RedisBackend"]
 # 2: entries carry ``t`` (the task id) and ids follow event time; version-1 entries are
 # read as before, and prune leaves their index lists to expire.
 SCHEMA_VERSION = 2
-# URL query parameters that are ours (the rest go to redis-py) and their types.
-_URL_OPTIONS: dict[str, type] = {
-    "prefix": str,
-    "max_len": int,
-    "history_ttl": float,
-    "claim_idle": float,
-    "claim_interval": float,
-    "retries": int,
-    "socket_timeout": float,
-    "connect_timeout": float,
-    "max_batch": int,
-    "client_name": str,
-    "max_connections": int,
-    "dedup_window": int,
-}
-
 
 class RedisBackend(BaseEventStorage):
     """Events in a Redis Stream; processors of one name share them as a consumer group.
@@ -139,29 +123,11 @@ class RedisBackend(BaseEventStorage):
         max_connections: int = 16,
         dedup_window: int = 50_000,
     ) -> None:
-        if not isinstance(prefix, str) or not prefix:
-            msg = f"prefix must be a non-empty string, got {prefix!r}"
-            raise ConfigurationError(msg, setting="prefix", value=prefix)
-        if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
-            msg = f"max_len must be a positive integer or None, got {max_len!r}"
-            raise ConfigurationError(msg, setting="max_len", value=max_len)
-        for setting, value in (
-            ("history_ttl", history_ttl),
-            ("claim_idle", claim_idle),
-            ("claim_interval", claim_interval),
-            ("socket_timeout", socket_timeout),
-            ("connect_timeout", connect_timeout),
-        ):
-            if not isinstance(value, (int, float)) or value <= 0:
-                msg = f"{setting} must be a positive number of seconds, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
-        for setting, value in (
-            ("retries", retries), ("max_batch", max_batch), ("max_connections", max_connections),
-            ("dedup_window", dedup_window),
-        ):
-            if not isinstance(value, int) or value < (0 if setting == "retries" else 1):
-                msg = f"{setting} must be a non-negative integer, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
+        check_settings(prefix=prefix, max_len=max_len, history_ttl=history_ttl,
+                       claim_idle=claim_idle, claim_interval=claim_interval,
+                       socket_timeout=socket_timeout, connect_timeout=connect_timeout,
+                       retries=retries, max_batch=max_batch, max_connections=max_connections,
+                       dedup_window=dedup_window)
         self.url = url
         self.prefix = prefix
         self.max_len = max_len
@@ -210,7 +176,7 @@ class RedisBackend(BaseEventStorage):
         Raises:
             InvalidURLError: a parameter has the wrong type.
         """
-        rest, kwargs = split_url_options(url, _URL_OPTIONS)
+        rest, kwargs = split_url_options(url, URL_OPTIONS)
         return cls(rest, **{**kwargs, **options})
 
     # -- connection ----------------------------------------------------------------------
@@ -409,6 +375,7 @@ class RedisBackend(BaseEventStorage):
         return deleted
 
     async def health(self) -> Health:
+        """Whether Redis answers; ``extra["warnings"]`` says when it keeps nothing on disk."""
         try:
             client = self.client()
             with self._errors("checking health"):
@@ -419,12 +386,16 @@ class RedisBackend(BaseEventStorage):
                 length, version = await pipe.execute()
         except Exception as exc:
             return Health(ok=False, backend=self.backend_name, detail=str(exc))
+        extra: dict[str, Any] = {"stream": self.stream, "events": int(length)}
+        warning = await persistence_warning(client)
+        if warning:
+            extra["warnings"] = [warning]
         return Health(
             ok=True,
             backend=self.backend_name,
             detail=f"{safe_url(self.url)} {self.stream}: {length} events",
             schema_version=int(version),
-            extra={"stream": self.stream, "events": int(length)},
+            extra=extra,
         )
 
     async def close(self) -> None:
