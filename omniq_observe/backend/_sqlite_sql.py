@@ -14,7 +14,14 @@ import msgspec
 from omniq_observe.backend.base import StoredEvent, epoch_us
 from omniq_observe.models.event import TaskEvent, decode_wire, encode_event
 
-__all__ = ["SCHEMA", "committed_position", "insert_events", "select_after"]
+__all__ = [
+    "SCHEMA",
+    "committed_position",
+    "health_probe",
+    "insert_events",
+    "quick_check",
+    "select_after",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS omniq_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,3 +122,31 @@ def _select_page(conn: sqlite3.Connection, after: int, limit: int) -> list[Store
 
 def _position_of(stored: StoredEvent) -> int:
     return int(stored.position)
+
+
+# What ``health`` reads: the schema version, and the first and last entry of the events
+# table and of each of its indexes (a few pages each, however long the log).
+_PROBES = (
+    "SELECT position, body FROM omniq_events ORDER BY position LIMIT 1",
+    "SELECT position, body FROM omniq_events ORDER BY position DESC LIMIT 1",
+    "SELECT min(ts_us), max(ts_us) FROM omniq_events",
+    "SELECT task_id FROM omniq_events INDEXED BY omniq_events_task ORDER BY task_id LIMIT 1",
+    "SELECT task_id FROM omniq_events INDEXED BY omniq_events_task "
+    "ORDER BY task_id DESC LIMIT 1",
+    "SELECT count(*) FROM omniq_positions",
+)
+
+
+def health_probe(conn: sqlite3.Connection) -> int | None:
+    """Read a few real pages (raising ``sqlite3.Error`` on damage); return the schema version."""
+    row = conn.execute("SELECT value FROM omniq_meta WHERE key = 'schema_version'").fetchone()
+    for sql in _PROBES:
+        conn.execute(sql).fetchall()
+    return None if row is None else int(row[0])
+
+
+def quick_check(conn: sqlite3.Connection) -> list[str]:
+    """``PRAGMA quick_check``: the problems it reports, ``[]`` when the file is sound."""
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    found = [line for (text,) in rows for line in str(text).splitlines() if line.strip()]
+    return [] if found == ["ok"] else found

@@ -22,10 +22,12 @@ from typing import Any
 from omniq_observe.exceptions import StorageError
 from omniq_observe.models.event import TaskEvent
 
-__all__ = ["GroupWriter", "Transaction", "WriteFn", "WriteItem"]
+__all__ = ["JOURNAL_SIZE_LIMIT", "GroupWriter", "Transaction", "WriteFn", "WriteItem"]
 
 WriteFn = Callable[[sqlite3.Connection], Any]
 _STOP = object()
+#: ``PRAGMA journal_size_limit``: a WAL that was reset is truncated back to this size.
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 # The writer asks for a checkpoint after this many commits (each writes a few WAL pages;
 # SQLite's own default is a checkpoint per 1000 pages).
 _CHECKPOINT_EVERY = 250

@@ -27,8 +27,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omniq_observe.backend._sqlite_sql import SCHEMA as _SCHEMA
-from omniq_observe.backend._sqlite_sql import committed_position, insert_events, select_after
-from omniq_observe.backend._sqlite_writer import GroupWriter, WriteFn
+from omniq_observe.backend._sqlite_sql import (
+    committed_position,
+    health_probe,
+    insert_events,
+    quick_check,
+    select_after,
+)
+from omniq_observe.backend._sqlite_writer import JOURNAL_SIZE_LIMIT, GroupWriter, WriteFn
 from omniq_observe.backend._sqlite_writer import WriteItem as _Item
 from omniq_observe.backend.base import (
     BaseEventStorage,
@@ -100,12 +106,18 @@ class SQLiteBackend(BaseEventStorage):
 
     # -- connections and threads ---------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        """Open and set up a connection; one that fails its setup is closed at once."""
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA cache_size=-65536")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _ensure_started(self) -> None:
@@ -119,15 +131,19 @@ class SQLiteBackend(BaseEventStorage):
                 return
             try:
                 conn = self._connect()
+            except sqlite3.Error as exc:
+                msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
+                raise StorageError(msg) from exc
+            try:
                 conn.executescript(_SCHEMA)
-                # Checkpoints run on a thread of their own (see GroupWriter), so
-                # that copying the WAL back never holds up a commit.
+                # Checkpoints are run by GroupWriter (by WAL size), not at commits.
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute(
                     "INSERT OR IGNORE INTO omniq_meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
             except sqlite3.Error as exc:
+                conn.close()
                 msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
                 raise StorageError(msg) from exc
             self._reader = concurrent.futures.ThreadPoolExecutor(
@@ -321,20 +337,25 @@ class SQLiteBackend(BaseEventStorage):
         return deleted
 
     async def health(self) -> Health:
+        """A cheap real read: the schema version and both ends of the log and its indexes.
+
+        A damaged database is not ok. ``integrity_problems`` checks every page.
+        """
         try:
-            version = await self._read(
-                lambda c: c.execute(
-                    "SELECT value FROM omniq_meta WHERE key = 'schema_version'"
-                ).fetchone()
-            )
+            version = await self._read(health_probe)
         except Exception as exc:
             return Health(ok=False, backend=self.backend_name, detail=str(exc))
         return Health(
-            ok=True,
-            backend=self.backend_name,
-            detail=str(self.path),
-            schema_version=int(version[0]) if version else None,
+            ok=True, backend=self.backend_name, detail=str(self.path), schema_version=version
         )
+
+    async def integrity_problems(self) -> list[str]:
+        """Run ``PRAGMA quick_check`` over the whole file; return what it found (``[]``: ok).
+
+        Raises:
+            StorageError: the file cannot be read at all.
+        """
+        return await self._read(quick_check)
 
     async def close(self) -> None:
         with self._start_lock:
