@@ -19,6 +19,7 @@ __all__ = [
     "committed_position",
     "health_probe",
     "insert_events",
+    "query_rows",
     "quick_check",
     "select_after",
 ]
@@ -150,3 +151,66 @@ def quick_check(conn: sqlite3.Connection) -> list[str]:
     rows = conn.execute("PRAGMA quick_check").fetchall()
     found = [line for (text,) in rows for line in str(text).splitlines() if line.strip()]
     return [] if found == ["ok"] else found
+
+
+# ``query`` with a time window starts at the first position inside it. Finding that
+# position by scanning the log from the start costs the whole history before the window;
+# instead, at most this many rows are scanned from the start, and when none of them is in
+# the window the position comes from the time index (which costs the window, not history).
+_PROBE_ROWS = 4096
+_FIRST_BY_POSITION = (
+    "SELECT min(position) FROM (SELECT position, ts_us FROM omniq_events "
+    "WHERE position > ? ORDER BY position LIMIT ?) WHERE ts_us >= ? AND ts_us < ?"
+)
+_FIRST_BY_TIME = (
+    "SELECT min(position) FROM omniq_events INDEXED BY omniq_events_ts "
+    "WHERE ts_us >= ? AND ts_us < ?"
+)
+_NO_END = 2**63 - 1
+
+
+def first_in_window(conn: sqlite3.Connection, since_us: int, until_us: int | None) -> int | None:
+    """The smallest position of an event with ``since_us <= ts_us < until_us`` (or None)."""
+    end = _NO_END if until_us is None else until_us
+    found = conn.execute(_FIRST_BY_POSITION, (-1, _PROBE_ROWS, since_us, end)).fetchone()[0]
+    if found is None:
+        found = conn.execute(_FIRST_BY_TIME, (since_us, end)).fetchone()[0]
+    return None if found is None else int(found)
+
+
+def query_rows(
+    conn: sqlite3.Connection,
+    types: list[str] | None,
+    window: tuple[int | None, int | None],
+    after: int | None,
+    limit: int,
+) -> list[tuple[int, bytes]]:
+    """``(position, body)`` of up to ``limit`` events after ``after`` that pass the filters.
+
+    ``window`` is ``(since_us, until_us)``. A first page (``after`` None) with ``since``
+    starts at :func:`first_in_window`; later pages start at their cursor.
+    """
+    since_us, until_us = window
+    start = -1 if after is None else after
+    if after is None and since_us is not None:
+        first = first_in_window(conn, since_us, until_us)
+        if first is None:
+            return []
+        start = first - 1
+    clauses = ["position > ?"]
+    args: list[Any] = [start]
+    if types:
+        clauses.append(f"event_type IN ({', '.join('?' * len(types))})")
+        args.extend(types)
+    if since_us is not None:
+        clauses.append("ts_us >= ?")
+        args.append(since_us)
+    if until_us is not None:
+        clauses.append("ts_us < ?")
+        args.append(until_us)
+    sql = (
+        f"SELECT position, body FROM omniq_events WHERE {' AND '.join(clauses)} "
+        "ORDER BY position LIMIT ?"
+    )
+    rows: list[tuple[int, bytes]] = conn.execute(sql, (*args, limit)).fetchall()
+    return rows

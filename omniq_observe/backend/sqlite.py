@@ -31,6 +31,7 @@ from omniq_observe.backend._sqlite_sql import (
     committed_position,
     health_probe,
     insert_events,
+    query_rows,
     quick_check,
     select_after,
 )
@@ -287,24 +288,13 @@ class SQLiteBackend(BaseEventStorage):
         limit: int = 100,
         after: Position | None = None,
     ) -> Page:
-        clauses = ["position > ?"]
-        args: list[Any] = [-1 if after is None else int(after)]
-        if event_types:
-            types = [t.upper() for t in event_types]
-            clauses.append(f"event_type IN ({', '.join('?' * len(types))})")
-            args.extend(types)
-        if since is not None:
-            clauses.append("ts_us >= ?")
-            args.append(epoch_us(as_utc(since)))
-        if until is not None:
-            clauses.append("ts_us < ?")
-            args.append(epoch_us(as_utc(until)))
-        sql = (
-            f"SELECT position, body FROM omniq_events WHERE {' AND '.join(clauses)} "
-            "ORDER BY position LIMIT ?"
+        types = [t.upper() for t in event_types] if event_types else None
+        window = (
+            None if since is None else epoch_us(as_utc(since)),
+            None if until is None else epoch_us(as_utc(until)),
         )
-        args.append(limit + 1)
-        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        start = None if after is None else int(after)
+        rows = await self._read(lambda c: query_rows(c, types, window, start, limit + 1))
         events = [StoredEvent(pos, decode_event(body)) for pos, body in rows[:limit]]
         more = len(rows) > limit
         return Page(events, events[-1].position if more and events else None)
