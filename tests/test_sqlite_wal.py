@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import async_wait_until
 
-from omniq_observe.backend import SQLiteBackend
-from omniq_observe.backend import _sqlite_writer
+from omniq_observe.backend import SQLiteBackend, _sqlite_writer
 from omniq_observe.events import AsyncEventLogger
 from omniq_observe.exceptions import BackendUnavailableError
 from omniq_observe.models.event import TaskEvent
