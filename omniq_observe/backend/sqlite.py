@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -26,6 +27,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from omniq_observe.backend._sqlite_prune import (
+    PRUNE_CHUNK,
+    keep_newest_from,
+    next_prune_chunk,
+    prune_older,
+    prune_through,
+)
 from omniq_observe.backend._sqlite_sql import SCHEMA as _SCHEMA
 from omniq_observe.backend._sqlite_sql import (
     committed_position,
@@ -306,25 +314,33 @@ class SQLiteBackend(BaseEventStorage):
     async def prune(
         self, *, older_than: datetime | None = None, max_events: int | None = None
     ) -> int:
+        """Delete in chunks of up to ``PRUNE_CHUNK`` rows, one transaction each, pausing
+        between them so that appends of this and other processes get the lock in time."""
         check_prune_limit(max_events)
-        cutoff = None if older_than is None else epoch_us(as_utc(older_than))
-
-        def prune(conn: sqlite3.Connection) -> int:
-            deleted = 0
-            if cutoff is not None:
-                sql = "DELETE FROM omniq_events WHERE ts_us < ?"
-                deleted += conn.execute(sql, (cutoff,)).rowcount
-            if max_events is not None:
-                deleted += conn.execute(
-                    "DELETE FROM omniq_events WHERE position <= ("
-                    "SELECT position FROM omniq_events ORDER BY position DESC "
-                    "LIMIT 1 OFFSET ?)",
-                    (max_events,),
-                ).rowcount
-            return deleted
-
-        deleted: int = await self._write(prune)
+        deleted = 0
+        if older_than is not None:
+            cutoff = epoch_us(as_utc(older_than))
+            deleted += await self._prune_chunks(lambda c, n: prune_older(c, cutoff, n))
+        if max_events is not None:
+            last = await self._read(lambda c: keep_newest_from(c, max_events))
+            if last is not None:
+                deleted += await self._prune_chunks(lambda c, n: prune_through(c, last, n))
         return deleted
+
+    async def _prune_chunks(self, chunk: Callable[[sqlite3.Connection, int], int]) -> int:
+        deleted, size = 0, PRUNE_CHUNK
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            count: int = await self._write(functools.partial(chunk_of, chunk, size))
+            took = loop.time() - started
+            deleted += count
+            if count < size:
+                return deleted
+            # Keep each transaction short (the write lock is held for its length), and
+            # leave the lock free for about as long as it was held.
+            size = next_prune_chunk(size, took)
+            await asyncio.sleep(min(max(took, 0.005), 0.05))
 
     async def health(self) -> Health:
         """A cheap real read: the schema version and both ends of the log and its indexes.
@@ -376,6 +392,13 @@ class SQLiteBackend(BaseEventStorage):
             if self._read_conn is not None:
                 reader.submit(self._read_conn.close).result()
             reader.shutdown(wait=True)
+
+
+def chunk_of(
+    chunk: Callable[[sqlite3.Connection, int], int], size: int, conn: sqlite3.Connection
+) -> int:
+    """``chunk(conn, size)``, for ``functools.partial``."""
+    return chunk(conn, size)
 
 
 def _transaction(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
