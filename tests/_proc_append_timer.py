@@ -21,11 +21,15 @@ from omniq_observe.events import AsyncEventLogger
 from omniq_observe.models.event import TaskEvent
 
 
+def _stopped(stop_file: str) -> bool:
+    return os.path.exists(stop_file)
+
+
 async def main(path: str, busy_timeout: float, stop_file: str, prefix: str) -> None:
     async with SQLiteBackend(path, busy_timeout=busy_timeout) as storage:
         logger = AsyncEventLogger(event_storage=storage)
         count, longest = 0, 0.0
-        while not os.path.exists(stop_file):
+        while not _stopped(stop_file):
             event = TaskEvent(task_id=f"{prefix}-{count // 3}", event_type="STARTED",
                               details={"seq": count})
             started = time.perf_counter()

@@ -19,17 +19,21 @@ from omniq_observe.models.event import TaskEvent, epoch_us
 HERE = Path(__file__).resolve().parent
 
 
+def _start_append_timer(path: Path, stop: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "_proc_append_timer.py"), str(path), "1.0", str(stop),
+         "live"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
 async def test_prune_in_chunks_never_locks_out_a_logger_in_another_process(
     tmp_path: Path,
 ) -> None:
     path, stop = tmp_path / "prune.db", tmp_path / "stop"
     fill(path, 200_000)
     # busy_timeout 1 s: one 180,000-row DELETE holds the lock about twice that long here.
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_proc_append_timer.py"), str(path), "1.0", str(stop),
-         "live"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = _start_append_timer(path, stop)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "ready\n"
