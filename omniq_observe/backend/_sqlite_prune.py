@@ -23,7 +23,7 @@ __all__ = [
 PRUNE_CHUNK = 10_000
 #: A chunk that took longer than this is halved (and one that took under a third of it
 #: grows back), so that an append never waits much longer for the lock.
-CHUNK_SECONDS = 0.05
+CHUNK_SECONDS = 0.03
 _MIN_CHUNK = 500
 
 

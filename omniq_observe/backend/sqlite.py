@@ -340,7 +340,7 @@ class SQLiteBackend(BaseEventStorage):
             # Keep each transaction short (the write lock is held for its length), and
             # leave the lock free for about as long as it was held.
             size = next_prune_chunk(size, took)
-            await asyncio.sleep(min(max(took, 0.005), 0.05))
+            await asyncio.sleep(min(max(took, 0.01), 0.05))
 
     async def health(self) -> Health:
         """A cheap real read: the schema version and both ends of the log and its indexes.
