@@ -1,8 +1,8 @@
 """Run every benchmark and print one table: ``python bench/run.py [--quick] [--only TEXT]``.
 
 Each ``bench/bench_*.py`` module has ``benchmarks() -> list[Bench]``; a module may also
-have ``growth(sizes) -> list[Growth]``, printed as a second table with one column per
-stored-history size (100k and 1M; ``--scale`` adds 5M).
+have ``growth(sizes) -> list[Growth]``, printed with ``--large`` as a second table with
+one column per stored-history size (100k and 1M; ``--scale`` adds 5M).
 """
 
 from __future__ import annotations
@@ -47,15 +47,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tenth of the events, 3 repeats")
     parser.add_argument("--only", default="", help="run rows whose name contains this text")
-    parser.add_argument("--scale", action="store_true", help="growth rows at 5M events too")
+    parser.add_argument("--large", action="store_true",
+                        help="also the history-growth reports (100k and 1M events)")
+    parser.add_argument("--scale", action="store_true",
+                        help="--large, and the SQLite growth rows at 5M events too")
     args = parser.parse_args()
     results: list[Result] = []
     growth: list[Growth] = []
+    args.large = args.large or args.scale
     sizes = [100_000, 1_000_000] + ([5_000_000] if args.scale else [])
     if args.quick:
         sizes = [n // 10 for n in sizes]
     for module in _modules():
-        if hasattr(module, "growth") and args.only in f"growth {module.__name__}":
+        if args.large and hasattr(module, "growth") and args.only in f"growth {module.__name__}":
             print(f"running growth rows of {module.__name__} ...", file=sys.stderr, flush=True)
             growth.extend(module.growth(sizes))
         for bench in module.benchmarks():  # type: ignore[attr-defined]
@@ -88,6 +92,10 @@ def main() -> int:
         print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
     if growth:
         _print_growth(growth, sizes)
+    if args.large:
+        for module in _modules():
+            if hasattr(module, "large_report"):
+                module.large_report()
     return 0
 
 
