@@ -15,6 +15,7 @@ when there are too many); at most ``max_pending`` ready connections wait for a w
 from __future__ import annotations
 
 import collections
+import contextlib
 import queue
 import selectors
 import socket
@@ -184,14 +185,10 @@ class BoundedWSGIServer(WSGIServer):
 
 
 def _shutdown(conn: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         conn.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 def _close(conn: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         conn.close()
-    except OSError:
-        pass

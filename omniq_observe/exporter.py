@@ -30,7 +30,9 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from omniq_observe._exposition import cached_encoder
 from omniq_observe._http_server import BoundedWSGIServer
+from omniq_observe._wsgi_routes import WSGIApp, checked_routes, route_for
 from omniq_observe.exceptions import ConfigurationError
 
 __all__ = [
@@ -46,8 +48,6 @@ __all__ = [
 HealthCheck = Callable[[], "tuple[bool, str]"]
 """Returns (healthy, reason); the reason is shown when unhealthy."""
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-"""A WSGI application (PEP 3333)."""
 
 _Response = tuple[int, list[tuple[str, str]], bytes]
 _UNAUTHORIZED: _Response = (
@@ -120,41 +120,6 @@ def _authorized(expected_token: str | None, header: str) -> bool:
     )
 
 
-_OWN_PATHS = frozenset({"/metrics", "/healthz"})
-
-
-def _checked_routes(routes: Mapping[str, WSGIApp] | None) -> dict[str, WSGIApp]:
-    """Validate an extra route table: path -> WSGI app (a path ending in ``/`` is a prefix).
-
-    Raises:
-        ConfigurationError: a path is not absolute, is one of the exporter's own, or its
-            app is not callable.
-    """
-    table: dict[str, WSGIApp] = {}
-    for path, route_app in (routes or {}).items():
-        if not isinstance(path, str) or not path.startswith("/") or path in _OWN_PATHS:
-            msg = f"routes: {path!r} must be an absolute path other than /metrics and /healthz"
-            raise ConfigurationError(msg, setting="routes", value=path)
-        if not callable(route_app):
-            msg = f"routes[{path!r}] must be a WSGI app, got {type(route_app).__name__}"
-            raise ConfigurationError(msg, setting="routes", value=route_app)
-        table[path] = route_app
-    return table
-
-
-def _route_for(routes: dict[str, WSGIApp], path: str) -> WSGIApp | None:
-    """The app of the exact path, else of the longest matching prefix (keys ending in /)."""
-    if not routes:
-        return None
-    if path.rstrip("/") in _OWN_PATHS:
-        return None
-    found = routes.get(path) or routes.get(path.rstrip("/") or "/")
-    if found is not None:
-        return found
-    prefixes = [p for p in routes if p.endswith("/") and p != "/" and path.startswith(p)]
-    return routes[max(prefixes, key=len)] if prefixes else None
-
-
 class _Endpoints:
     """What both apps answer, independent of WSGI or ASGI."""
 
@@ -169,6 +134,7 @@ class _Endpoints:
         self.health = health
         self.expected_auth = _auth_header(basic_auth)
         self.disable_compression = disable_compression
+        self._encoders: dict[str, Callable[[Any], bytes]] = {}
 
     def respond(
         self, method: str, path: str, query: str, headers: dict[str, str]
@@ -194,14 +160,24 @@ class _Endpoints:
         params = parse_qs(query)
         if "name[]" in params:
             registry = registry.restricted_registry(params["name[]"])
-        output = encoder(registry)
+        output = self._encoder(encoder, content_type)(registry)
         out_headers = [("Content-Type", content_type)]
         if not self.disable_compression and gzip_accepted(headers.get("accept-encoding", "")):
             import gzip
 
-            output = gzip.compress(output)
+            output = gzip.compress(output, compresslevel=1)  # 25x cheaper than 9, 30 % larger
             out_headers.append(("Content-Encoding", "gzip"))
         return 200, out_headers, output
+
+    def _encoder(
+        self, encoder: Callable[[Any], bytes], content_type: str
+    ) -> Callable[[Any], bytes]:
+        """The cached form of ``encoder`` (same bytes, a fraction of the time), kept per
+        content type so that its label cache lives across scrapes."""
+        cached = self._encoders.get(content_type)
+        if cached is None:
+            cached = self._encoders[content_type] = cached_encoder(encoder) or encoder
+        return cached
 
     def _healthz(self) -> _Response:
         ok, reason = (True, "ok") if self.health is None else _safe(self.health)
@@ -240,10 +216,10 @@ def make_wsgi_app(
         ConfigurationError: a setting is invalid.
     """
     endpoints = _Endpoints(registry, health, basic_auth, disable_compression)
-    table = _checked_routes(routes)
+    table = checked_routes(routes)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        route_app = _route_for(table, environ.get("PATH_INFO", "/"))
+        route_app = route_for(table, environ.get("PATH_INFO", "/"))
         if route_app is not None:
             if endpoints.authorized(environ.get("HTTP_AUTHORIZATION", "")):
                 return route_app(environ, start_response)
