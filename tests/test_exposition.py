@@ -19,9 +19,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
+from test_prometheus_handler import Rig, ev, failing_tasks
 
 from omniq_observe._exposition import CachedEncoder, cached_encoder
-from omniq_observe.handlers import PrometheusHandler
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
@@ -82,16 +82,8 @@ def test_a_rich_registry_renders_byte_for_byte(fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", sorted(ENCODERS))
 async def test_the_handlers_metrics_render_byte_for_byte(fmt: str) -> None:
-    from test_prometheus_handler import Rig, ev
-
     rig = Rig(static_labels={"env": "ci"})
-    events: list[Any] = []
-    for q in range(5):
-        for e in range(3):
-            task = f"t{q}-{e}"
-            events += [ev(task, "ENQUEUED", 0, queue_name=f"q{q}"), ev(task, "STARTED", 1.5),
-                       ev(task, "FAILED", 2.75, error_type=f"E{e}")]
-    await rig.run(*events)
+    await rig.run(*failing_tasks(5, 3))
     encoder, _ = choose_encoder(ENCODERS[fmt])
     cached = cached_encoder(encoder)
     assert cached is not None

@@ -9,13 +9,12 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import wait_until
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from test_exporter import get, self_signed
 from test_serve import Serve
 
@@ -23,19 +22,7 @@ from omniq_observe._http_server import ServerLimits
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.exporter import MetricsServer, make_wsgi_app, start_http_server
 
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    registry = CollectorRegistry()
-    Counter("omniq_test_hits", "Hits.", registry=registry).inc(3)
-    return registry
-
-
-@pytest.fixture
-def server(registry: CollectorRegistry) -> Iterator[MetricsServer]:
-    srv = start_http_server(0, registry=registry)
-    yield srv
-    srv.close()
+pytest_plugins = ["test_exporter"]  # its registry and server fixtures
 
 
 def silent_clients(port: int, count: int) -> list[socket.socket]:

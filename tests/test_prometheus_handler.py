@@ -249,15 +249,20 @@ async def test_error_types_are_capped_too() -> None:
     assert value(got, "omniq_observe_label_overflow_total", label="error_type") == 3
 
 
+def failing_tasks(queues: int, error_types: int) -> list[TaskEvent]:
+    """One task per (queue q<i>, error type E<j>): ENQUEUED, STARTED 1.5 s, FAILED 2.75 s."""
+    events: list[TaskEvent] = []
+    for q in range(queues):
+        for e in range(error_types):
+            task = f"t{q}-{e}"
+            events += [ev(task, "ENQUEUED", 0, queue_name=f"q{q}"), ev(task, "STARTED", 1.5),
+                       ev(task, "FAILED", 2.75, error_type=f"E{e}")]
+    return events
+
+
 async def test_failure_series_are_capped_per_metric_at_10000_by_default() -> None:
     r = Rig()
-    events: list[TaskEvent] = []
-    for q in range(101):
-        for e in range(100):
-            task = f"t{q}-{e}"
-            events += [ev(task, "ENQUEUED", 0, queue_name=f"q{q}"), ev(task, "STARTED", 1),
-                       ev(task, "FAILED", 2, error_type=f"E{e}")]
-    got = await r.run(*events)
+    got = await r.run(*failing_tasks(101, 100))
     failures = {labels for name, labels in got if name == "omniq_task_failures_total"}
     assert len(failures) == 10_001
     overflow = value(got, "omniq_task_failures_total", queue="__overflow__",
