@@ -5,9 +5,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from omniq_observe._summary import EVENT_TYPES
 from omniq_observe.backend import BaseEventStorage, Position
 from omniq_observe.cli._common import CommandError
-from omniq_observe.cli._summary import EVENT_TYPES
 
 __all__ = ["MIN_PREFIX", "check_event_types", "resolve_task", "suggestion"]
 

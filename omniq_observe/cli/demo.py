@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from omniq_observe._summary import EVENT_TYPES
 from omniq_observe.backend import BaseEventStorage, SQLiteBackend, from_url
 from omniq_observe.cli._common import (
     TCP_PORT,
@@ -30,7 +31,6 @@ from omniq_observe.cli._run import (
     run_until_signal,
     safe_url,
 )
-from omniq_observe.cli._summary import EVENT_TYPES
 from omniq_observe.cli._workload import (
     DEFAULT_FAILURE_RATE,
     INCIDENT_FAILURE_RATE,
