@@ -341,3 +341,78 @@ def test_demo_fresh_refuses_a_server_backend() -> None:
         "omniq-observe demo: error: --fresh deletes a SQLite file; redis://127.0.0.1:1/0 is "
         "not one (use `omniq-observe prune`, or another prefix or schema)\n"
     )
+
+
+# 10. top for people: a key line, a total row, age and id apart, 80 columns
+
+
+def _top_screen(db: Path, width: int, tmp_path: Path) -> list[str]:
+    import sys
+    import uuid
+
+    if shutil.which("tmux") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("tmux is not installed (CI=true)")
+        pytest.skip("tmux is not installed")
+    session = f"omniq-first-{uuid.uuid4().hex[:8]}"
+    # The pane is the terminal: LINES/COLUMNS left from elsewhere would override its size.
+    command = f"env -u LINES -u COLUMNS {sys.executable} -m omniq_observe top --storage {url(db)}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "12",
+                    command], check=True)
+    try:
+        def screen() -> list[str]:
+            done = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                                  capture_output=True, text=True)
+            text = done.stdout + done.stderr
+            return [line for line in text.splitlines() if line.strip()]
+
+        def ready() -> list[str] | None:
+            lines = screen()
+            return lines if lines and lines[-1].startswith("q quit") else None
+
+        try:
+            found: list[str] = wait_until(ready, timeout=60, interval=0.2,
+                                          what="the top screen")
+        except BaseException:
+            print("\n".join(screen()))
+            raise
+        return found
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_top_fits_80_columns_and_drops_columns_when_narrower(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    events = fixture_events(base_time())
+    events.append(TaskEvent(task_id="long-queue-task", event_type="ENQUEUED",
+                            details={"queue_name": "search-index"}))
+    events.append(TaskEvent(task_id="long-queue-task", event_type="STARTED"))
+    store(db, events)
+    wide = _top_screen(db, 80, tmp_path)
+    assert wide[1].split() == ["queue", "ev/s", "run", "done/s", "fail/s", "p50", "p95",
+                               "wait95", "oldest", "task"]
+    assert [line.split()[0] for line in wide[2:-1]] == [
+        "emails", "reports", "search-index", "total",
+    ]
+    assert wide[-1] == (
+        "q quit   fail/s = FAILED+TIMEOUT per second   oldest, task = longest running"
+    )
+    assert all(len(line) <= 80 for line in wide)
+    narrow = _top_screen(db, 50, tmp_path)  # p50, ev/s, wait95 and done/s dropped
+    assert narrow[1].split() == ["queue", "run", "fail/s", "p95", "oldest", "task"]
+    assert all(len(line) <= 50 for line in narrow)
+    assert [line.split()[0] for line in narrow[2:-1]] == [
+        "emails", "reports", "search-index", "total",
+    ]
+
+
+def test_readme_top_capture_matches_the_current_layout() -> None:
+    from omniq_observe.cli.top import COLUMNS, KEY_LINE
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```\nomniq-observe top  sqlite:///omniq-events.db")
+    block = readme[start + 4 : readme.index("```", start + 4)].splitlines()
+    assert block[1].split() == list(COLUMNS)
+    assert block[-2].split()[0] == "total"
+    assert block[-1] == KEY_LINE
+    assert all(len(line) <= 80 for line in block)

@@ -63,3 +63,43 @@ def test_readme_points_only_inside_the_repository() -> None:
             continue
         assert not target.startswith(".."), target
         assert (ROOT / target).exists(), f"README links to a missing file: {target}"
+
+
+def test_the_prometheus_command_is_safe_to_paste_and_runs(tmp_path: Path) -> None:
+    """It binds 127.0.0.1, keeps its data in a new temporary folder, and loads the rules."""
+    import shutil
+    import signal
+    import urllib.request
+
+    from conftest import IN_CI, free_port, wait_until
+
+    text = README.read_text(encoding="utf-8")
+    [line] = [ln for ln in text.splitlines() if ln.startswith("prometheus --config.file=")]
+    assert "--web.listen-address=127.0.0.1:9090" in line
+    assert '--storage.tsdb.path="$(mktemp -d)"' in line
+    if shutil.which("prometheus") is None:
+        if IN_CI:
+            pytest.fail("prometheus is not installed (CI=true)")
+        pytest.skip("prometheus is not installed")
+    port = free_port()
+    command = line.replace("127.0.0.1:9090", f"127.0.0.1:{port}")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # mktemp -d makes its folder in here
+    proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def rules() -> list[str]:
+            try:
+                url = f"http://127.0.0.1:{port}/api/v1/rules"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    body = response.read().decode()
+            except OSError:
+                return []
+            return re.findall(r'"name":"(Omniq\w+)"', body)
+
+        names = wait_until(rules, timeout=60, what="Prometheus to load the rules")
+        assert "OmniqTaskFailureRatioHigh" in names
+        [data] = list(tmp_path.iterdir())  # the TSDB is in the temporary folder
+        assert data.is_dir()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
