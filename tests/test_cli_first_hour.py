@@ -346,7 +346,8 @@ def test_demo_fresh_refuses_a_server_backend() -> None:
 # 10. top for people: a key line, a total row, age and id apart, 80 columns
 
 
-def _top_screen(db: Path, width: int, tmp_path: Path) -> list[str]:
+def _top_screens(db: Path, widths: list[int]) -> list[list[str]]:
+    """``top`` in a real terminal (tmux) of each width; the screens once drawn."""
     import sys
     import uuid
 
@@ -354,31 +355,33 @@ def _top_screen(db: Path, width: int, tmp_path: Path) -> list[str]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("tmux is not installed (CI=true)")
         pytest.skip("tmux is not installed")
-    session = f"omniq-first-{uuid.uuid4().hex[:8]}"
     # The pane is the terminal: LINES/COLUMNS left from elsewhere would override its size.
     command = f"env -u LINES -u COLUMNS {sys.executable} -m omniq_observe top --storage {url(db)}"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "12",
-                    command], check=True)
+    sessions = [f"omniq-first-{uuid.uuid4().hex[:8]}" for _ in widths]
+    # All sessions live until the end: a tmux server whose last session ends exits, and a
+    # session started meanwhile would find it gone.
     try:
-        def screen() -> list[str]:
-            done = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
-                                  capture_output=True, text=True)
-            text = done.stdout + done.stderr
-            return [line for line in text.splitlines() if line.strip()]
-
-        def ready() -> list[str] | None:
-            lines = screen()
-            return lines if lines and lines[-1].startswith("q quit") else None
-
-        try:
-            found: list[str] = wait_until(ready, timeout=60, interval=0.2,
-                                          what="the top screen")
-        except BaseException:
-            print("\n".join(screen()))
-            raise
-        return found
+        for session, width in zip(sessions, widths, strict=True):
+            subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(width),
+                            "-y", "12", command], check=True)
+        return [_drawn(session) for session in sessions]
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        for session in sessions:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def _drawn(session: str) -> list[str]:
+    def screen() -> list[str]:
+        done = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                              capture_output=True, text=True)
+        return [line for line in done.stdout.splitlines() if line.strip()]
+
+    def ready() -> list[str] | None:
+        lines = screen()
+        return lines if lines and lines[-1].startswith("q quit") else None
+
+    found: list[str] = wait_until(ready, timeout=60, interval=0.2, what="the top screen")
+    return found
 
 
 def test_top_fits_80_columns_and_drops_columns_when_narrower(tmp_path: Path) -> None:
@@ -388,7 +391,7 @@ def test_top_fits_80_columns_and_drops_columns_when_narrower(tmp_path: Path) -> 
                             details={"queue_name": "search-index"}))
     events.append(TaskEvent(task_id="long-queue-task", event_type="STARTED"))
     store(db, events)
-    wide = _top_screen(db, 80, tmp_path)
+    wide, narrow = _top_screens(db, [80, 50])
     assert wide[1].split() == ["queue", "ev/s", "run", "done/s", "fail/s", "p50", "p95",
                                "wait95", "oldest", "task"]
     assert [line.split()[0] for line in wide[2:-1]] == [
@@ -398,7 +401,7 @@ def test_top_fits_80_columns_and_drops_columns_when_narrower(tmp_path: Path) -> 
         "q quit   fail/s = FAILED+TIMEOUT per second   oldest, task = longest running"
     )
     assert all(len(line) <= 80 for line in wide)
-    narrow = _top_screen(db, 50, tmp_path)  # p50, ev/s, wait95 and done/s dropped
+    # At 50 columns p50, ev/s, wait95 and done/s are dropped.
     assert narrow[1].split() == ["queue", "run", "fail/s", "p95", "oldest", "task"]
     assert all(len(line) <= 50 for line in narrow)
     assert [line.split()[0] for line in narrow[2:-1]] == [
