@@ -104,7 +104,22 @@ def _take(queue: collections.deque[TaskEvent], limit: int) -> list[TaskEvent]:
     return [queue.popleft() for _ in range(limit)]
 
 
-class ThreadBatcher:
+class _Batcher:
+    """The queue, settings and counts both writers share."""
+
+    def __init__(self, settings: BatchSettings, on_drop: Callable[[int], None]) -> None:
+        self._settings = settings
+        self._counts = _Counts(on_drop)
+        self._queue: collections.deque[TaskEvent] = collections.deque()
+        self._urgent = False
+
+    @property
+    def pending(self) -> int:
+        """Events accepted and not yet written."""
+        return self._counts.accepted - self._counts.done
+
+
+class ThreadBatcher(_Batcher):
     """A bounded queue written by a daemon thread with ``write(batch)`` (blocking)."""
 
     def __init__(
@@ -113,19 +128,11 @@ class ThreadBatcher:
         settings: BatchSettings,
         on_drop: Callable[[int], None],
     ) -> None:
+        super().__init__(settings, on_drop)
         self._write = write
-        self._settings = settings
-        self._counts = _Counts(on_drop)
-        self._queue: collections.deque[TaskEvent] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
-        self._urgent = False
         self._closing = False
         self._thread: threading.Thread | None = None
-
-    @property
-    def pending(self) -> int:
-        """Events accepted and not yet written."""
-        return self._counts.accepted - self._counts.done
 
     def put(self, events: list[TaskEvent]) -> None:
         """Queue ``events``; apply the overflow policy when the queue is full."""
@@ -224,7 +231,7 @@ class ThreadBatcher:
         return ok
 
 
-class AsyncBatcher:
+class AsyncBatcher(_Batcher):
     """A bounded queue written by a task on the caller's loop with ``await write(batch)``."""
 
     def __init__(
@@ -233,20 +240,12 @@ class AsyncBatcher:
         settings: BatchSettings,
         on_drop: Callable[[int], None],
     ) -> None:
+        super().__init__(settings, on_drop)
         self._write = write
-        self._settings = settings
-        self._counts = _Counts(on_drop)
-        self._queue: collections.deque[TaskEvent] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
-        self._urgent = False
-
-    @property
-    def pending(self) -> int:
-        """Events accepted and not yet written."""
-        return self._counts.accepted - self._counts.done
 
     def _ensure_writer(self) -> None:
         loop = asyncio.get_running_loop()

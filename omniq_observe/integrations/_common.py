@@ -44,14 +44,10 @@ def sync_logger_for(target: EventLogger | BaseEventStorage | str) -> EventLogger
 
 
 def async_logger_for(target: AsyncEventLogger | BaseEventStorage | str) -> AsyncEventLogger:
-    """The user's ``AsyncEventLogger``, or a batching one over a storage or storage URL.
-
-    Raises:
-        ConfigurationError: ``target`` is none of these.
-    """
-    if isinstance(target, AsyncEventLogger):
-        return target
-    return AsyncEventLogger(_storage_for(target), batch=True)
+    """The same for ``AsyncEventLogger`` (arq, taskiq)."""
+    return target if isinstance(target, AsyncEventLogger) else AsyncEventLogger(
+        _storage_for(target), batch=True
+    )
 
 
 def _storage_for(target: object) -> BaseEventStorage:

@@ -230,3 +230,28 @@ def check_derived(
     want = {task: {trace_id} for task in ids.values()}
     assert spans == want, f"task span traces:\n got {spans}\nwant {want}"
     return derived
+
+
+SCENARIOS = {"ok": OK, "fail": FAIL, "retry": RETRY, "timeout": TIMEOUT, "cancel": CANCEL}
+
+
+def run_scenarios(
+    framework: str,
+    url: str,
+    cmd: list[str],
+    env: dict[str, str],
+    log: Path,
+    scenarios: dict[str, list[str]] = SCENARIOS,
+) -> dict[str, str]:
+    """Start the worker, run the producer, check lifecycles, samples and traces.
+
+    Returns the scripted tasks' ids (for the caller's clean-up).
+    """
+    queue = env["OMNIQ_IT_QUEUE"]
+    with worker(cmd, env, log):
+        result = produce(framework, env)
+        ids: dict[str, str] = result["ids"]
+        expected = {ids[name]: types for name, types in scenarios.items()}
+        wait_for_lifecycles(url, expected, log)
+    check_derived(url, queue, ids, expected, result["trace_id"])
+    return ids

@@ -7,25 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from _harness import (
-    CANCEL,
-    FAIL,
-    OK,
-    RETRY,
-    STORAGES,
-    TIMEOUT,
-    check_derived,
-    child_env,
-    clear_redis_db,
-    produce,
-    require_redis,
-    storage_url,
-    wait_for_lifecycles,
-    worker,
-)
+from _harness import STORAGES, child_env, clear_redis_db, require_redis, run_scenarios, storage_url
 from conftest import require_server
 
-EXPECTED = {"ok": OK, "fail": FAIL, "retry": RETRY, "timeout": TIMEOUT, "cancel": CANCEL}
 BROKER_DB = 10
 
 
@@ -36,15 +20,11 @@ def run_celery(tmp_path: Path, storage: str, broker: str) -> None:
         cmd = [sys.executable, "-m", "celery", "-A", "it_celery", "worker", "-Q", queue,
                "--pool", "prefork", "-c", "2", "--without-heartbeat", "--without-gossip",
                "--without-mingle", "-l", "warning", "-n", f"{queue}@%h"]
-        log = tmp_path / "worker.log"
-        with worker(cmd, env, log):
-            result = produce("celery", env)
-            ids: dict[str, str] = result["ids"]
-            expected = {ids[name]: types for name, types in EXPECTED.items()}
-            wait_for_lifecycles(url, expected, log)
-        check_derived(url, queue, ids, expected, result["trace_id"])
-        if broker.startswith("redis"):
-            clear_redis_db(BROKER_DB, f"*{queue}*")
+        try:
+            run_scenarios("celery", url, cmd, env, tmp_path / "worker.log")
+        finally:
+            if broker.startswith("redis"):
+                clear_redis_db(BROKER_DB, f"*{queue}*")
 
 
 @pytest.mark.parametrize("storage", STORAGES)

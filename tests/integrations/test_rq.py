@@ -7,24 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _harness import (
-    CANCEL,
-    FAIL,
-    OK,
-    RETRY,
-    STORAGES,
-    TIMEOUT,
-    check_derived,
-    child_env,
-    clear_redis_db,
-    produce,
-    require_redis,
-    storage_url,
-    wait_for_lifecycles,
-    worker,
-)
+from _harness import STORAGES, child_env, clear_redis_db, require_redis, run_scenarios, storage_url
 
-EXPECTED = {"ok": OK, "fail": FAIL, "retry": RETRY, "timeout": TIMEOUT, "cancel": CANCEL}
 BROKER_DB = 11
 
 
@@ -38,15 +22,10 @@ def test_rq(tmp_path: Path, storage: str) -> None:
         rq = str(Path(sys.executable).parent / "rq")
         cmd = [rq, "worker", "-u", broker, "--worker-class", "it_rq.Worker",
                "--with-scheduler", "-q", queue]
-        log = tmp_path / "worker.log"
         ids: dict[str, str] = {}
         try:
-            with worker(cmd, env, log):
-                result = produce("rq", env)
-                ids = result["ids"]
-                expected = {ids[name]: types for name, types in EXPECTED.items()}
-                wait_for_lifecycles(url, expected, log)
-            check_derived(url, queue, ids, expected, result["trace_id"])
+            ids = run_scenarios("rq", url, cmd, env, tmp_path / "worker.log")
         finally:
-            for pattern in [f"*{queue}*", *(f"rq:*{task}*" for task in ids.values())]:
-                clear_redis_db(BROKER_DB, pattern)
+            clear_redis_db(BROKER_DB, f"*{queue}*")
+            for task in ids.values():
+                clear_redis_db(BROKER_DB, f"rq:*{task}*")
