@@ -44,7 +44,7 @@ __all__ = ["OmniqMiddleware", "instrument"]
 _MARK = "omniq_enqueued"  # a message option: ENQUEUED was logged for this message
 
 
-class OmniqMiddleware(Middleware):  # type: ignore[misc]
+class OmniqMiddleware(Middleware):
     """Logs each message's lifecycle as task events; never raises into the worker.
 
     Args:
@@ -73,7 +73,7 @@ class OmniqMiddleware(Middleware):  # type: ignore[misc]
             return
         options[_MARK] = True  # travels with the message
         self.recorder.log(
-            message.message_id, "ENQUEUED", queue_name=q_name(message.queue_name),
+            message.message_id, "ENQUEUED", queue_name=q_name(message.queue_name),  # type: ignore[no-untyped-call]
             task_name=message.actor_name, eta=eta,
         )
 
@@ -124,7 +124,7 @@ def instrument(
 ) -> OmniqMiddleware:
     """Add an :class:`OmniqMiddleware` to ``broker``; return it."""
     middleware = OmniqMiddleware(logger)
-    broker.add_middleware(middleware)
+    broker.add_middleware(middleware)  # type: ignore[no-untyped-call]
     return middleware
 
 
