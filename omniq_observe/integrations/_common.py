@@ -121,11 +121,18 @@ class TaskRecorder:
             self._pid, self._worker_id = pid, f"{socket.gethostname()}:{pid}"
         return self._worker_id
 
-    def event(self, task_id: str, event_type: str, details: Mapping[str, Any]) -> TaskEvent:
-        """A TaskEvent with ``worker_id`` added and ``None`` values left out."""
+    def event(
+        self, task_id: str, event_type: str, details: Mapping[str, Any],
+        at: datetime | None = None,
+    ) -> TaskEvent:
+        """A TaskEvent (at ``at``, else now) with ``worker_id`` added and ``None`` values
+        left out."""
         clean = {key: value for key, value in details.items() if value is not None}
         clean.setdefault("worker_id", self.worker_id)
-        return TaskEvent(task_id=str(task_id), event_type=event_type, details=clean)
+        if at is None:
+            return TaskEvent(task_id=str(task_id), event_type=event_type, details=clean)
+        return TaskEvent(task_id=str(task_id), event_type=event_type, details=clean,
+                         timestamp=at)
 
     def log(self, task_id: str, event_type: str, **details: Any) -> None:
         """Log one event through a sync logger; a failure is logged and counted."""
@@ -135,10 +142,12 @@ class TaskRecorder:
         except Exception:
             self._failed(task_id, event_type)
 
-    async def alog(self, task_id: str, event_type: str, **details: Any) -> None:
+    async def alog(
+        self, task_id: str, event_type: str, at: datetime | None = None, **details: Any
+    ) -> None:
         """Log one event through an async logger; a failure is logged and counted."""
         try:
-            event = self.event(task_id, event_type, details)
+            event = self.event(task_id, event_type, details, at)
             await self.logger.log_event(event)  # type: ignore[misc]
         except Exception:
             self._failed(task_id, event_type)
@@ -160,11 +169,13 @@ class TaskRecorder:
         else:
             tb = traceback if traceback is not None else exc.__traceback__
             text = "".join(tb_module.format_exception(type(exc), exc, tb))
-        return {
+        details = {
             "error": self.redact(f"{type(exc).__name__}: {exc}")[:1024],
             "error_type": type(exc).__name__,
-            "traceback": self.cut(self.redact(text)),
         }
+        if text:
+            details["traceback"] = self.cut(self.redact(text))
+        return details
 
     def redact(self, text: str) -> str:
         """Hide the values of sensitive names in ``text``."""
