@@ -6,8 +6,11 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
+
+from omniq_observe.models.event import TaskEvent
 
 BROKER_DB = 15
 BROKER = f"redis://127.0.0.1:6379/{BROKER_DB}"
@@ -23,7 +26,16 @@ def count() -> None:
     counter.incr(COUNTER)
 
 
-def produce(enqueue: Callable[[int], None], flush: Callable[[], None] = lambda: None) -> None:
+def warm(logger: Any) -> None:
+    """Open the producer's storage before the clock starts (one event, stored)."""
+    if logger is not None:
+        logger.log_event(TaskEvent(task_id="bench-warm-up", event_type="CUSTOM"))
+        logger.flush(30)
+
+
+def produce(
+    enqueue: Callable[[int], None], flush: Callable[[], Any] = lambda: None
+) -> None:
     """``python wb_x.py N``: enqueue N no-op tasks, wait until done, print the seconds."""
     n = int(sys.argv[1])
     counter.delete(COUNTER)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from _common import BROKER, OBSERVE, QUEUE, STORAGE, count, produce
+from _common import BROKER, OBSERVE, QUEUE, STORAGE, count, produce, warm
 from celery import Celery
 
 app = Celery("omniq_bench", broker=BROKER)
@@ -25,4 +25,5 @@ def enqueue(n: int) -> None:
 
 
 if __name__ == "__main__":
+    warm(instrumentation.logger if OBSERVE else None)
     produce(enqueue, lambda: OBSERVE and instrumentation.logger.flush(30))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dramatiq
-from _common import BROKER, OBSERVE, QUEUE, STORAGE, count, produce
+from _common import BROKER, OBSERVE, QUEUE, STORAGE, count, produce, warm
 from dramatiq.brokers.redis import RedisBroker
 
 broker = RedisBroker(url=BROKER, namespace=f"{QUEUE}-ns")
@@ -25,4 +25,5 @@ def enqueue(n: int) -> None:
 
 
 if __name__ == "__main__":
+    warm(middleware.logger if OBSERVE else None)
     produce(enqueue, lambda: OBSERVE and middleware.logger.flush(30))

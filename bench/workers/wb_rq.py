@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from _common import BROKER, OBSERVE, QUEUE, STORAGE, count, produce
+from _common import BROKER, OBSERVE, QUEUE, STORAGE, count, produce, warm
 from redis import Redis
 from rq import Queue, Worker
 
@@ -19,11 +19,14 @@ def noop() -> None:
     count()
 
 
+queue = BenchQueue(QUEUE, connection=Redis.from_url(BROKER))
+
+
 def enqueue(n: int) -> None:
-    queue = BenchQueue(QUEUE, connection=Redis.from_url(BROKER))
     for _ in range(n):
-        queue.enqueue(noop)
+        queue.enqueue("wb_rq.noop")
 
 
 if __name__ == "__main__":
+    warm(BenchQueue._enqueued().recorder.logger if OBSERVE else None)  # type: ignore[attr-defined]
     produce(enqueue)
