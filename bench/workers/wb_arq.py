@@ -33,18 +33,33 @@ if OBSERVE:
     WorkerSettings.after_job_end = hooks.after_job_end  # type: ignore[attr-defined]
 
 
-async def _enqueue(n: int) -> None:
+async def _connect() -> Any:
     redis = await create_pool(REDIS, default_queue_name=QUEUE)
-    if OBSERVE:
+    if OBSERVE:  # the producer side, its storage opened before the clock starts
         from omniq_observe.integrations.arq import instrument
 
         instrument(redis, STORAGE)
-    for _ in range(n):
-        await redis.enqueue_job("noop")
-    if OBSERVE:
+        await redis.omniq_recorder.alog("bench-warm-up", "CUSTOM")  # type: ignore[attr-defined]
         await redis.omniq_recorder.logger.flush(30)  # type: ignore[attr-defined]
-    await redis.aclose()
+    return redis
+
+
+def main() -> None:
+    loop = asyncio.new_event_loop()
+    redis = loop.run_until_complete(_connect())
+
+    async def enqueue(n: int) -> None:
+        for _ in range(n):
+            await redis.enqueue_job("noop")
+
+    async def close() -> None:
+        if OBSERVE:
+            await redis.omniq_recorder.logger.flush(30)
+        await redis.aclose()
+
+    produce(lambda n: loop.run_until_complete(enqueue(n)))
+    loop.run_until_complete(close())
 
 
 if __name__ == "__main__":
-    produce(lambda n: asyncio.run(_enqueue(n)))
+    main()

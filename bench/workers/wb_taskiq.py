@@ -19,12 +19,21 @@ async def noop() -> None:
     count()
 
 
-async def _enqueue(n: int) -> None:
-    await broker.startup()
-    for _ in range(n):
-        await noop.kiq()
-    await broker.shutdown()
+def main() -> None:
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(broker.startup())
+    if OBSERVE:  # the producer side, its storage opened before the clock starts
+        recorder = broker.middlewares[-1].recorder  # type: ignore[attr-defined]
+        loop.run_until_complete(recorder.alog("bench-warm-up", "CUSTOM"))
+        loop.run_until_complete(recorder.logger.flush(30))
+
+    async def enqueue(n: int) -> None:
+        for _ in range(n):
+            await noop.kiq()
+
+    produce(lambda n: loop.run_until_complete(enqueue(n)))
+    loop.run_until_complete(broker.shutdown())
 
 
 if __name__ == "__main__":
-    produce(lambda n: asyncio.run(_enqueue(n)))
+    main()

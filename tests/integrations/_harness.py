@@ -20,8 +20,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -263,8 +264,9 @@ def run_scenarios(
     env: dict[str, str],
     log: Path,
     scenarios: dict[str, list[str]] = SCENARIOS,
+    retry_eta: bool = True,
 ) -> dict[str, str]:
-    """Start the worker, run the producer, check lifecycles, samples and traces.
+    """Start the worker, run the producer, check lifecycles, details, samples and traces.
 
     Returns the scripted tasks' ids (for the caller's clean-up).
     """
@@ -273,6 +275,68 @@ def run_scenarios(
         result = produce(framework, env)
         ids: dict[str, str] = result["ids"]
         expected = {ids[name]: types for name, types in scenarios.items()}
-        wait_for_lifecycles(url, expected, log)
+        events = wait_for_lifecycles(url, expected, log)
+    check_details(events, queue, ids, retry_eta)
     check_derived(url, queue, ids, expected, result["trace_id"])
     return ids
+
+
+def check_details(
+    events: list[TaskEvent], queue: str, ids: dict[str, str], retry_eta: bool
+) -> None:
+    """The details every integration fills: queue, task name, worker, error, eta."""
+    for event in events:
+        details = event.details
+        assert details.get("worker_id", "").count(":") == 1, event
+        if event.event_type == "ENQUEUED":
+            assert details["queue_name"] == queue, event
+            assert details.get("task_name"), event
+        if event.event_type == "STARTED":
+            assert isinstance(details.get("attempt"), int), event
+        if event.task_id == ids["fail"] and event.event_type == "FAILED":
+            assert details["error_type"] == "ValueError", event
+            assert "hunter2" not in str(details), event
+    retried = [e for e in events if e.task_id == ids["retry"] and e.event_type == "RETRIED"]
+    assert len(retried) == 1
+    eta = retried[0].details.get("eta")
+    if retry_eta:  # a retry with a backoff is due later than it was re-queued
+        assert eta is not None and datetime.fromisoformat(eta) > retried[0].timestamp, eta
+    else:
+        assert eta is None
+
+
+def run_framework(
+    tmp_path: Path,
+    storage: str,
+    framework: str,
+    broker: str,
+    worker_cmd: Callable[[str], list[str]],
+    scenarios: dict[str, list[str]] = SCENARIOS,
+    retry_eta: bool = True,
+) -> None:
+    """One real-worker test: a fresh queue and storage, the scenarios, then clean-up.
+
+    ``broker`` is a Redis URL (its db is this framework's own) or an AMQP URL.
+    """
+    queue = f"omniq-it-{framework}-{os.urandom(4).hex()}"
+    ids: dict[str, str] = {}
+    with storage_url(storage, tmp_path, framework) as url:
+        env = child_env(storage=url, broker=broker, queue=queue)
+        try:
+            ids = run_scenarios(framework, url, worker_cmd(queue), env,
+                                tmp_path / "worker.log", scenarios, retry_eta)
+        finally:
+            if broker.startswith("redis"):
+                db = int(broker.rsplit("/", 1)[1])
+                for pattern in [f"*{queue}*", *(f"*{task}*" for task in ids.values())]:
+                    clear_redis_db(db, pattern)
+            else:
+                delete_amqp_queue(broker, queue)
+
+
+def delete_amqp_queue(broker: str, queue: str) -> None:
+    """Remove this test's (durable) queue from RabbitMQ."""
+    from kombu import Connection
+
+    with Connection(broker) as connection:
+        connection.default_channel.queue_delete(queue)

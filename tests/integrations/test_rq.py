@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
-from _harness import STORAGES, child_env, clear_redis_db, require_redis, run_scenarios, storage_url
+from _harness import STORAGES, require_redis, run_framework
 
-BROKER_DB = 11
+BROKER = "redis://127.0.0.1:6379/11"
+
+
+def rq_worker(queue: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "rq"), "worker", "-u", BROKER,
+            "--worker-class", "it_rq.Worker", "--with-scheduler", "-q", queue]
 
 
 @pytest.mark.parametrize("storage", STORAGES)
 def test_rq(tmp_path: Path, storage: str) -> None:
     require_redis()
-    queue = f"omniq-it-rq-{os.urandom(4).hex()}"
-    broker = f"redis://127.0.0.1:6379/{BROKER_DB}"
-    with storage_url(storage, tmp_path, "rq") as url:
-        env = child_env(storage=url, broker=broker, queue=queue)
-        rq = str(Path(sys.executable).parent / "rq")
-        cmd = [rq, "worker", "-u", broker, "--worker-class", "it_rq.Worker",
-               "--with-scheduler", "-q", queue]
-        ids: dict[str, str] = {}
-        try:
-            ids = run_scenarios("rq", url, cmd, env, tmp_path / "worker.log")
-        finally:
-            clear_redis_db(BROKER_DB, f"*{queue}*")
-            for task in ids.values():
-                clear_redis_db(BROKER_DB, f"rq:*{task}*")
+    run_framework(tmp_path, storage, "rq", BROKER, rq_worker)
