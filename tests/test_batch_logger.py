@@ -228,3 +228,21 @@ def test_sync_logger_flushes_at_interpreter_exit(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
     assert [e.task_id for e in stored(path)] == [f"t{i}" for i in range(25)]
+
+
+def test_reopen_storage_keeps_every_setting(tmp_path: Path) -> None:
+    from omniq_observe.backend import RedisBackend
+    from omniq_observe.events._batch import reopen_storage
+
+    sqlite = SQLiteBackend(tmp_path / "e.db", synchronous="FULL", busy_timeout=2.5, max_batch=7)
+    fresh = reopen_storage(sqlite)
+    assert fresh is not sqlite and type(fresh) is SQLiteBackend
+    assert (fresh.path, fresh.synchronous, fresh.busy_timeout, fresh.max_batch) == (
+        sqlite.path, "FULL", 2.5, 7)
+    redis = RedisBackend("redis://127.0.0.1:6379/3", prefix="p", claim_idle=9.0, max_batch=11)
+    again = reopen_storage(redis)
+    assert isinstance(again, RedisBackend) and again is not redis
+    assert (again.url, again.prefix, again.claim_idle, again.max_batch) == (
+        redis.url, "p", 9.0, 11)
+    memory = MemoryBackend()
+    assert reopen_storage(memory) is memory  # not ours to rebuild: kept

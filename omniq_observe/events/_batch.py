@@ -23,6 +23,7 @@ import asyncio
 import collections
 import concurrent.futures.thread  # noqa: F401  (see below)
 import contextlib
+import inspect
 import logging
 import threading
 import time
@@ -349,24 +350,21 @@ def reopen_storage(storage: BaseEventStorage) -> BaseEventStorage:
     """A fresh instance of ``storage`` for a forked child, with the same settings.
 
     The parent's threads, loops and sockets are not the child's to use. Backends this
-    package ships are rebuilt from their settings; any other storage is returned as is
-    (it must then be fork-safe itself).
+    package ships are rebuilt from their constructor's arguments, read back from the
+    attributes of the same name; any other storage is returned as is (it must then be
+    fork-safe itself).
     """
-    settings = _REOPEN.get(getattr(storage, "backend_name", ""))
-    if settings is None:
+    if getattr(storage, "backend_name", "") not in _REOPENED:
         return storage
-    first, names = settings
     cls: Any = type(storage)
-    options = {name: getattr(storage, name) for name in names}
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    first, rest = params[0].name, params[1:]  # path / url / dsn, then the settings
+    options = {
+        p.name: getattr(storage, p.name) for p in rest
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and hasattr(storage, p.name)
+    }
     return cls(getattr(storage, first), **options)  # type: ignore[no-any-return]
 
 
-# backend_name -> (the first constructor argument, the keyword settings), as attributes
-_REOPEN: dict[str, tuple[str, tuple[str, ...]]] = {
-    "sqlite": ("path", ("synchronous", "busy_timeout", "max_batch")),
-    "redis": ("url", ("prefix", "max_len", "history_ttl", "claim_idle", "claim_interval",
-                      "retries", "socket_timeout", "connect_timeout", "max_batch",
-                      "client_name", "max_connections")),
-    "postgres": ("dsn", ("schema", "lease_seconds", "pool_size", "retries", "connect_timeout",
-                         "max_batch")),
-}
+# the shipped backends keep each constructor argument as an attribute of the same name
+_REOPENED = frozenset({"sqlite", "redis", "postgres"})
