@@ -92,10 +92,6 @@ def main() -> int:
         print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
     if growth:
         _print_growth(growth, sizes)
-    if args.large:
-        for module in _modules():
-            if hasattr(module, "large_report"):
-                module.large_report()
     return 0
 
 
