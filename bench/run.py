@@ -98,10 +98,6 @@ def main() -> int:
         write_markdown(args.markdown, header, rows, sys.argv[1:])
     if growth:
         _print_growth(growth, sizes)
-    if args.large:
-        for module in _modules():
-            if hasattr(module, "large_report"):
-                module.large_report()
     return 0
 
 
