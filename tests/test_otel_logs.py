@@ -161,6 +161,25 @@ async def test_sync_logger_inside_a_running_loop_keeps_the_callers_span(otel: OT
     assert record.severity_number == SeverityNumber.INFO
 
 
+async def test_batching_loggers_emit_in_the_callers_span(otel: OTel) -> None:
+    storage = MemoryBackend()
+    logger = AsyncEventLogger(storage, logger_provider=otel.logger_provider,
+                              otel_events="log", batch=True)
+    with otel.tracer.start_as_current_span("async caller") as first:
+        await logger.log_event(TaskEvent(task_id="a", event_type="ENQUEUED", timestamp=T0))
+    await logger.aclose()
+    sync = EventLogger(storage, logger_provider=otel.logger_provider, otel_events="log",
+                       batch=True)
+    with otel.tracer.start_as_current_span("sync caller") as second:
+        sync.log_event(TaskEvent(task_id="b", event_type="ENQUEUED", timestamp=T0))
+    sync.close()
+    assert [(r.span_id, r.event_name) for r in otel.records()] == [
+        (first.get_span_context().span_id, "omniq.task.enqueued"),
+        (second.get_span_context().span_id, "omniq.task.enqueued"),
+    ]
+    assert await storage.count() == 2
+
+
 @pytest.mark.parametrize("mode", ["logs", "", None, "SPAN"])
 def test_a_bad_mode_names_the_setting(mode: Any) -> None:
     with pytest.raises(ConfigurationError) as info:
