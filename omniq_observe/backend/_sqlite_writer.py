@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from omniq_observe.exceptions import StorageError
+from omniq_observe.exceptions import BackendUnavailableError, StorageError
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["GroupWriter", "Transaction", "WriteFn", "WriteItem"]
@@ -167,8 +167,7 @@ class GroupWriter:
                 for item in items:
                     self._commit_group(conn, [item])
                 return
-            error = StorageError(f"SQLite write failed: {exc}")
-            error.__cause__ = exc
+            error = _write_error(exc)
             _wake(items, [None], error)
             return
         _wake(items, results, None)
@@ -271,3 +270,22 @@ def _settle(future: Any, result: Any, error: BaseException | None) -> None:
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+# Busy, locked, full, I/O error: SQLite may well succeed when the write is tried again.
+_TRANSIENT_CODES = frozenset({5, 6, 10, 13})  # SQLITE_BUSY, _LOCKED, _IOERR, _FULL
+_TRANSIENT_WORDS = ("locked", "busy", "is full", "disk i/o")
+
+
+def _write_error(exc: Exception) -> StorageError:
+    """``exc`` as the error a writer's callers get: transient failures (the database is
+    locked, busy or full) as :class:`BackendUnavailableError`, others as StorageError."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    transient = isinstance(exc, sqlite3.OperationalError) and (
+        (code is not None and code & 0xFF in _TRANSIENT_CODES)
+        or (code is None and any(w in str(exc).lower() for w in _TRANSIENT_WORDS))
+    )
+    kind = BackendUnavailableError if transient else StorageError
+    error = kind(f"SQLite write failed: {exc}")
+    error.__cause__ = exc
+    return error
