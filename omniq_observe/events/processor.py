@@ -52,9 +52,11 @@ class Handler(Protocol):
 class ProcessorStats:
     """What a processor has done, for self-metrics and health checks.
 
-    ``last_event_timestamp`` is the event time (epoch seconds) of the newest event handled;
-    ``caught_up`` is True when the last read found nothing more to read; ``heartbeat`` is
-    the ``time.monotonic()`` of the loop's last sign of life.
+    ``last_event_timestamp`` is the event time (epoch seconds) of the last event handled;
+    ``caught_up`` is True once a read came back short (nothing more to read), and False
+    from the start and while full batches come in (a backlog); ``heartbeat`` is the
+    ``time.monotonic()`` of the loop's last sign of life; ``undecodable`` counts stored
+    entries that did not decode (dead-lettered with their raw bytes, then skipped).
     """
 
     processed: int = 0
@@ -62,14 +64,16 @@ class ProcessorStats:
     handler_errors: Counter[str] = field(default_factory=Counter)
     dead_lettered: int = 0
     storage_errors: int = 0
+    undecodable: int = 0
     last_event_timestamp: float | None = None
-    caught_up: bool = True
+    caught_up: bool = False
     running: bool = False
     heartbeat: float = field(default_factory=time.monotonic)
 
     def lag_seconds(self, now: float | None = None) -> float:
-        """Seconds the processor is behind: 0 when caught up, else now minus the event
-        time of the last handled event."""
+        """Seconds the processor is behind: 0 when caught up (or before it handled any
+        event), else now minus the event time of the last handled event, so a catch-up
+        of old events shows as lag until the processor has read everything."""
         if self.caught_up or self.last_event_timestamp is None:
             return 0.0
         return max(0.0, (time.time() if now is None else now) - self.last_event_timestamp)
@@ -179,6 +183,8 @@ class AsyncEventProcessor:
                 stats.caught_up = True
                 return total
             full = len(batch) >= limit and (stopping is None or not stopping.is_set())
+            if full:
+                stats.caught_up = False  # more may follow: a backlog until a short read
             ahead: asyncio.Future[list[StoredEvent]] | None = None
             if full and storage.read_ahead:
                 ahead = asyncio.ensure_future(storage.read_after(batch[-1].position, limit))
