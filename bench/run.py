@@ -45,6 +45,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tenth of the events, 3 repeats")
     parser.add_argument("--only", default="", help="run rows whose name contains this text")
+    parser.add_argument("--large", action="store_true",
+                        help="also the history-growth reports (100k and 1M events)")
     args = parser.parse_args()
     results: list[Result] = []
     for module in _modules():
@@ -76,6 +78,10 @@ def main() -> int:
     print("-+-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+    if args.large:
+        for module in _modules():
+            if hasattr(module, "large_report"):
+                module.large_report()
     return 0
 
 

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from omniq_observe.backend import BaseEventStorage, Position
 from omniq_observe.cli._common import add_storage_argument
@@ -112,6 +113,7 @@ async def inspect_storage(storage: BaseEventStorage, url: str) -> dict[str, Any]
         "backend": health.backend,
         "ok": health.ok,
         "detail": health.detail,
+        "warnings": list(health.extra.get("warnings", [])),
         "schema_version": health.schema_version,
         "events": total,
         "last_position": last,
@@ -141,6 +143,8 @@ async def _check(args: argparse.Namespace, stop: asyncio.Event) -> int:
         span = f" (oldest {report['oldest_event']}, newest {report['newest_event']})"
     facts.add_row("events", f"{report['events']}{span}")
     facts.add_row("dead letters", str(report["dead_letters"]))
+    for warning in report["warnings"]:
+        facts.add_row("warning", Text(warning, style="yellow"))
     print_table(console, facts)
     if not report["processors"]:
         console.print("processors: none has committed a position yet (run omniq-observe serve)")
