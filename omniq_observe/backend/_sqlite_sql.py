@@ -11,7 +11,8 @@ from typing import Any
 
 import msgspec
 
-from omniq_observe.backend.base import StoredEvent, epoch_us
+from omniq_observe.backend.base import StoredEvent, decode_stored, epoch_us
+from omniq_observe.exceptions import InvalidEventError
 from omniq_observe.models.event import TaskEvent, decode_wire, encode_event
 
 __all__ = ["SCHEMA", "committed_position", "insert_events", "select_after"]
@@ -106,11 +107,24 @@ def _select_page(conn: sqlite3.Connection, after: int, limit: int) -> list[Store
     positions_json, rows = conn.execute(_SELECT_AFTER, (after, limit)).fetchone()
     if rows is None:
         return []
-    page = decode_wire(_page_decoder, rows)
+    try:
+        page = decode_wire(_page_decoder, rows)
+    except InvalidEventError:  # a row does not decode: the others still must
+        return _select_rows(conn, after, limit)
     positions = _positions_decoder.decode(positions_json)
     if positions != sorted(positions):  # pragma: no cover - SQLite keeps the subquery order
         page.sort(key=_position_of)
     return page
+
+
+def _select_rows(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
+    """The page of :func:`_select_page` decoded row by row: a row that does not decode
+    comes back as an ``UndecodableEvent`` in its place."""
+    rows = conn.execute(
+        "SELECT position, body FROM omniq_events WHERE position > ? ORDER BY position LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [decode_stored(int(position), body) for position, body in rows]
 
 
 def _position_of(stored: StoredEvent) -> int:

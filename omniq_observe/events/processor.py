@@ -26,7 +26,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from omniq_observe.backend.base import BaseEventStorage, Consumer, StoredEvent
+from omniq_observe.backend.base import (
+    BaseEventStorage,
+    Consumer,
+    StoredEvent,
+    UndecodableEvent,
+)
 from omniq_observe.events._dispatch import Dispatcher
 from omniq_observe.events._leases import LeaseRenewal
 from omniq_observe.events._sync import LoopThread
@@ -189,13 +194,12 @@ class AsyncEventProcessor:
             if full and storage.read_ahead:
                 ahead = asyncio.ensure_future(storage.read_after(batch[-1].position, limit))
             try:
-                await self._handle_batch(batch)
+                total += await self._handle_batch(batch)
             except BaseException:
                 if ahead is not None:
                     ahead.cancel()
                     await asyncio.gather(ahead, return_exceptions=True)
                 raise
-            total += len(batch)
             if not full:
                 stats.caught_up = len(batch) < limit
                 return total
@@ -204,22 +208,32 @@ class AsyncEventProcessor:
             else:
                 batch = await storage.claim(self.consumer, limit)
 
-    async def _handle_batch(self, batch: list[StoredEvent]) -> None:
-        """Run the handlers on every event of ``batch`` in order, then acknowledge it.
+    async def _handle_batch(self, batch: list[StoredEvent]) -> int:
+        """Run the handlers on every event of ``batch`` in order, then acknowledge it;
+        return how many events the handlers saw (undecodable entries are skipped).
 
         On backends with leases the batch's lease is renewed while the handlers run.
         """
+        stats = self.stats
+        undecodable = stats.undecodable
         if self.event_storage.lease_seconds is None:
             await self._dispatch.run(batch)
         else:
             with LeaseRenewal(self.event_storage, self.consumer, batch, self._renew_failed):
                 await self._dispatch.run(batch)
         await self.event_storage.ack(self.consumer, batch)
-        stats = self.stats
-        stats.processed += len(batch)
+        handled = len(batch) - (stats.undecodable - undecodable)
+        stats.processed += handled
         stats.batches += 1
-        stats.last_event_timestamp = batch[-1].event.timestamp.timestamp()
+        if type(batch[-1]) is not UndecodableEvent:
+            stats.last_event_timestamp = batch[-1].event.timestamp.timestamp()
+        else:  # a stand-in's time (1970) is no event time: take the last real event's
+            for stored in reversed(batch):
+                if type(stored) is not UndecodableEvent:
+                    stats.last_event_timestamp = stored.event.timestamp.timestamp()
+                    break
         stats.heartbeat = time.monotonic()
+        return handled
 
     def _renew_failed(self, exc: Exception) -> None:
         self.stats.storage_errors += 1
