@@ -4,6 +4,7 @@ never blocks the events after it."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,19 @@ def lock_database(path: Path) -> sqlite3.Connection:
     return conn
 
 
+Rig = tuple[SQLiteBackend, AsyncEventLogger]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """A SQLite backend and a logger on it with the buffer policy."""
+    backend = SQLiteBackend(tmp_path / "events.db")
+    logger = AsyncEventLogger(event_storage=backend, on_storage_error="buffer")
+    yield backend, logger
+    await logger.aclose()
+    await backend.close()
+
+
 def valid(count: int) -> list[TaskEvent]:
     return [TaskEvent(task_id=f"t{i}", event_type="STARTED") for i in range(count)]
 
@@ -36,9 +50,8 @@ def spoiled() -> TaskEvent:
     return event
 
 
-async def test_int_subclass_event_then_150_valid_ones_are_all_stored(tmp_path: Path) -> None:
-    backend = SQLiteBackend(tmp_path / "events.db")
-    logger = AsyncEventLogger(event_storage=backend, on_storage_error="buffer")
+async def test_int_subclass_event_then_150_valid_ones_are_all_stored(rig: Rig) -> None:
+    backend, logger = rig
     first = TaskEvent(task_id="first", event_type="STARTED", details={"attempt": _Count(2)})
     assert type(first.details["attempt"]) is int
     await logger.log_event(first)
@@ -48,15 +61,10 @@ async def test_int_subclass_event_then_150_valid_ones_are_all_stored(tmp_path: P
     assert await backend.count() == 151
     assert logger.stats.logged == 151
     assert (await backend.read_after(None, 1))[0].event.details == {"attempt": 2}
-    await logger.aclose()
-    await backend.close()
 
 
-async def test_a_refused_event_raises_at_once_and_the_150_after_it_are_stored(
-    tmp_path: Path,
-) -> None:
-    backend = SQLiteBackend(tmp_path / "events.db")
-    logger = AsyncEventLogger(event_storage=backend, on_storage_error="buffer")
+async def test_a_refused_event_raises_at_once_and_the_150_after_it_are_stored(rig: Rig) -> None:
+    backend, logger = rig
     with pytest.raises(InvalidEventError) as info:
         await logger.log_event(spoiled())
     assert info.value.field == "details['tags']"
@@ -67,8 +75,6 @@ async def test_a_refused_event_raises_at_once_and_the_150_after_it_are_stored(
     assert logger.buffered == 0
     assert await backend.count() == 150
     assert (logger.stats.logged, logger.stats.buffered, logger.stats.dropped) == (150, 0, 0)
-    await logger.aclose()
-    await backend.close()
 
 
 def test_sync_logger_raises_a_refused_event_at_once_too(tmp_path: Path) -> None:
@@ -122,11 +128,8 @@ async def test_a_locked_database_is_transient_and_buffered(tmp_path: Path) -> No
     await backend.close()
 
 
-async def test_a_storage_error_that_is_not_transient_is_raised_not_buffered(
-    tmp_path: Path,
-) -> None:
-    backend = SQLiteBackend(tmp_path / "events.db")
-    logger = AsyncEventLogger(event_storage=backend, on_storage_error="buffer")
+async def test_a_storage_error_that_is_not_transient_is_raised_not_buffered(rig: Rig) -> None:
+    backend, logger = rig
     await logger.log_event(TaskEvent(task_id="t", event_type="A"))
     with sqlite3.connect(backend.path) as conn:  # the table goes behind the backend's back
         conn.execute("ALTER TABLE omniq_events RENAME TO moved_away")
@@ -136,5 +139,3 @@ async def test_a_storage_error_that_is_not_transient_is_raised_not_buffered(
     assert "no such table" in str(info.value)
     assert logger.buffered == 0
     assert logger.stats.storage_errors == 1
-    await logger.aclose()
-    await backend.close()
