@@ -180,6 +180,7 @@ class _DecodingFlag(threading.local):
 
 
 _decoding = _DecodingFlag()
+_CONTAINERS = frozenset({dict, list})
 
 
 # gc=False: an event refers only to strings, a datetime and (validated) JSON values, never
@@ -210,7 +211,20 @@ class TaskEvent(msgspec.Struct, kw_only=True, tag_field="v", tag=WIRE_VERSION, g
 
     def __post_init__(self) -> None:
         if _decoding.active:
-            self._check_decoded()
+            # the cheap test of every decoded event; the full one only when it may fail
+            task_id, event_type, event_id = self.task_id, self.event_type, self.event_id
+            if (
+                not task_id
+                or len(task_id) > MAX_ID_LENGTH
+                or not event_type.isupper()
+                or event_type.strip() is not event_type  # CPython: the same str if unstripped
+                or len(event_type) > MAX_ID_LENGTH
+                or self.timestamp.tzinfo is not _UTC
+                or not event_id
+                or len(event_id) > MAX_ID_LENGTH
+                or (self.details and not _CONTAINERS.isdisjoint(map(type, self.details.values())))
+            ):
+                self._check_decoded()
             return
         task_id = self.task_id
         if type(task_id) is not str or not task_id.isascii() or len(task_id) > MAX_ID_LENGTH:
