@@ -139,3 +139,13 @@ async def test_a_storage_error_that_is_not_transient_is_raised_not_buffered(rig:
     assert "no such table" in str(info.value)
     assert logger.buffered == 0
     assert logger.stats.storage_errors == 1
+
+
+async def test_the_valid_events_of_a_batch_with_a_refused_one_are_stored(rig: Rig) -> None:
+    backend, logger = rig
+    before, after = valid(3), valid(2)
+    with pytest.raises(InvalidEventError) as info:
+        await logger.log_events([*before, spoiled(), *after])
+    assert info.value.field == "details['tags']"
+    assert [s.event for s in await backend.read_after(None, 10)] == before + after
+    assert (logger.stats.logged, logger.buffered) == (5, 0)
