@@ -23,8 +23,8 @@ from omniq_observe.backend import (
     PostgresBackend,
     RedisBackend,
     SQLiteBackend,
+    UndecodableEvent,
 )
-from omniq_observe.backend.base import UndecodableEvent
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import InvalidEventError
 from omniq_observe.handlers import PrometheusHandler
@@ -130,6 +130,8 @@ async def test_poison_entries_are_dead_lettered_counted_and_skipped(
         ["StoredEvent"] * 5 + ["UndecodableEvent"] * 2 + ["StoredEvent"] * 5
     )
     assert [s.position for s in stored[5:7]] == [d.position for d in dead]
+    page = await backend.query(limit=100)  # tools listing the log see the stand-ins too
+    assert [type(s).__name__ for s in page.events] == [type(s).__name__ for s in stored]
 
 
 def _deep(depth: int) -> Any:

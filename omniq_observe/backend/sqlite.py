@@ -55,6 +55,7 @@ from omniq_observe.backend.base import (
     StoredEvent,
     as_utc,
     check_prune_limit,
+    decode_stored,
     epoch_us,
     read_dead_letter,
 )
@@ -301,7 +302,7 @@ class SQLiteBackend(BaseEventStorage):
         )
         start = None if after is None else int(after)
         rows = await self._read(lambda c: query_rows(c, types, window, start, limit + 1))
-        events = [StoredEvent(pos, decode_event(body)) for pos, body in rows[:limit]]
+        events = [decode_stored(pos, body) for pos, body in rows[:limit]]
         more = len(rows) > limit
         return Page(events, events[-1].position if more and events else None)
 
