@@ -54,7 +54,7 @@ async def test_health_is_ok_and_integrity_clean_on_a_sound_file(tmp_path: Path) 
         await backend.append([TaskEvent(task_id="t", event_type="STARTED")])
         health = await backend.health()
         assert (health.ok, health.detail, health.schema_version) == (
-            True, str(tmp_path / "sound.db"), 1
+            True, str(tmp_path / "sound.db"), 2
         )
         assert await backend.integrity_problems() == []
 

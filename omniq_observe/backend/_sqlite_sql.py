@@ -66,7 +66,8 @@ _INSERTS = {
 _SELECT_AFTER = (
     "SELECT json_group_array(position), "
     "'[' || group_concat('[' || position || ',' || body || ']', ',') || ']' FROM ("
-    "SELECT position, body FROM omniq_events WHERE position > ? ORDER BY position LIMIT ?)"
+    "SELECT position, body FROM omniq_events WHERE position > ? {where} "
+    "ORDER BY position LIMIT ?)"
 )
 _positions_decoder = msgspec.json.Decoder(list[int])
 _page_decoder = msgspec.json.Decoder(list[StoredEvent])
@@ -93,15 +94,19 @@ def committed_position(conn: sqlite3.Connection, group: str) -> int:
     return -1 if row is None else int(row[0])
 
 
-def select_after(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
+def select_after(
+    conn: sqlite3.Connection, after: int, limit: int, where: str = ""
+) -> list[StoredEvent]:
     """Read up to ``limit`` events after ``after`` in pages of ``_READ_PAGE``.
+
+    ``where``: an extra SQL condition (``AND ...``) on the events, from trusted code.
 
     Each page is decoded in one call that holds the GIL; pages keep those calls short,
     so the event loop's thread never waits long for it.
     """
     found: list[StoredEvent] = []
     while limit > 0:
-        page = _select_page(conn, after, min(limit, _READ_PAGE))
+        page = _select_page(conn, after, min(limit, _READ_PAGE), where)
         found.extend(page)
         if len(page) < min(limit, _READ_PAGE):
             break
@@ -110,8 +115,11 @@ def select_after(conn: sqlite3.Connection, after: int, limit: int) -> list[Store
     return found
 
 
-def _select_page(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
-    positions_json, rows = conn.execute(_SELECT_AFTER, (after, limit)).fetchone()
+def _select_page(
+    conn: sqlite3.Connection, after: int, limit: int, where: str
+) -> list[StoredEvent]:
+    sql = _SELECT_AFTER.format(where=where)
+    positions_json, rows = conn.execute(sql, (after, limit)).fetchone()
     if rows is None:
         return []
     page = decode_wire(_page_decoder, rows)

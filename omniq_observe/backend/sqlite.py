@@ -22,11 +22,18 @@ import concurrent.futures
 import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from omniq_observe.backend._sqlite_groups import (
+    GROUP_SCHEMA,
+    Groups,
+    partition_of,
+    set_group_position,
+)
 from omniq_observe.backend._sqlite_prune import (
     PRUNE_CHUNK,
     keep_newest_from,
@@ -36,7 +43,6 @@ from omniq_observe.backend._sqlite_prune import (
 )
 from omniq_observe.backend._sqlite_sql import SCHEMA as _SCHEMA
 from omniq_observe.backend._sqlite_sql import (
-    committed_position,
     health_probe,
     insert_events,
     query_rows,
@@ -62,7 +68,7 @@ from omniq_observe.models.event import TaskEvent, decode_event, encode_event
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _T = TypeVar("_T")
 
 
@@ -74,6 +80,9 @@ class SQLiteBackend(BaseEventStorage):
         synchronous: SQLite's ``synchronous`` pragma, ``"NORMAL"`` or ``"FULL"``.
         busy_timeout: seconds to wait for another process's write lock.
         max_batch: the most events one group-commit transaction takes.
+        lease_seconds: how long a processor holds its partitions of a group without
+            renewing them (it renews at every batch); a killed processor's partitions
+            go to the other members of its group after this long.
 
     Raises:
         ConfigurationError: a setting is invalid.
@@ -81,7 +90,6 @@ class SQLiteBackend(BaseEventStorage):
 
     backend_name = "sqlite"
     poll_interval = 0.01
-    read_ahead = True
 
     def __init__(
         self,
@@ -90,6 +98,7 @@ class SQLiteBackend(BaseEventStorage):
         synchronous: str = "NORMAL",
         busy_timeout: float = 5.0,
         max_batch: int = 5000,
+        lease_seconds: float = 30.0,
     ) -> None:
         if str(synchronous).upper() not in {"NORMAL", "FULL"}:
             msg = f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
@@ -100,10 +109,21 @@ class SQLiteBackend(BaseEventStorage):
         if not isinstance(max_batch, int) or max_batch < 1:
             msg = f"max_batch must be a positive integer, got {max_batch!r}"
             raise ConfigurationError(msg, setting="max_batch", value=max_batch)
+        if (
+            not isinstance(lease_seconds, (int, float))
+            or isinstance(lease_seconds, bool)
+            or not 0 < lease_seconds < float("inf")
+        ):
+            msg = f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}"
+            raise ConfigurationError(msg, setting="lease_seconds", value=lease_seconds)
         self.path = Path(path)
         self.synchronous = str(synchronous).upper()
         self.busy_timeout = busy_timeout
         self.max_batch = max_batch
+        self.lease_seconds = float(lease_seconds)
+        self._groups = Groups(self.lease_seconds)
+        # True while this instance's processors each hold their whole group alone.
+        self.read_ahead = False
         # ``_transaction`` is looked up at each commit (tests patch it to count commits).
         self._group = GroupWriter(
             self.path, max_batch, self._connect, lambda conn, items: _transaction(conn, items)
@@ -124,6 +144,7 @@ class SQLiteBackend(BaseEventStorage):
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA cache_size=-65536")
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+            conn.create_function("omniq_part", 1, partition_of, deterministic=True)
         except BaseException:
             conn.close()
             raise
@@ -144,11 +165,13 @@ class SQLiteBackend(BaseEventStorage):
                 msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
                 raise StorageError(msg) from exc
             try:
-                conn.executescript(_SCHEMA)
+                conn.executescript(_SCHEMA + GROUP_SCHEMA)
                 # Checkpoints are run by GroupWriter (by WAL size), not at commits.
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute(
-                    "INSERT OR IGNORE INTO omniq_meta (key, value) VALUES ('schema_version', ?)",
+                    "INSERT INTO omniq_meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+                    "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
                     (str(SCHEMA_VERSION),),
                 )
             except sqlite3.Error as exc:
@@ -208,19 +231,34 @@ class SQLiteBackend(BaseEventStorage):
         after = -1 if position is None else int(position)
         return await self._read(lambda c: select_after(c, after, limit))
 
+    # -- processor groups (see _sqlite_groups) -------------------------------------------
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
-        def claim(conn: sqlite3.Connection) -> list[StoredEvent]:
-            return select_after(conn, committed_position(conn, consumer.group), limit)
+        """Take this member's share of the group's partitions; read their next events."""
+        groups = self._groups
+        batch: list[StoredEvent] = await self._write(
+            lambda c: groups.claim(c, consumer, limit, _now_us())
+        )
+        self.read_ahead = groups.read_ahead
+        return batch
 
-        return await self._read(claim)
+    async def ack(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
+        """Move the member's partitions (and the group's position) past ``batch``."""
+        if batch:
+            groups = self._groups
+            await self._write(lambda c: groups.ack(c, consumer, batch, _now_us()))
+            self.read_ahead = groups.read_ahead
+
+    async def renew(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
+        await self._write(lambda c: self._groups.renew(c, consumer, _now_us()))
+
+    async def release(self, consumer: Consumer) -> None:
+        """Leave the group: the other members take this one's partitions at once."""
+        if not self._closed:
+            await self._write(lambda c: self._groups.release(c, consumer))
+            self.read_ahead = self._groups.read_ahead
 
     async def has_events_for(self, consumer: Consumer) -> bool:
-        def check(conn: sqlite3.Connection) -> bool:
-            after = committed_position(conn, consumer.group)
-            sql = "SELECT 1 FROM omniq_events WHERE position > ? LIMIT 1"
-            return conn.execute(sql, (after,)).fetchone() is not None
-
-        return await self._read(check)
+        return await self._read(lambda c: self._groups.has_events_for(c, consumer, _now_us()))
 
     async def last_position(self) -> Position | None:
         row = await self._read(
@@ -238,6 +276,7 @@ class SQLiteBackend(BaseEventStorage):
                 "updated_us = excluded.updated_us",
                 (group, int(position), now),
             )
+            set_group_position(conn, group, int(position))
 
         await self._write(commit)
 
@@ -392,6 +431,10 @@ class SQLiteBackend(BaseEventStorage):
             if self._read_conn is not None:
                 reader.submit(self._read_conn.close).result()
             reader.shutdown(wait=True)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def chunk_of(
