@@ -30,17 +30,14 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from omniq_observe.backend._sqlite_sql import select_after
+from omniq_observe.backend._sqlite_sql import PARTITIONS, partition_of, select_after
 from omniq_observe.backend.base import Consumer, StoredEvent
 
-__all__ = ["GROUP_SCHEMA", "PARTITIONS", "Groups", "partition_of"]
+__all__ = ["GROUP_SCHEMA", "PARTITIONS", "Groups", "partition_of", "set_group_position"]
 
-#: The number of task partitions of a group on SQLite.
-PARTITIONS = 16
 GROUP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS omniq_parts (
     grp TEXT NOT NULL,
@@ -74,11 +71,6 @@ def _pid_gone(pid: int) -> bool:
     except OSError:  # it exists, owned by someone else
         return False
     return False
-
-
-def partition_of(task_id: str) -> int:
-    """The partition of ``task_id``: CRC-32 of its UTF-8 bytes modulo ``PARTITIONS``."""
-    return zlib.crc32(task_id.encode("utf-8", "surrogatepass")) % PARTITIONS
 
 
 @dataclass
@@ -277,8 +269,14 @@ class Groups:
         )
 
 
-def set_group_position(conn: sqlite3.Connection, group: str, position: int) -> None:
-    """Set every partition of ``group`` to ``position`` (an explicit commit of the group)."""
+def set_group_position(conn: sqlite3.Connection, group: str, position: int, now_us: int) -> None:
+    """Set the position of ``group`` and of each of its partitions (an explicit commit)."""
+    conn.execute(
+        "INSERT INTO omniq_positions (grp, position, updated_us) VALUES (?, ?, ?) "
+        "ON CONFLICT (grp) DO UPDATE SET position = excluded.position, "
+        "updated_us = excluded.updated_us",
+        (group, position, now_us),
+    )
     conn.execute("UPDATE omniq_parts SET position = ? WHERE grp = ?", (position, group))
 
 

@@ -8,13 +8,18 @@ rows), and every append of every process waits for it. So a prune deletes at mos
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 __all__ = [
     "CHUNK_SECONDS",
     "PRUNE_CHUNK",
     "keep_newest_from",
     "next_prune_chunk",
+    "prune_in_chunks",
     "prune_older",
     "prune_through",
 ]
@@ -60,3 +65,30 @@ def next_prune_chunk(size: int, took: float) -> int:
     if took < CHUNK_SECONDS / 3:
         return min(PRUNE_CHUNK, size * 2)
     return size
+
+
+Chunk = Callable[[sqlite3.Connection, int], int]
+
+
+async def prune_in_chunks(
+    write: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]], chunk: Chunk
+) -> int:
+    """Run ``chunk(conn, size)`` in transactions of its own through ``write`` until it
+    deletes fewer than ``size`` rows; return how many it deleted in all."""
+    deleted, size = 0, PRUNE_CHUNK
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        count: int = await write(functools.partial(_run_chunk, chunk, size))
+        took = loop.time() - started
+        deleted += count
+        if count < size:
+            return deleted
+        # Keep each transaction short (the write lock is held for its length), and leave
+        # the lock free for about as long as it was held.
+        size = next_prune_chunk(size, took)
+        await asyncio.sleep(min(max(took, 0.01), 0.05))
+
+
+def _run_chunk(chunk: Chunk, size: int, conn: sqlite3.Connection) -> int:
+    return chunk(conn, size)

@@ -7,18 +7,25 @@ pages that SQLite joins into one JSON array, decoded by msgspec in one call.
 from __future__ import annotations
 
 import sqlite3
+import zlib
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from omniq_observe.backend._sqlite_writer import JOURNAL_SIZE_LIMIT
 from omniq_observe.backend.base import StoredEvent, epoch_us
 from omniq_observe.models.event import TaskEvent, decode_wire, encode_event
 
 __all__ = [
+    "PARTITIONS",
     "SCHEMA",
     "committed_position",
+    "connect",
     "health_probe",
     "insert_events",
+    "partition_of",
+    "prepare",
     "query_rows",
     "quick_check",
     "select_after",
@@ -72,6 +79,45 @@ _SELECT_AFTER = (
 _positions_decoder = msgspec.json.Decoder(list[int])
 _page_decoder = msgspec.json.Decoder(list[StoredEvent])
 _READ_PAGE = 1000
+
+
+#: The number of task partitions of a processor group (see ``_sqlite_groups``).
+PARTITIONS = 16
+
+
+def partition_of(task_id: str) -> int:
+    """The partition of ``task_id``: CRC-32 of its UTF-8 bytes modulo ``PARTITIONS``."""
+    return zlib.crc32(task_id.encode("utf-8", "surrogatepass")) % PARTITIONS
+
+
+def connect(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
+    """Open ``path`` with the backend's pragmas and functions; close it if that fails."""
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        conn.create_function("omniq_part", 1, partition_of, deterministic=True)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def prepare(conn: sqlite3.Connection, more_schema: str, version: int) -> None:
+    """Create what is missing of the schema; record ``version`` unless it is older."""
+    conn.executescript(SCHEMA + more_schema)
+    # Checkpoints are run by GroupWriter (by WAL size), not at commits.
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute(
+        "INSERT INTO omniq_meta (key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+        "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+        (str(version),),
+    )
 
 
 def insert_events(conn: sqlite3.Connection, events: list[TaskEvent]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import sqlite3
 import threading
 import time
@@ -31,25 +30,25 @@ from typing import Any, TypeVar
 from omniq_observe.backend._sqlite_groups import (
     GROUP_SCHEMA,
     Groups,
-    partition_of,
     set_group_position,
 )
 from omniq_observe.backend._sqlite_prune import (
-    PRUNE_CHUNK,
     keep_newest_from,
-    next_prune_chunk,
+    prune_in_chunks,
     prune_older,
     prune_through,
 )
-from omniq_observe.backend._sqlite_sql import SCHEMA as _SCHEMA
 from omniq_observe.backend._sqlite_sql import (
+    committed_position,
+    connect,
     health_probe,
     insert_events,
+    prepare,
     query_rows,
     quick_check,
     select_after,
 )
-from omniq_observe.backend._sqlite_writer import JOURNAL_SIZE_LIMIT, GroupWriter, WriteFn
+from omniq_observe.backend._sqlite_writer import GroupWriter, WriteFn
 from omniq_observe.backend._sqlite_writer import WriteItem as _Item
 from omniq_observe.backend.base import (
     BaseEventStorage,
@@ -136,19 +135,7 @@ class SQLiteBackend(BaseEventStorage):
     # -- connections and threads ---------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         """Open and set up a connection; one that fails its setup is closed at once."""
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA cache_size=-65536")
-            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-            conn.create_function("omniq_part", 1, partition_of, deterministic=True)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return connect(self.path, self.busy_timeout, self.synchronous)
 
     def _ensure_started(self) -> None:
         if self._group.started and not self._closed:
@@ -165,15 +152,7 @@ class SQLiteBackend(BaseEventStorage):
                 msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
                 raise StorageError(msg) from exc
             try:
-                conn.executescript(_SCHEMA + GROUP_SCHEMA)
-                # Checkpoints are run by GroupWriter (by WAL size), not at commits.
-                conn.execute("PRAGMA wal_autocheckpoint=0")
-                conn.execute(
-                    "INSERT INTO omniq_meta (key, value) VALUES ('schema_version', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
-                    "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
-                    (str(SCHEMA_VERSION),),
-                )
+                prepare(conn, GROUP_SCHEMA, SCHEMA_VERSION)
             except sqlite3.Error as exc:
                 conn.close()
                 msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
@@ -267,26 +246,12 @@ class SQLiteBackend(BaseEventStorage):
         return None if row[0] is None else int(row[0])
 
     async def commit_position(self, group: str, position: Position) -> None:
-        now = epoch_us(datetime.now().astimezone())
-
-        def commit(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO omniq_positions (grp, position, updated_us) VALUES (?, ?, ?) "
-                "ON CONFLICT (grp) DO UPDATE SET position = excluded.position, "
-                "updated_us = excluded.updated_us",
-                (group, int(position), now),
-            )
-            set_group_position(conn, group, int(position))
-
-        await self._write(commit)
+        """Set the group's position (and every partition's): an explicit move, either way."""
+        await self._write(lambda c: set_group_position(c, group, int(position), _now_us()))
 
     async def get_position(self, group: str) -> Position | None:
-        def get(conn: sqlite3.Connection) -> int | None:
-            sql = "SELECT position FROM omniq_positions WHERE grp = ?"
-            row = conn.execute(sql, (group,)).fetchone()
-            return None if row is None else int(row[0])
-
-        return await self._read(get)
+        position = await self._read(lambda c: committed_position(c, group))
+        return None if position < 0 else position
 
     async def positions(self) -> dict[str, Position]:
         rows = await self._read(
@@ -359,27 +324,14 @@ class SQLiteBackend(BaseEventStorage):
         deleted = 0
         if older_than is not None:
             cutoff = epoch_us(as_utc(older_than))
-            deleted += await self._prune_chunks(lambda c, n: prune_older(c, cutoff, n))
+            deleted += await prune_in_chunks(self._write, lambda c, n: prune_older(c, cutoff, n))
         if max_events is not None:
             last = await self._read(lambda c: keep_newest_from(c, max_events))
             if last is not None:
-                deleted += await self._prune_chunks(lambda c, n: prune_through(c, last, n))
+                deleted += await prune_in_chunks(
+                    self._write, lambda c, n: prune_through(c, last, n)
+                )
         return deleted
-
-    async def _prune_chunks(self, chunk: Callable[[sqlite3.Connection, int], int]) -> int:
-        deleted, size = 0, PRUNE_CHUNK
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            count: int = await self._write(functools.partial(chunk_of, chunk, size))
-            took = loop.time() - started
-            deleted += count
-            if count < size:
-                return deleted
-            # Keep each transaction short (the write lock is held for its length), and
-            # leave the lock free for about as long as it was held.
-            size = next_prune_chunk(size, took)
-            await asyncio.sleep(min(max(took, 0.01), 0.05))
 
     async def health(self) -> Health:
         """A cheap real read: the schema version and both ends of the log and its indexes.
@@ -435,13 +387,6 @@ class SQLiteBackend(BaseEventStorage):
 
 def _now_us() -> int:
     return time.time_ns() // 1000
-
-
-def chunk_of(
-    chunk: Callable[[sqlite3.Connection, int], int], size: int, conn: sqlite3.Connection
-) -> int:
-    """``chunk(conn, size)``, for ``functools.partial``."""
-    return chunk(conn, size)
 
 
 def _transaction(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:
