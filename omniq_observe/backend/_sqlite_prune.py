@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "CHUNK_SECONDS",
+    "PAUSE_SECONDS",
     "PRUNE_CHUNK",
     "keep_newest_from",
     "next_prune_chunk",
@@ -28,8 +29,10 @@ __all__ = [
 PRUNE_CHUNK = 10_000
 #: A chunk that took longer than this is halved (and one that took under a third of it
 #: grows back), so that an append never waits much longer for the lock.
-CHUNK_SECONDS = 0.03
+CHUNK_SECONDS = 0.015
 _MIN_CHUNK = 500
+#: The shortest pause between two chunks.
+PAUSE_SECONDS = 0.03
 
 
 def prune_older(conn: sqlite3.Connection, cutoff_us: int, limit: int) -> int:
@@ -85,9 +88,10 @@ async def prune_in_chunks(
         if count < size:
             return deleted
         # Keep each transaction short (the write lock is held for its length), and leave
-        # the lock free for about as long as it was held.
+        # the lock free for longer than a waiting writer sleeps between its tries (SQLite's
+        # busy handler sleeps 1, 2, 5, 10, 15, 20, 25, 25 ms... as its wait goes on).
         size = next_prune_chunk(size, took)
-        await asyncio.sleep(min(max(took, 0.01), 0.05))
+        await asyncio.sleep(min(max(took, PAUSE_SECONDS), 0.1))
 
 
 def _run_chunk(chunk: Chunk, size: int, conn: sqlite3.Connection) -> int:
