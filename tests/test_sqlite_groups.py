@@ -143,31 +143,46 @@ async def test_four_processes_share_one_file_each_event_once(tmp_path: Path) -> 
                                        else value), key
 
 
-async def test_sigkilled_member_partitions_are_taken_over(tmp_path: Path) -> None:
+def _move_member_elsewhere(path: Path, member: str) -> None:
+    """Make ``member``'s row say it ran on another machine (whose processes we cannot see)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("UPDATE omniq_members SET host = 'elsewhere' WHERE member = ?", (member,))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("lease", "remote"), [(3600.0, False), (1.0, True)])
+async def test_sigkilled_member_partitions_are_taken_over(
+    tmp_path: Path, lease: float, remote: bool
+) -> None:
+    """Its process gone from this machine: at once, even with an hour's lease. On another
+    machine: once its lease (here 1 s) expired."""
     path = tmp_path / "kill.db"
-    workers = _Workers(tmp_path, _url(path, 1.0), "group")
-    flag = tmp_path / "release-hold"  # never created: the first worker blocks for good
+    workers = _Workers(tmp_path, _url(path, lease), "group")
+    events = _events(10, prefix="before") + _events(1, prefix="hold") + _events(9)
     try:
         async with SQLiteBackend(path) as storage:
-            workers.start("a", "--hold", str(flag), "--batch-size", "20")
+            workers.start("a", "--hold", str(tmp_path / "never"), "--batch-size", "20")
             workers.wait_ready()
-            events = _events(10, prefix="before") + _events(1, prefix="hold") + _events(9)
             await storage.append(events)
-            wait_until(lambda: Path(f"{workers.out('a')}.holding").exists(), timeout=30,
-                       what="worker a holding events")
-            held_by_a = set(workers.handled_log("a"))
-            assert held_by_a <= {e.event_id for e in events[:10]}
+            holding = Path(f"{workers.out('a')}.holding")
+            wait_until(holding.exists, timeout=30, what="worker a blocked on 'hold0'")
+            assert set(workers.handled_log("a")) <= {e.event_id for e in events[:10]}
             workers.procs["a"].kill()
-            workers.procs["a"].wait()
+            assert workers.procs["a"].wait() == -9
+            if remote:
+                _move_member_elsewhere(path, "a")
             workers.start("b", "--batch-size", "20")
             workers.wait_ready("b")
-            wait_until(lambda: len(workers.handled_log("b")) >= len(events), timeout=30,
-                       what="worker b took the partitions over")
+            wait_until(lambda: len(workers.handled_log("b")) == len(events), timeout=30,
+                       what="worker b handled all events")
             await async_wait_until(lambda: _caught_up(storage, "group"), timeout=10)
             results = workers.stop()
     finally:
         workers.kill_all()
-    # b handled everything a held (at-least-once: a's handled events again), and no more.
+    # b redid what a held unacknowledged (at-least-once), and nothing more.
     assert sorted(results["b"]["handled"]) == sorted(e.event_id for e in events)
 
 
