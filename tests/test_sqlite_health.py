@@ -77,6 +77,13 @@ async def test_check_integrity_reports_damage_with_exit_code_1(tmp_path: Path) -
 
 def test_check_integrity_ok_on_a_sound_file(tmp_path: Path) -> None:
     path = tmp_path / "sound.db"
+    missing = cli("check", "--integrity", "--storage", url(path))
+    assert missing.returncode == 2
+    assert "no event store at" in missing.stderr
+    assert not path.exists()  # checking never creates a store
+    backend = SQLiteBackend(path)
+    backend.append_blocking([TaskEvent(task_id="t", event_type="STARTED")])
+    backend.close_blocking()
     result = cli("check", "--integrity", "--storage", url(path))
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines()[0] == "integrity: ok (PRAGMA quick_check)"
