@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -45,8 +46,13 @@ HealthCheck = Callable[[], "tuple[bool, str]"]
 """Returns (healthy, reason); the reason is shown when unhealthy."""
 
 _Response = tuple[int, list[tuple[str, str]], bytes]
-_STATUS = {200: "200 OK", 401: "401 Unauthorized", 404: "404 Not Found",
-           405: "405 Method Not Allowed", 503: "503 Service Unavailable"}
+Routes = Callable[[str, str, "dict[str, str]"], "_Response | None"]
+"""Extra routes (the web view): (path, query, headers) -> (status, headers, body), or None
+when the path is not theirs. They sit behind basic auth like ``/metrics``."""
+
+
+def _status_line(status: int) -> str:
+    return f"{status} {HTTPStatus(status).phrase}"
 
 
 class ProcessorHealth:
@@ -111,7 +117,9 @@ class _Endpoints:
         health: HealthCheck | None,
         basic_auth: tuple[str, str] | None,
         disable_compression: bool,
+        routes: Routes | None = None,
     ) -> None:
+        self.routes = routes
         self.registry = _default_registry() if registry is None else registry
         self.health = health
         self.expected_auth = _auth_header(basic_auth)
@@ -122,14 +130,18 @@ class _Endpoints:
     ) -> _Response:
         if method not in ("GET", "HEAD"):
             return 405, [("Allow", "GET, HEAD")], b"method not allowed\n"
-        path = path.rstrip("/") or "/"
+        raw_path, path = path, path.rstrip("/") or "/"
         if path == "/healthz":
             return self._healthz()
+        if self.expected_auth is not None and not hmac.compare_digest(
+            headers.get("authorization", "").encode(), self.expected_auth.encode()
+        ):
+            return 401, [("WWW-Authenticate", 'Basic realm="omniq-observe"')], b"unauthorized\n"
+        if self.routes is not None:
+            answer = self.routes(raw_path, query, headers)
+            if answer is not None:
+                return answer
         if path in ("/metrics", "/"):
-            if self.expected_auth is not None and not hmac.compare_digest(
-                headers.get("authorization", "").encode(), self.expected_auth.encode()
-            ):
-                return 401, [("WWW-Authenticate", 'Basic realm="omniq-observe"')], b"unauthorized\n"
             return self._metrics(query, headers)
         return 404, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
 
@@ -168,16 +180,18 @@ def make_wsgi_app(
     health: HealthCheck | None = None,
     basic_auth: tuple[str, str] | None = None,
     disable_compression: bool = False,
+    routes: Routes | None = None,
 ) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
     """Return a WSGI app serving ``/metrics`` and ``/healthz``.
 
     Args:
         registry: the registry to expose (``None``: see the module docstring).
         health: returns (healthy, reason) for ``/healthz``; ``None``: always healthy.
-        basic_auth: (user, password) required for ``/metrics``.
+        basic_auth: (user, password) required for ``/metrics`` (and ``routes``).
         disable_compression: never gzip.
+        routes: extra routes answered before ``/metrics`` (the web view of ``serve``).
     """
-    endpoints = _Endpoints(registry, health, basic_auth, disable_compression)
+    endpoints = _Endpoints(registry, health, basic_auth, disable_compression, routes)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         headers = {
@@ -189,7 +203,7 @@ def make_wsgi_app(
         status, out_headers, body = endpoints.respond(
             method, environ.get("PATH_INFO", "/"), environ.get("QUERY_STRING", ""), headers
         )
-        start_response(_STATUS[status], out_headers)
+        start_response(_status_line(status), out_headers)
         return [b"" if method == "HEAD" else body]
 
     return app
@@ -274,6 +288,7 @@ def start_http_server(
     keyfile: str | None = None,
     basic_auth: tuple[str, str] | None = None,
     disable_compression: bool = False,
+    routes: Routes | None = None,
 ) -> MetricsServer:
     """Serve ``/metrics`` and ``/healthz`` from a daemon thread; return the server.
 
@@ -287,8 +302,9 @@ def start_http_server(
         health: the ``/healthz`` check; ``None``: always healthy.
         certfile: a PEM certificate (chain) to serve HTTPS; needs ``keyfile``.
         keyfile: the certificate's PEM private key.
-        basic_auth: (user, password) required for ``/metrics``.
+        basic_auth: (user, password) required for ``/metrics`` (and ``routes``).
         disable_compression: never gzip.
+        routes: extra routes answered before ``/metrics`` (the web view of ``serve``).
 
     Raises:
         ConfigurationError: only one of certfile/keyfile, or unreadable TLS files.
@@ -309,7 +325,8 @@ def start_http_server(
             msg = f"cannot load TLS certificate {certfile!r} / key {keyfile!r}: {exc}"
             raise ConfigurationError(msg, setting="certfile", value=certfile) from exc
     app = make_wsgi_app(
-        registry, health=health, basic_auth=basic_auth, disable_compression=disable_compression
+        registry, health=health, basic_auth=basic_auth, disable_compression=disable_compression,
+        routes=routes,
     )
 
     class _Server(ThreadingWSGIServer):
