@@ -45,6 +45,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tenth of the events, 3 repeats")
     parser.add_argument("--only", default="", help="run rows whose name contains this text")
+    parser.add_argument("--web", action="store_true",
+                        help="then the web view's latency on a 1,000,000-event store (slow)")
     args = parser.parse_args()
     results: list[Result] = []
     for module in _modules():
@@ -76,6 +78,10 @@ def main() -> int:
     print("-+-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+    if args.web:
+        import bench_web
+
+        bench_web.latency()
     return 0
 
 

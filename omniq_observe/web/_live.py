@@ -9,12 +9,15 @@ attempts excluded); a queue wait runs from ENQUEUED or RETRIED to the next START
 Samples land in 5-second buckets of event time. Each window (5 min, 1 h, 24 h) keeps
 running per-queue counts: a bucket is added as its events arrive and subtracted when it
 leaves the window, so a request reads counts without scanning events. Quantiles are exact
-(nearest rank) over the window's samples, computed at most once per second and only
-after something changed. A window covers whole buckets: the last ``window / 5`` of them.
+(nearest rank): each window keeps its durations and queue waits sorted, inserting each new
+sample and removing the samples of a bucket that leaves, so a quantile is one index. A
+plot point's p95 is computed once and kept until a sample lands in its buckets. A window
+covers whole buckets: the last ``window / 5`` of them.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import math
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omniq_observe._pairing import History, Observation, TaskPairing
-from omniq_observe._summary import FAILED_TYPES, quantile
+from omniq_observe._summary import FAILED_TYPES, nearest_rank, quantile
 from omniq_observe.models.event import TERMINAL_TYPES, TaskEvent
 
 __all__ = ["BUCKET_SECONDS", "WINDOWS", "LiveFigures"]
@@ -43,16 +46,27 @@ class _Bucket:
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
     durations: dict[str, list[float]] = field(default_factory=dict)
     waits: dict[str, list[float]] = field(default_factory=dict)
+    events: int = 0
+
+
+Sorted = dict[str, list[float]]  # queue -> samples in ascending order
 
 
 @dataclass
 class _Window:
-    """Running per-queue counts over the last ``size`` buckets."""
+    """Running per-queue counts over the last ``size`` buckets, and their samples sorted.
+
+    The sorted samples take each new value in place and drop each value whose bucket
+    leaves; ``None`` means "rebuild from the buckets when next asked" (after the bulk load
+    of history, where one sort is cheaper than many insertions).
+    """
 
     size: int
     low: int  # the oldest bucket index inside the window
     counts: dict[str, collections.Counter[str]] = field(default_factory=dict)
     failures: collections.Counter[str] = field(default_factory=collections.Counter)
+    durations: Sorted | None = None
+    waits: Sorted | None = None
 
     def add(self, queue: str, event_type: str, error_type: str | None) -> None:
         counts = self.counts.get(queue)
@@ -66,6 +80,24 @@ class _Window:
         for queue, counts in bucket.counts.items():
             self.counts[queue].subtract(counts)
         self.failures.subtract(bucket.failures)
+        for samples, gone in ((self.durations, bucket.durations), (self.waits, bucket.waits)):
+            if samples is None:
+                continue
+            for queue, values in gone.items():
+                ordered = samples[queue]
+                for value in values:
+                    del ordered[bisect.bisect_left(ordered, value)]
+
+    def clear(self, low: int) -> None:
+        self.counts.clear()
+        self.failures.clear()
+        self.durations, self.waits = {}, {}
+        self.low = low
+
+
+def _insert(samples: Sorted | None, queue: str, value: float) -> None:
+    if samples is not None:
+        bisect.insort(samples.setdefault(queue, []), value)
 
 
 class LiveFigures:
@@ -97,6 +129,8 @@ class LiveFigures:
         }
         self._cache: dict[str, tuple[int, int, Any]] = {}
         self._evicted_below = self._windows["24h"].low
+        self._points: dict[tuple[int, int], tuple[int, dict[str, dict[str, float | None]]]] = {}
+        self.bulk = True  # samples are sorted on demand until prepare() is called
 
     @staticmethod
     def _index(ts: float) -> int:
@@ -112,9 +146,9 @@ class LiveFigures:
         """Count one observation (duplicates are ignored, as in ``stats``)."""
         if obs.duplicate:
             return
-        self._track_running(obs)
         event = obs.event
         ts = event.timestamp.timestamp()
+        self._track_running(obs, ts)
         if self.newest is None or ts > self.newest:
             self.newest = ts
         index = self._index(ts)
@@ -126,26 +160,32 @@ class LiveFigures:
         bucket = self._buckets.get(index)
         if bucket is None:
             bucket = self._buckets[index] = _Bucket()
+        bucket.events += 1
         counts = bucket.counts.get(queue)
         if counts is None:
             counts = bucket.counts[queue] = collections.Counter()
         counts[event_type] += 1
         if error_type is not None:
             bucket.failures[error_type] += 1
-        if obs.queue_wait is not None:
-            bucket.waits.setdefault(queue, []).append(obs.queue_wait)
+        wait = obs.queue_wait
+        if wait is not None:
+            bucket.waits.setdefault(queue, []).append(wait)
         closed = obs.closed
+        duration = None
         if closed is not None and closed.status != "retried":
-            bucket.durations.setdefault(queue, []).append(closed.duration)
+            duration = closed.duration
+            bucket.durations.setdefault(queue, []).append(duration)
         for window in self._windows.values():
             if index >= window.low:
                 window.add(queue, event_type, error_type)
+                if wait is not None:
+                    _insert(window.waits, queue, wait)
+                if duration is not None:
+                    _insert(window.durations, queue, duration)
 
-    def _track_running(self, obs: Observation) -> None:
+    def _track_running(self, obs: Observation, ts: float) -> None:
         if obs.opened:
-            self.running.setdefault(obs.queue, {})[obs.event.task_id] = (
-                obs.event.timestamp.timestamp()
-            )
+            self.running.setdefault(obs.queue, {})[obs.event.task_id] = ts
         ended = [obs.closed] if obs.closed is not None else []
         for attempt in itertools.chain(ended, obs.expired):
             self.running.get(attempt.queue, {}).pop(attempt.task_id, None)
@@ -156,9 +196,7 @@ class LiveFigures:
         for window in self._windows.values():
             low = now_index - window.size + 1
             if low - window.low > window.size:  # idle for longer than the window
-                window.counts.clear()
-                window.failures.clear()
-                window.low = low
+                window.clear(low)
             while window.low < low:
                 bucket = self._buckets.get(window.low)
                 if bucket is not None:
@@ -197,49 +235,87 @@ class LiveFigures:
         low = window.low
         return (bucket for index, bucket in self._buckets.items() if index >= low)
 
+    def _sorted(self, window: _Window) -> tuple[Sorted, Sorted]:
+        """The window's samples in order, rebuilt from its buckets if they were dropped
+        (kept from then on, unless a bulk load is still going on)."""
+        if window.durations is None or window.waits is None:
+            durations: dict[str, list[float]] = collections.defaultdict(list)
+            waits: dict[str, list[float]] = collections.defaultdict(list)
+            for bucket in self._in_window(window):
+                for queue, values in bucket.durations.items():
+                    durations[queue].extend(values)
+                for queue, values in bucket.waits.items():
+                    waits[queue].extend(values)
+            built = ({q: sorted(v) for q, v in durations.items()},
+                     {q: sorted(v) for q, v in waits.items()})
+            if self.bulk:
+                return built
+            window.durations, window.waits = built
+        return window.durations, window.waits
+
     def _rows(self, name: str) -> list[dict[str, Any]]:
         window = self._windows[name]
         seconds = WINDOWS[name]
         now = self.clock()
-        durations: dict[str, list[float]] = collections.defaultdict(list)
-        waits: dict[str, list[float]] = collections.defaultdict(list)
-        for bucket in self._in_window(window):
-            for queue, values in bucket.durations.items():
-                durations[queue].extend(values)
-            for queue, values in bucket.waits.items():
-                waits[queue].extend(values)
+        durations, waits = self._sorted(window)
         rows = []
         for queue in sorted(set(window.counts) | set(self.running)):
             counts = window.counts.get(queue, collections.Counter())
-            rows.append(_row(queue, counts, seconds, durations[queue], waits[queue],
-                             self.running.get(queue, {}), now))
+            rows.append(_row(queue, counts, seconds, durations.get(queue, []),
+                             waits.get(queue, []), self.running.get(queue, {}), now))
         return rows
+
+    def prepare(self) -> None:
+        """End the bulk load: sort every window's samples now, then keep them sorted."""
+        self.bulk = False
+        self.advance()
+        for name, window in self._windows.items():
+            self._sorted(window)
+            self.series(name)  # fills the plot points' cache
 
     def _series(self, name: str, now_index: int) -> dict[str, Any]:
         window = self._windows[name]
         per_point = max(1, window.size // _POINTS)
         first = now_index - per_point * _POINTS + 1
         step = per_point * BUCKET_SECONDS
-        done: dict[str, list[float]] = {}
-        failures: dict[str, list[float]] = {}
-        p95: dict[str, list[float | None]] = {}
+        series: dict[str, dict[str, list[float | None]]] = {
+            "done_per_second": {}, "failures": {}, "duration_p95": {}}
         for point in range(_POINTS):
-            start = first + point * per_point
-            buckets = [b for b in map(self._buckets.get, range(start, start + per_point)) if b]
-            _add_point(done, point, step, _sum_counts(buckets, "COMPLETED"))
-            failed: collections.Counter[str] = collections.Counter()
-            for bucket in buckets:
-                failed.update(bucket.failures)
-            _add_point(failures, point, 1.0, failed)
-            samples: dict[str, list[float]] = collections.defaultdict(list)
-            for bucket in buckets:
-                for queue, values in bucket.durations.items():
-                    samples[queue].extend(values)
-            for queue, values in samples.items():
-                p95.setdefault(queue, [None] * _POINTS)[point] = quantile(values, 0.95)
+            values = self._point(per_point, first + point * per_point)
+            for kind, per_key in values.items():
+                out = series[kind]
+                for key, value in per_key.items():
+                    out.setdefault(key, [None if kind == "duration_p95" else 0.0] * _POINTS)[
+                        point] = value
+        self._points = {k: v for k, v in self._points.items() if k[0] != per_point or k[1] >= first}
         times = [(first + i * per_point) * BUCKET_SECONDS for i in range(_POINTS)]
-        return {"times": times, "step_seconds": step, "done_per_second": done,
-                "failures": failures, "duration_p95": p95}
+        return {"times": times, "step_seconds": step, **series}
+
+    def _point(self, per_point: int, start: int) -> dict[str, dict[str, float | None]]:
+        """One plot point (``per_point`` buckets from ``start``): done/s and p95 duration per
+        queue, failures per error type; kept until an event lands in its buckets."""
+        buckets = [b for b in map(self._buckets.get, range(start, start + per_point)) if b]
+        size = sum(b.events for b in buckets)
+        hit = self._points.get((per_point, start))
+        if hit is not None and hit[0] == size:
+            return hit[1]
+        done: collections.Counter[str] = collections.Counter()
+        failed: collections.Counter[str] = collections.Counter()
+        samples: dict[str, list[float]] = collections.defaultdict(list)
+        for bucket in buckets:
+            for queue, counts in bucket.counts.items():
+                done[queue] += counts["COMPLETED"]
+            failed.update(bucket.failures)
+            for queue, values in bucket.durations.items():
+                samples[queue].extend(values)
+        seconds = per_point * BUCKET_SECONDS
+        value: dict[str, dict[str, float | None]] = {
+            "done_per_second": {q: n / seconds for q, n in done.items() if n},
+            "failures": {t: float(n) for t, n in failed.items() if n},
+            "duration_p95": {q: quantile(v, 0.95) for q, v in samples.items()},
+        }
+        self._points[(per_point, start)] = (size, value)
+        return value
 
     def failure_counts(self, window: str) -> dict[str, Any]:
         """FAILED + TIMEOUT events in ``window``: per queue and per error type."""
@@ -253,28 +329,12 @@ class LiveFigures:
         }
 
 
-def _sum_counts(buckets: list[_Bucket], event_type: str) -> dict[str, int]:
-    totals: dict[str, int] = collections.defaultdict(int)
-    for bucket in buckets:
-        for queue, counts in bucket.counts.items():
-            totals[queue] += counts[event_type]
-    return totals
-
-
-def _add_point(
-    series: dict[str, list[float]], point: int, per: float, values: dict[str, int]
-) -> None:
-    for key, value in values.items():
-        if value:
-            series.setdefault(key, [0.0] * _POINTS)[point] = value / per
-
-
 def _row(
     queue: str,
     counts: collections.Counter[str],
     seconds: float,
-    durations: list[float],
-    waits: list[float],
+    durations: list[float],  # sorted
+    waits: list[float],  # sorted
     running: dict[str, float],
     now: float,
 ) -> dict[str, Any]:
@@ -296,8 +356,9 @@ def _row(
         "failed": failed,
         "failed_per_second": failed / seconds,
         "success_ratio": None if ended == 0 else counts["COMPLETED"] / ended,
-        "duration_seconds": {"p50": quantile(durations, 0.5), "p95": quantile(durations, 0.95)},
-        "queue_wait_seconds": {"p95": quantile(waits, 0.95)},
+        "duration_seconds": {"p50": nearest_rank(durations, 0.5),
+                             "p95": nearest_rank(durations, 0.95)},
+        "queue_wait_seconds": {"p95": nearest_rank(waits, 0.95)},
         "oldest_running": None if oldest_task is None
         else {"task_id": oldest_task, "age_seconds": oldest_age},
     }

@@ -147,6 +147,7 @@ class WebState:
         self._reset()  # a load that failed half-way starts again from nothing
         since = datetime.fromtimestamp(self.clock() - max(WINDOWS.values()), timezone.utc)
         await self.follower.load(since)
+        self.live.prepare()
         self.loaded = True
 
     # -- the JSON documents ----------------------------------------------------------------

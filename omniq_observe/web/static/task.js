@@ -66,7 +66,17 @@
   }
 
   function details(value) {
-    return el("pre", { className: "details", text: JSON.stringify(value, null, 2) });
+    const keys = Object.keys(value);
+    if (!keys.length) return el("span", { className: "muted", text: "(no details)" });
+    const list = el("dl", { className: "kv" });
+    for (const key of keys) {
+      const item = value[key];
+      const text = typeof item === "string" ? item : JSON.stringify(item, null, 2);
+      const multi = text.includes("\n");
+      list.append(el("dt", { text: key }),
+                  el("dd", { className: multi ? "multi" : null, "data-key": key }, text));
+    }
+    return list;
   }
 
   function fact(term, ...values) {
