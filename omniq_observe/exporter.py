@@ -3,7 +3,8 @@
 ``/metrics`` is prometheus_client's exposition (text or OpenMetrics by the ``Accept``
 header, gzip by ``Accept-Encoding``, ``?name[]=`` filters). ``/healthz`` answers 200
 ``{"status": "ok"}`` while the health check passes, else 503 with ``{"status":
-"unhealthy", "reason": ...}``. With ``basic_auth`` set, ``/metrics`` needs it; ``/healthz``
+"unhealthy", "reason": ...}``. With ``basic_auth`` set, every path but ``/healthz`` needs
+it (``/metrics`` and any extra ``routes``, such as the web view of ``serve``); ``/healthz``
 stays open for probes (it tells nothing but liveness and lag).
 
 ``registry=None`` serves ``prometheus_client.REGISTRY``, or, when
