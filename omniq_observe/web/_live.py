@@ -69,12 +69,7 @@ class _Window:
     waits: Sorted | None = None
 
     def add(self, queue: str, event_type: str, error_type: str | None) -> None:
-        counts = self.counts.get(queue)
-        if counts is None:
-            counts = self.counts[queue] = collections.Counter()
-        counts[event_type] += 1
-        if error_type is not None:
-            self.failures[error_type] += 1
+        _count(self.counts, self.failures, queue, event_type, error_type)
 
     def subtract(self, bucket: _Bucket) -> None:
         for queue, counts in bucket.counts.items():
@@ -93,6 +88,22 @@ class _Window:
         self.failures.clear()
         self.durations, self.waits = {}, {}
         self.low = low
+
+
+def _count(
+    counts: dict[str, collections.Counter[str]],
+    failures: collections.Counter[str],
+    queue: str,
+    event_type: str,
+    error_type: str | None,
+) -> None:
+    """Count one event of ``queue`` (and its error type, when it failed)."""
+    per_type = counts.get(queue)
+    if per_type is None:
+        per_type = counts[queue] = collections.Counter()
+    per_type[event_type] += 1
+    if error_type is not None:
+        failures[error_type] += 1
 
 
 def _insert(samples: Sorted | None, queue: str, value: float) -> None:
@@ -161,12 +172,7 @@ class LiveFigures:
         if bucket is None:
             bucket = self._buckets[index] = _Bucket()
         bucket.events += 1
-        counts = bucket.counts.get(queue)
-        if counts is None:
-            counts = bucket.counts[queue] = collections.Counter()
-        counts[event_type] += 1
-        if error_type is not None:
-            bucket.failures[error_type] += 1
+        _count(bucket.counts, bucket.failures, queue, event_type, error_type)
         wait = obs.queue_wait
         if wait is not None:
             bucket.waits.setdefault(queue, []).append(wait)

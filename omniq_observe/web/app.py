@@ -38,7 +38,14 @@ _SECURITY_HEADERS = [
 ]
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
-_PAGES = {"/": "index.html", "/failures": "failures.html"}
+_PAGES = {"/": "overview", "/failures": "failures"}
+# page -> (title, its style sheets, its scripts), around static/<page>.main.html
+_LAYOUT = {
+    "overview": ("Overview", ["uplot/uPlot.min.css"],
+                 ["uplot/uPlot.iife.min.js", "common.js", "overview.js"]),
+    "failures": ("Failures", [], ["common.js", "failures.js"]),
+    "task": ("Task", [], ["common.js", "task.js"]),
+}
 _STATIC = re.compile(r"^/static/([a-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)?)$")
 _MAX_LIMIT = 1000
 _TIMEOUT = 10.0
@@ -79,6 +86,21 @@ def _load_static() -> dict[str, tuple[str, bytes]]:
     return files
 
 
+def _pages(files: dict[str, tuple[str, bytes]]) -> dict[str, bytes]:
+    """The three pages: ``page.html`` around each page's ``<main>`` (constant text only)."""
+    skeleton = files["page.html"][1].decode()
+    pages = {}
+    for page, (title, styles, scripts) in _LAYOUT.items():
+        html = (skeleton.replace("{{title}}", title).replace("{{page}}", page)
+                .replace("{{main}}", files[f"{page}.main.html"][1].decode())
+                .replace("{{styles}}", "".join(
+                    f'  <link rel="stylesheet" href="/static/{name}">\n' for name in styles))
+                .replace("{{scripts}}", "".join(
+                    f'  <script src="/static/{name}"></script>\n' for name in scripts)))
+        pages[page] = html.encode()
+    return pages
+
+
 class WebView:
     """The web view's routes, for the exporter's HTTP server (``routes=``).
 
@@ -95,25 +117,30 @@ class WebView:
         self.loop = loop
         self.trace_url = check_trace_url(trace_url)
         self.static = _load_static()
+        self.pages = _pages(self.static)
 
     def __call__(self, path: str, query: str, headers: dict[str, str]) -> Response | None:
         """Answer ``path`` if it is the web view's; ``None`` lets the server go on."""
         path = _utf8(path)
         if path in _PAGES:
-            return self._file(_PAGES[path])
+            return self._page(_PAGES[path])
         if path == "/tasks" or path == "/tasks/":
             key = (parse_qs(query).get("q") or [""])[0].strip()
             if not key:
-                return self._file("task.html")
+                return self._page("task")
             return 302, [("Location", "/tasks/" + quote(key, safe="")), *_SECURITY_HEADERS], b""
         if path.startswith("/tasks/"):
-            return self._file("task.html")
+            return self._page("task")
         static = _STATIC.match(path)
         if static is not None:
             return self._file(static.group(1))
         if path.startswith("/api/"):
             return self._api(path, parse_qs(query))
         return None
+
+    def _page(self, page: str) -> Response:
+        return 200, [("Content-Type", _TYPES[".html"]), ("Cache-Control", "no-cache"),
+                     *_SECURITY_HEADERS], self.pages[page]
 
     def _file(self, name: str) -> Response:
         found = self.static.get(name)
