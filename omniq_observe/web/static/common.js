@@ -84,7 +84,10 @@ const omniq = (() => {
   }
 
   function setupWindows(current, onChange) {
-    const buttons = document.querySelectorAll("#windows button");
+    const box = document.getElementById("windows");
+    box.replaceChildren(...[["5m", "5 min"], ["1h", "1 h"], ["24h", "24 h"]].map(([value, label]) =>
+      el("button", { type: "button", "data-window": value, text: label })));
+    const buttons = box.querySelectorAll("button");
     const mark = (value) => buttons.forEach((b) => b.classList.toggle("active", b.dataset.window === value));
     mark(current);
     buttons.forEach((button) => button.addEventListener("click", () => {
