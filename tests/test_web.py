@@ -338,6 +338,9 @@ def test_api_errors_name_the_value(server: Serve) -> None:
     assert status == 404 and "no-such-task" in json.loads(body)["error"]
     status, _, body = fetch(server.base + "/api/tasks/")
     assert status == 404
+    with urllib.request.urlopen(server.base + "/tasks?q=a%2Fb+c", timeout=10) as response:
+        assert response.url == server.base + "/tasks/a%2Fb%20c"  # the search form's target
+        assert b'data-page="task"' in response.read()
     request = urllib.request.Request(server.base + "/api/queues", method="POST", data=b"x")
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=10)
