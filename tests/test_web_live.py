@@ -102,6 +102,8 @@ async def test_series_give_sixty_points_per_window() -> None:
     assert series["times"][-1] == T0.timestamp() + 15  # the bucket of "now"
     assert sum(series["done_per_second"]["emails"]) * 5 == 2
     assert sum(series["failures"]["ValueError"]) == 1
+    hour = figures.series("1h")["times"]  # points on whole minutes, the last one filling
+    assert hour[-1] % 60 == 0 and hour[-1] <= clock.now < hour[-1] + 60
     assert figures.series("24h")["step_seconds"] == 1440.0
 
 

@@ -199,9 +199,9 @@ async def run_server(
         try:
             await _run_until(processor, stop)
         finally:
-            if following is not None:
-                stop.set()
-                await following
+            if following is not None:  # read-only: stopped at once, even mid-load
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
         log.info("omniq.serve_stopped", processor=name, processed=processor.stats.processed)
     finally:
         if server is not None:

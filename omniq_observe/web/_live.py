@@ -282,7 +282,9 @@ class LiveFigures:
     def _series(self, name: str, now_index: int) -> dict[str, Any]:
         window = self._windows[name]
         per_point = max(1, window.size // _POINTS)
-        first = now_index - per_point * _POINTS + 1
+        # points start on multiples of their width, so a finished point's buckets stay the
+        # same (and its cached value valid) as time goes on; the last point is still filling
+        first = (now_index // per_point - _POINTS + 1) * per_point
         step = per_point * BUCKET_SECONDS
         series: dict[str, dict[str, list[float | None]]] = {
             "done_per_second": {}, "failures": {}, "duration_p95": {}}
