@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import json
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
@@ -178,7 +178,8 @@ class WebView:
         return {t: self.trace_url.replace("{trace_id}", t) for t in trace_ids}
 
     @staticmethod
-    async def _async(compute: Any) -> Any:
+    async def _async(compute: Callable[[], _T]) -> _T:
+        """Run ``compute`` as a coroutine (on the state's loop, through :meth:`_on_loop`)."""
         return compute()
 
     def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
