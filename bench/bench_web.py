@@ -7,7 +7,7 @@ Row (events/s, medians of interleaved repeats):
   the task-prefix index. Raw baseline: ``stats``' ``Summary.add_all`` over the same
   events (pairing and per-queue figures, no windows).
 
-Latency (``python bench/run.py --web``, or ``python bench/bench_web.py [--events N]``):
+Latency (``python bench/run.py --large``, or ``python bench/bench_web.py [--events N]``):
 a demo SQLite store of about 1,000,000 events written over the last hour (the whole
 store falls in the overview's default window), a real ``serve`` subprocess whose processor
 is caught up (as after a restart: the web view still reads the whole history), and while a
@@ -156,6 +156,11 @@ def latency(events: int = 1_000_000, store: Path | None = None, samples: int = 1
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+
+
+def large_report() -> None:
+    """``bench/run.py --large``: the latency table on a 1,000,000-event store."""
+    latency()
 
 
 def _timed(name: str, base: str, paths: list[str], samples: int, pause: float,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 from _cli import fixture_events
@@ -147,39 +146,3 @@ async def test_state_answers_failures_and_tasks() -> None:
     assert status == 300 and len(several["candidates"]) == 6
     assert (await state.task_document("zzz"))[0] == 404
 
-
-def test_exporter_routes_sit_behind_basic_auth() -> None:
-    import base64
-    import urllib.error
-    import urllib.request
-
-    from prometheus_client import CollectorRegistry
-
-    from omniq_observe.exporter import start_http_server
-
-    def routes(path: str, query: str, headers: dict[str, str]) -> Any:
-        if path == "/hello":
-            return 200, [("Content-Type", "text/plain")], f"hi {query}".encode()
-        return None
-
-    def get(path: str, auth: bool) -> tuple[int, bytes]:
-        request = urllib.request.Request(server.url + path)
-        if auth:
-            request.add_header("Authorization", "Basic " + base64.b64encode(b"u:p").decode())
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    server = start_http_server(0, registry=CollectorRegistry(), basic_auth=("u", "p"),
-                               routes=routes)
-    try:
-        assert get("/hello?x=1", auth=True) == (200, b"hi x=1")
-        assert get("/hello", auth=False) == (401, b"unauthorized\n")
-        assert get("/nowhere", auth=False)[0] == 401
-        assert get("/nowhere", auth=True)[0] == 404
-        assert get("/metrics", auth=True)[0] == 200  # not a route: falls through
-        assert get("/healthz", auth=False)[0] == 200
-    finally:
-        server.close()

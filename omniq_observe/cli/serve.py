@@ -186,7 +186,8 @@ async def run_server(
         view = WebView(WebState(backend), asyncio.get_running_loop(), trace_url) if web else None
         server = start_http_server(
             port, host, registry, health=ProcessorHealth(processor.stats, max_lag=max_lag),
-            certfile=certfile, keyfile=keyfile, basic_auth=basic_auth, routes=view,
+            certfile=certfile, keyfile=keyfile, basic_auth=basic_auth,
+            routes=None if view is None else view.routes(),
         )
         log.info("omniq.serve_started", url=f"{server.url}/metrics", storage=url,
                  processor=name, web=f"{server.url}/" if web else None)

@@ -15,12 +15,14 @@ import asyncio
 import concurrent.futures
 import json
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
+from http import HTTPStatus
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
 
 from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.exporter import WSGIApp
 from omniq_observe.web._live import WINDOWS
 from omniq_observe.web._state import WebState
 
@@ -102,7 +104,7 @@ def _pages(files: dict[str, tuple[str, bytes]]) -> dict[str, bytes]:
 
 
 class WebView:
-    """The web view's routes, for the exporter's HTTP server (``routes=``).
+    """The web view as a WSGI app, mounted on the exporter's server by :meth:`routes`.
 
     Args:
         state: the live state (it runs on ``loop``).
@@ -119,8 +121,26 @@ class WebView:
         self.static = _load_static()
         self.pages = _pages(self.static)
 
-    def __call__(self, path: str, query: str, headers: dict[str, str]) -> Response | None:
-        """Answer ``path`` if it is the web view's; ``None`` lets the server go on."""
+    def routes(self) -> dict[str, WSGIApp]:
+        """The exporter's route table for the view (``start_http_server(routes=...)``)."""
+        return {path: self for path in ("/", "/failures", "/tasks", "/tasks/", "/static/",
+                                        "/api/")}
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        """The WSGI app: GET and HEAD only (the view is read-only)."""
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method in ("GET", "HEAD"):
+            answer = self.respond(environ.get("PATH_INFO", "/"), environ.get("QUERY_STRING", ""))
+        else:
+            answer = 405, [("Allow", "GET, HEAD"), *_SECURITY_HEADERS], b"method not allowed\n"
+        status, headers, body = answer
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [b"" if method == "HEAD" else body]
+
+    def respond(self, path: str, query: str) -> Response:
+        """Answer a GET of ``path`` (WSGI's latin-1 form) with ``query``."""
         path = _utf8(path)
         if path in _PAGES:
             return self._page(_PAGES[path])
@@ -136,7 +156,7 @@ class WebView:
             return self._file(static.group(1))
         if path.startswith("/api/"):
             return self._api(path, parse_qs(query))
-        return None
+        return _json(404, {"error": "not found"})
 
     def _page(self, page: str) -> Response:
         return 200, [("Content-Type", _TYPES[".html"]), ("Cache-Control", "no-cache"),
