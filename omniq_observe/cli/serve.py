@@ -104,11 +104,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-web", action="store_true",
                         default=env_default("no_web", "") not in ("", "0", "false"),
                         help="serve /metrics only, without the web view at / "
-                             "(env OMNIQ_OBSERVE_NO_WEB=1)")
+                             "(env OMNIQ_OBSERVE_NO_WEB=1; default off: the web view is on)")
     parser.add_argument("--trace-url", default=env_default("trace_url"),
                         help="link trace ids on task pages to a trace UI, e.g. "
                              "http://127.0.0.1:16686/trace/{trace_id} "
-                             "(env OMNIQ_OBSERVE_TRACE_URL)")
+                             "(env OMNIQ_OBSERVE_TRACE_URL; default none: no links)")
     parser.set_defaults(func=run)
 
 

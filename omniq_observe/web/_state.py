@@ -137,7 +137,7 @@ class WebState:
                     await self.follower.poll()
                 else:
                     await self._load()
-                    log.info("omniq.web_loaded", events=self.events, tasks=len(self.tasks))
+                    log.debug("omniq.web_loaded", events=self.events, tasks=len(self.tasks))
             except Exception as exc:  # a storage hiccup must not end the view
                 log.warning("omniq.web_read_failed", error=f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(asyncio.TimeoutError):
