@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from omniq_observe.backend._sqlite_writer import JOURNAL_SIZE_LIMIT
-from omniq_observe.backend.base import StoredEvent, epoch_us
+from omniq_observe.backend.base import StoredEvent, decode_stored, epoch_us
+from omniq_observe.exceptions import InvalidEventError
 from omniq_observe.models.event import TaskEvent, decode_wire, encode_event
 
 __all__ = [
@@ -168,11 +169,27 @@ def _select_page(
     positions_json, rows = conn.execute(sql, (after, limit)).fetchone()
     if rows is None:
         return []
-    page = decode_wire(_page_decoder, rows)
+    try:
+        page = decode_wire(_page_decoder, rows)
+    except InvalidEventError:  # a row does not decode: the others still must
+        return _select_rows(conn, after, limit, where)
     positions = _positions_decoder.decode(positions_json)
     if positions != sorted(positions):  # pragma: no cover - SQLite keeps the subquery order
         page.sort(key=_position_of)
     return page
+
+
+def _select_rows(
+    conn: sqlite3.Connection, after: int, limit: int, where: str
+) -> list[StoredEvent]:
+    """The page of :func:`_select_page` decoded row by row: a row that does not decode
+    comes back as an ``UndecodableEvent`` in its place."""
+    rows = conn.execute(
+        f"SELECT position, body FROM omniq_events WHERE position > ? {where} "
+        "ORDER BY position LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [decode_stored(int(position), body) for position, body in rows]
 
 
 def _position_of(stored: StoredEvent) -> int:

@@ -60,10 +60,12 @@ from omniq_observe.backend.base import (
     StoredEvent,
     as_utc,
     check_prune_limit,
+    decode_stored,
     epoch_us,
+    read_dead_letter,
 )
 from omniq_observe.exceptions import ConfigurationError, StorageError
-from omniq_observe.models.event import TaskEvent, decode_event, encode_event
+from omniq_observe.models.event import TaskEvent, decode_event
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
@@ -262,7 +264,7 @@ class SQLiteBackend(BaseEventStorage):
     # -- dead letters --------------------------------------------------------------------
     async def record_dead_letter(self, dead: DeadLetter) -> None:
         row = (dead.group, dead.handler, dead.error, dead.attempts, int(dead.position))
-        body = encode_event(dead.event)
+        body = dead.body
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -280,10 +282,7 @@ class SQLiteBackend(BaseEventStorage):
             sql += " WHERE grp = ?"
             args = (group,)
         rows = await self._read(lambda c: c.execute(sql + " ORDER BY id", args).fetchall())
-        return [
-            DeadLetter(g, h, err, n, decode_event(body), int(pos))
-            for g, h, err, n, pos, body in rows
-        ]
+        return [read_dead_letter(g, h, err, n, int(pos), body) for g, h, err, n, pos, body in rows]
 
     # -- queries -------------------------------------------------------------------------
     async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
@@ -307,7 +306,7 @@ class SQLiteBackend(BaseEventStorage):
         )
         start = None if after is None else int(after)
         rows = await self._read(lambda c: query_rows(c, types, window, start, limit + 1))
-        events = [StoredEvent(pos, decode_event(body)) for pos, body in rows[:limit]]
+        events = [decode_stored(pos, body) for pos, body in rows[:limit]]
         more = len(rows) > limit
         return Page(events, events[-1].position if more and events else None)
 
