@@ -99,7 +99,7 @@ def _writer(path: Path, stop: threading.Event) -> None:
 
 
 def _make_store(path: Path, events: int) -> None:
-    tasks = max(1, round(events / 3.33))
+    tasks = max(1, round(events / 3.0))  # 3.0-3.3 events per task, so at least ``events``
     rate = tasks / 3300.0  # every event inside the last hour
     print(f"writing a demo store of ~{events:,} events ({tasks:,} tasks) ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "omniq_observe", "demo", "--storage",
