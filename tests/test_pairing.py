@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from omniq_observe._pairing import Observation, TaskPairing
+from omniq_observe.pairing import Observation, TaskPairing
 from omniq_observe.models.event import TaskEvent
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -273,7 +273,7 @@ def test_a_million_open_tasks_fit_in_200_mb() -> None:
         """
         import ctypes, gc, os, resource
         from datetime import datetime, timezone
-        from omniq_observe._pairing import TaskPairing
+        from omniq_observe.pairing import TaskPairing
         from omniq_observe.models.event import TaskEvent
 
         N = 1_000_000

@@ -69,6 +69,7 @@ async def collect(storage: BaseEventStorage, since: datetime | None) -> Summary:
         page = await storage.query(since=since, limit=_PAGE, after=after)
         await summary.add_all(stored.event for stored in page.events)
         if page.next_cursor is None:
+            summary.finish()
             return summary
         after = page.next_cursor
 

@@ -106,6 +106,7 @@ class TopView:
         while True:
             batch = await self.storage.read_after(self.position, _PAGE)
             if not batch:
+                self.summary.finish(time.time())  # caught up: what waited for the window
                 return read
             self.position = batch[-1].position
             await self.summary.add_all(stored.event for stored in batch)

@@ -123,6 +123,8 @@ class AsyncEventProcessor:
         self.idle_timeout = idle_timeout
         self.consumer = Consumer(name, member or f"{socket.gethostname()}-{os.getpid()}")
         self.stats = ProcessorStats()
+        #: The task pairings this processor's handlers share, by (ttl, reorder window).
+        self.pairings: dict[tuple[float, float], Any] = {}
         self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
         self._dispatch = Dispatcher(self, self._log)
         self._stopping: asyncio.Event | None = None
@@ -177,6 +179,8 @@ class AsyncEventProcessor:
             stats.heartbeat = time.monotonic()
             if not batch:
                 stats.caught_up = True
+                if self.pairings:
+                    self._dispatch.run_released(self.pairings.values(), time.time())
                 return total
             full = len(batch) >= limit and (stopping is None or not stopping.is_set())
             ahead: asyncio.Future[list[StoredEvent]] | None = None
@@ -192,6 +196,8 @@ class AsyncEventProcessor:
             total += len(batch)
             if not full:
                 stats.caught_up = len(batch) < limit
+                if stats.caught_up and self.pairings:
+                    self._dispatch.run_released(self.pairings.values(), time.time())
                 return total
             if ahead is not None:
                 batch = await ahead

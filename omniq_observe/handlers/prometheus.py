@@ -1,7 +1,7 @@
 """Prometheus metrics from task events: :class:`PrometheusHandler`.
 
 Register it on a processor like any handler; it pairs events per task (see
-:mod:`omniq_observe._pairing`) and keeps counters, duration and queue-wait histograms and
+:mod:`omniq_observe.pairing`) and keeps counters, duration and queue-wait histograms and
 an in-progress gauge, plus self-metrics of the processor it is attached to. Serve the
 registry with :mod:`omniq_observe.exporter`.
 
@@ -32,7 +32,6 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
-from omniq_observe._pairing import Attempt, Observation
 from omniq_observe._semantics import error_type_of
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._prom_metrics import (
@@ -45,8 +44,9 @@ from omniq_observe.handlers._prom_metrics import (
     Metrics,
     QueueSeries,
 )
-from omniq_observe.handlers._shared import SharedPairing, checked_ttl, shared_pairing
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing import Attempt, Observation, PairedHandler
+from omniq_observe.pairing._shared import checked_ttl
 
 __all__ = ["DEFAULT_DURATION_BUCKETS", "DEFAULT_QUEUE_WAIT_BUCKETS", "PrometheusHandler"]
 
@@ -65,7 +65,7 @@ class _Refresh(Collector):
         return ()
 
 
-class PrometheusHandler:
+class PrometheusHandler(PairedHandler):
     """Turns task events into Prometheus metrics (names in CONTRACT.md).
 
     Args:
@@ -77,6 +77,8 @@ class PrometheusHandler:
         max_label_values: the most distinct values any one label takes; more become
             ``__overflow__`` and are counted in ``<prefix>_observe_label_overflow_total``.
         ttl: seconds (event time) after which a start that never ended expires.
+        reorder_window: seconds of event time an event may arrive late and still pair
+            exactly (see :mod:`omniq_observe.pairing`).
 
     Raises:
         ConfigurationError: a setting is invalid or the metrics are already registered.
@@ -94,6 +96,7 @@ class PrometheusHandler:
         max_label_values: int = 1000,
         *,
         ttl: float = 3600.0,
+        reorder_window: float = 10.0,
     ) -> None:
         if not isinstance(max_label_values, int) or max_label_values < 1:
             msg = f"max_label_values must be a positive integer, got {max_label_values!r}"
@@ -125,8 +128,7 @@ class PrometheusHandler:
         for event_type in KNOWN_EVENT_TYPES:
             self._type_cap.admit(event_type)
         self._series: dict[str, QueueSeries] = {}  # by queue name as the pairing gives it
-        self._pairing = SharedPairing(None, self.ttl)
-        self._pairing.join(self)
+        super().__init__(ttl=ttl, reorder_window=reorder_window)
         self._processor: Any = None
         self._stats: Any = None
         self._synced_batches = -1
@@ -141,7 +143,7 @@ class PrometheusHandler:
         """Called by ``register_handler``: recover pairs from the processor's storage and
         export its stats."""
         self._processor = processor
-        self._pairing = shared_pairing(processor, self.ttl, self)
+        super().attach(processor)
         self._stats = getattr(processor, "stats", None)
         name = getattr(processor, "name", None)
         if isinstance(name, str):
@@ -155,15 +157,19 @@ class PrometheusHandler:
         """Record one event; returns an awaitable only when storage must be read."""
         obs = self._pairing.try_observe(event, self)
         if obs is None:
-            return self._record_later(event)
+            return self._handle_later(event)
         self._record(obs)
+        if obs.released:
+            for other in obs.released:
+                self._record(other)
         stats = self._stats
         if stats is not None and stats.batches != self._synced_batches:
             self.refresh()
         return None
 
-    async def _record_later(self, event: TaskEvent) -> None:
-        self._record(await self._pairing.observe(event, self))
+    def handle(self, obs: Observation) -> None:
+        """Record one observation."""
+        self._record(obs)
 
     def close(self) -> None:
         """Unregister every metric of this handler from its registry."""
@@ -181,10 +187,14 @@ class PrometheusHandler:
         if series is None:
             series = self._new_series(obs.queue)
         kind = event.event_type
-        child = series.events.get(kind)
-        if child is None:
-            child = self._event_child(series, kind)
-        child.inc()
+        counted = obs.counted
+        if counted:
+            child = series.events.get(kind)
+            if child is None:
+                child = self._event_child(series, kind)
+            child.inc()
+        if obs.waiting:
+            series.waiting.inc(obs.waiting)
         if obs.queue_wait is not None:
             series.wait.observe(obs.queue_wait)
         if obs.opened:
@@ -200,9 +210,9 @@ class PrometheusHandler:
                     series.in_progress.dec()
             else:
                 self._end(closed, None)
-        if kind == "FAILED":
+        if counted and kind == "FAILED":
             self._failure(series, event)
-        elif kind == "RETRIED":
+        elif counted and kind == "RETRIED":
             series.retries.inc()
         if obs.unpaired:
             unpaired = self._unpaired
