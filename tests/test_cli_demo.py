@@ -20,8 +20,8 @@ from _cli import cli, popen, require_serve, url
 from conftest import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
+from omniq_observe._summary import EVENT_TYPES
 from omniq_observe.backend import SQLiteBackend
-from omniq_observe.cli._summary import EVENT_TYPES
 from omniq_observe.models.event import TaskEvent
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[0-3]$")

@@ -14,8 +14,8 @@ from _cli import IN_CI, base_time, cli, fixture_events, store, url
 from conftest import wait_until
 from rich.console import Console
 
+from omniq_observe._summary import QueueLive, Summary
 from omniq_observe.backend import SQLiteBackend
-from omniq_observe.cli._summary import QueueLive, Summary
 from omniq_observe.cli.top import TopView, render_top
 from omniq_observe.models.event import TaskEvent
 

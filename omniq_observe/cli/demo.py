@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from omniq_observe._summary import EVENT_TYPES
 from omniq_observe.backend import BaseEventStorage
 from omniq_observe.cli._common import (
     TCP_PORT,
@@ -28,7 +29,6 @@ from omniq_observe.cli._run import (
     run_until_signal,
     safe_url,
 )
-from omniq_observe.cli._summary import EVENT_TYPES
 from omniq_observe.cli._workload import Tally, Workload, backfill, run_live
 from omniq_observe.events.logger import AsyncEventLogger
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
+from omniq_observe._summary import EVENT_TYPES, QueueFigures, Summary, quantile
 from omniq_observe.backend import BaseEventStorage, Position
 from omniq_observe.cli._common import add_storage_argument, duration_type
 from omniq_observe.cli._run import (
@@ -21,7 +22,6 @@ from omniq_observe.cli._run import (
     run_until_signal,
     safe_url,
 )
-from omniq_observe.cli._summary import EVENT_TYPES, QueueFigures, Summary, quantile
 
 __all__ = ["collect", "figures_json", "register", "run", "stats_table"]
 

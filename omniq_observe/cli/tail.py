@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 from omniq_observe._semantics import truncate
+from omniq_observe._summary import QueueResolver
 from omniq_observe.backend import BaseEventStorage, Position
 from omniq_observe.cli._common import add_storage_argument, duration_type
 from omniq_observe.cli._run import (
@@ -25,7 +26,6 @@ from omniq_observe.cli._run import (
     open_storage,
     run_until_signal,
 )
-from omniq_observe.cli._summary import QueueResolver
 from omniq_observe.models.event import TaskEvent, encode_event
 
 __all__ = ["format_line", "register", "run"]

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from omniq_observe._summary import QueueLive, Summary
 from omniq_observe.backend import BaseEventStorage, Position
 from omniq_observe.cli._common import add_storage_argument, duration_type
 from omniq_observe.cli._run import (
@@ -27,7 +28,6 @@ from omniq_observe.cli._run import (
     run_until_signal,
     safe_url,
 )
-from omniq_observe.cli._summary import QueueLive, Summary
 
 __all__ = ["TopView", "register", "render_top", "run"]
 

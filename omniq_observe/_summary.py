@@ -1,4 +1,4 @@
-"""Per-queue figures computed from events: the model behind ``stats`` and ``top``.
+"""Per-queue figures computed from events: the model behind ``stats``, ``top`` and the web view.
 
 Events are paired with :class:`~omniq_observe.pairing.TaskPairing`, the same rules the
 Prometheus handler uses, so queues, durations and queue waits agree with ``/metrics``:
