@@ -15,6 +15,7 @@ async. Optional extras a handler object may have:
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import time
@@ -125,6 +126,7 @@ class AsyncEventProcessor:
         self.stats = ProcessorStats()
         #: The task pairings this processor's handlers share, by (ttl, reorder window).
         self.pairings: dict[tuple[float, float], Any] = {}
+        self._resume_checked = False
         self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
         self._dispatch = Dispatcher(self, self._log)
         self._stopping: asyncio.Event | None = None
@@ -174,6 +176,8 @@ class AsyncEventProcessor:
         """
         storage, limit, stats = self.event_storage, self.batch_size, self.stats
         total = 0
+        if not self._resume_checked:
+            await self._check_resumed()
         batch = await storage.claim(self.consumer, limit)
         while True:
             stats.heartbeat = time.monotonic()
@@ -203,6 +207,14 @@ class AsyncEventProcessor:
                 batch = await ahead
             else:
                 batch = await storage.claim(self.consumer, limit)
+
+    async def _check_resumed(self) -> None:
+        """Tell the shared pairings when a previous run committed a position (a restart):
+        tasks begun before it read their history."""
+        self._resume_checked = True
+        if await self.event_storage.get_position(self.name) is not None:
+            for shared in self.pairings.values():
+                shared.pairing.resume()
 
     async def _handle_batch(self, batch: list[StoredEvent]) -> None:
         """Run the handlers on every event of ``batch`` in order, then acknowledge it.
@@ -267,6 +279,8 @@ class AsyncEventProcessor:
                     self.stats.heartbeat = time.monotonic()
         finally:
             self.stats.running = False
+            if self.pairings:  # what waits for the reorder window is decided now
+                self._dispatch.run_released(self.pairings.values(), math.inf)
             try:
                 await self.event_storage.release(self.consumer)
             except Exception as exc:

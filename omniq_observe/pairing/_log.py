@@ -89,7 +89,9 @@ def replay(items: list[Item], base_attempt: int) -> tuple[list[_Effect], Item | 
                 source = item
         elif kind == "RETRIED":
             if running is not None:
-                effects.append(("attempt", (running, item), "retried", item.ts))
+                fits = _fits(item, running.attempt, 1)
+                effects.append(("attempt" if fits else "mismatch", (running, item), "retried",
+                                item.ts))
                 running = None
             if source is not None:
                 effects.append(("drop", (source, item), "", -INF))
@@ -102,17 +104,21 @@ def replay(items: list[Item], base_attempt: int) -> tuple[list[_Effect], Item | 
                 effects.append(("superseded", (running, item), "", item.ts))
             if source is not None:
                 fits = item.event is None or item.event.details.get("attempt") in (None, count)
-                effects.append(("wait", (source, item), "", -INF if fits else item.ts))
+                number = 1 if source.kind == "ENQUEUED" else _given(source)
+                kind_of = "wait" if number is None or _fits(item, number, 0) else "mismatch"
+                effects.append((kind_of, (source, item), "", -INF if fits else item.ts))
                 source = None
             running = item
         elif kind in TERMINAL_STATUS:
             status = TERMINAL_STATUS[kind]
             if running is not None:
-                effects.append(("attempt", (running, item), status, -INF))
+                fits = _fits(item, running.attempt, 0)
+                effects.append(("attempt" if fits else "mismatch", (running, item), status,
+                                -INF if fits else item.ts))
                 running = None
             elif i + 1 < n and items[i + 1].kind == "STARTED" and (
                 i + 2 >= n or items[i + 2].kind not in _CLOSERS
-            ):  # stamped before its own start: clock skew
+            ) and _fits(item, _given(items[i + 1]), 0):  # stamped before its start: skew
                 start = items[i + 1]
                 count += 1
                 if start.attempt is None:
@@ -131,7 +137,20 @@ def replay(items: list[Item], base_attempt: int) -> tuple[list[_Effect], Item | 
     return effects, running, source
 
 
+def _given(item: Item) -> int | None:
+    given = None if item.event is None else item.event.details.get("attempt")
+    return given if isinstance(given, int) and not isinstance(given, bool) else None
+
+
+def _fits(item: Item, number: int | None, offset: int) -> bool:
+    """False when ``item`` names an attempt number other than ``number + offset``."""
+    given = _given(item)
+    return given is None or number is None or given == number + offset
+
+
 def _roles(kind: str, ends: tuple[Item, ...]) -> tuple[tuple[str, str], ...]:
+    if kind == "mismatch":
+        return ((ends[0].key, "start" if ends[0].kind == "STARTED" else "from"),)
     if kind in ("attempt", "skew"):
         return (ends[0].key, "start"), (ends[1].key, "end")
     if kind == "wait":
@@ -293,6 +312,16 @@ class TaskLog:
             wait = start.ts - source.due
             return self._obs(ends, queue_wait=wait if wait > 0 else 0.0,
                              waiting=-1 if waited else 0)
+        if kind == "mismatch":  # numbered apart: events in between came too late
+            first = ends[0]
+            if first.kind != "STARTED":
+                waited = first.key in self.waiting
+                self.waiting.discard(first.key)
+                return self._obs(ends, waiting=-1 if waited else 0, unpaired=["late"])
+            was_open = first.key in self.opened
+            self.opened.discard(first.key)
+            gone = self._attempt(first, None, "expired", was_open)
+            return self._obs(ends, unpaired=["late"], expired=[gone])
         if kind == "cancel":
             waited = ends[0].key in self.waiting
             self.waiting.discard(ends[0].key)

@@ -156,7 +156,9 @@ class TaskPairing(PairingState):
                     return self._try_general(event)
                 start = table.t_start[slot]
         if slot == -2:
-            if kind != "ENQUEUED" or ts < self._clock - self.reorder_window:
+            if kind != "ENQUEUED" or ts < self._clock - self.reorder_window or (
+                self._clock < self._recovering_until
+            ):
                 return self._try_general(event)
             details = event.details
             queue = details.get("queue_name")
@@ -196,8 +198,11 @@ class TaskPairing(PairingState):
                 table.t_enq[slot] = NAN
                 table.t_touch[slot] = ts
         elif kind in TERMINAL_STATUS:
-            if start != start:
-                return self._try_general(event)  # no open attempt: queued, or out of order
+            if slot >= 0:
+                attempt = table.attempt[slot]
+            given = event.details.get("attempt")
+            if start != start or (given is not None and given != attempt):
+                return self._try_general(event)  # no open attempt, or not this one's end
             final = kind in FINAL_TYPES
             if slot < 0:
                 if final:
@@ -205,7 +210,6 @@ class TaskPairing(PairingState):
                 else:
                     young[task_id] = (added, number, NAN, NAN, ts, attempt, worker, context)
             else:
-                attempt = table.attempt[slot]
                 worker = table.worker[slot]
                 context = table.context(slot) if table.ctx_span is not None else None
                 if final:
@@ -220,6 +224,10 @@ class TaskPairing(PairingState):
                 event, context, True,
             ))
         elif kind == "RETRIED" and start != start:
+            if slot >= 0:
+                enq = table.t_enq[slot]
+            if enq == enq:  # queued already: an attempt in between is missing
+                return self._try_general(event)
             enq = due_time(event.details, ts) if "eta" in event.details else ts
             obs = Observation(event, self._names[number] or UNKNOWN_QUEUE, False, None, False,
                               None, None, 1)

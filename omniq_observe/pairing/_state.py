@@ -70,6 +70,10 @@ class PairingState:
         self._held: list[tuple[float, int, str]] = []  # (decided at, seq, task id), a heap
         self._held_seq = 0
         self._clock = -math.inf  # the newest event time seen
+        # After resume(), until the clock passes this (ttl after the first event), tasks
+        # may have begun before the restart: an ENQUEUED of a task not tracked reads its
+        # history (the task's other events may have been handled by the previous run).
+        self._recovering_until = -math.inf
         self._since_expiry = 0
         self._logs_expired_at = -math.inf
 
@@ -84,6 +88,14 @@ class PairingState:
         if value:
             self._table.keep_contexts()
 
+    def resume(self) -> None:
+        """Say that a previous run handled events before this pairing's first one (the
+        processor resumed from a checkpoint): for ``ttl`` seconds of event time, an
+        ENQUEUED of a task not tracked reads the task's history, in case its other events
+        were handled before the restart."""
+        if self._clock == -math.inf:
+            self._recovering_until = math.inf  # set to the first event's time + ttl
+
     @property
     def watermark(self) -> float:
         """The newest event time seen minus the reorder window: older events are late."""
@@ -95,13 +107,17 @@ class PairingState:
         ts = _ts(event)
         log = self._logs.get(event.task_id)
         if log is not None:
-            return not log.history_read and (ts < log.frontier or log.queue is None)
-        if index >= 0:
-            return ts < self._table.t_touch[index]  # out of order: leave the fast path
+            return not log.history_read
+        if index >= 0:  # leaving the fast path: out of order, or ambiguous
+            table = self._table
+            return not (  # a queued task cancelled, in order: ends quietly, no read
+                kind == "CANCELLED" and ts >= table.t_touch[index]
+                and math.isnan(table.t_start[index]) and not math.isnan(table.t_enq[index])
+            )
         if ts < self.watermark:
             return True
-        if kind == "ENQUEUED":
-            return False
+        if kind == "ENQUEUED":  # (after a restart, its other events may have been handled)
+            return self._clock < self._recovering_until
         if kind == "STARTED" or kind not in TERMINAL_TYPES and kind != "RETRIED":
             return queue_of(event.details) is None
         return True
@@ -117,6 +133,8 @@ class PairingState:
         self._remember(key)
         ts = _ts(event)
         if ts > self._clock:
+            if self._recovering_until == math.inf:
+                self._recovering_until = ts + self.ttl
             self._clock = ts
         log = self._logs.get(task_id)
         if log is None:
@@ -167,8 +185,9 @@ class PairingState:
         log.touch = table.t_touch[index]
         enq, start, attempt = table.t_enq[index], table.t_start[index], table.attempt[index]
         log.base_attempt = attempt - 1 if not math.isnan(start) else attempt
-        if not math.isnan(enq):
-            item = log.add(None, "ENQUEUED", enq, "~queued")
+        if not math.isnan(enq):  # (due at enq, an eta maybe later than its last event)
+            item = log.add(None, "ENQUEUED", min(enq, log.frontier), "~queued")
+            item.due = enq
             item.done = True
             log.waiting.add(item.key)
         if not math.isnan(start):
