@@ -147,7 +147,10 @@ def test_jitter_within_the_window_is_exact_and_beyond_it_is_late_never_wrong() -
     wrong = [a for a in beyond["attempts"]
              if a not in exact["attempts"] and not (a[3] == "retried" and a[:2] in starts)]
     assert wrong == []
-    assert set(beyond["waits"]) <= set(exact["waits"])
+    # each wait ends at a real STARTED and is never negative (one decided at the
+    # watermark may miss a RETRIED that came later than the window)
+    started = {(task, start) for task, start, _w in exact["waits"]}
+    assert all((task, start) in started and wait >= 0 for task, start, wait in beyond["waits"])
     assert set(beyond["unpaired"]) <= {"late", "superseded", "no_start"}
     assert beyond["unpaired"]["late"] > 0
     assert all(end >= start for _t, start, end, _s in beyond["attempts"])

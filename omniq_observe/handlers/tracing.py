@@ -261,7 +261,7 @@ class TracingHandler(PairedHandler):
         details = end.details
         end_ns = end.timestamp_ns
         limit = self.max_attribute_length
-        if note is not None and note.retried is not None:
+        if note is not None and note.retried is not None and note.retried is not end:
             self._retried_event(span, note.retried)
         if status == "failed":
             error_type = error_type_of(details)

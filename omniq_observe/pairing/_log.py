@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from datetime import datetime, timezone
 from typing import Any
 
 from omniq_observe._semantics import queue_of
@@ -88,10 +89,8 @@ def replay(items: list[Item], base_attempt: int) -> tuple[list[_Effect], Item | 
             if source is None and running is None:
                 source = item
         elif kind == "RETRIED":
-            if running is not None:
-                fits = _fits(item, running.attempt, 1)
-                effects.append(("attempt" if fits else "mismatch", (running, item), "retried",
-                                item.ts))
+            if running is not None:  # (RETRIED numbers differ between frameworks)
+                effects.append(("attempt", (running, item), "retried", item.ts))
                 running = None
             if source is not None:
                 effects.append(("drop", (source, item), "", -INF))
@@ -104,8 +103,8 @@ def replay(items: list[Item], base_attempt: int) -> tuple[list[_Effect], Item | 
                 effects.append(("superseded", (running, item), "", item.ts))
             if source is not None:
                 fits = item.event is None or item.event.details.get("attempt") in (None, count)
-                number = 1 if source.kind == "ENQUEUED" else _given(source)
-                kind_of = "wait" if number is None or _fits(item, number, 0) else "mismatch"
+                first = source.kind == "ENQUEUED" and source.event is not None
+                kind_of = "wait" if not first or _fits(item, 1, 0) else "mismatch"
                 effects.append((kind_of, (source, item), "", -INF if fits else item.ts))
                 source = None
             running = item
@@ -353,8 +352,9 @@ class TaskLog:
 
     # -- ending ---------------------------------------------------------------------
     def finished(self, watermark: float) -> bool:
-        """True when nothing more can come of this log (its task ended long enough ago)."""
-        if self.uncounted or self.touch > watermark:
+        """True when nothing more is expected of this log: its task ended (COMPLETED or
+        CANCELLED) and every pair of it was emitted (``watermark``: kept for callers)."""
+        if self.uncounted:
             return False
         if any(not (x.done or x.delivered) for x in self.items):
             return False
@@ -368,14 +368,21 @@ class TaskLog:
         return last is not None and last.kind in FINAL_TYPES
 
     def expire(self, current: TaskEvent) -> list[Observation]:
-        """Give the task up: emit what waits, end its open attempt and its queue entry."""
+        """Give the task up: emit what waits, end its open attempt and its queue entry
+        (``current``: the event being handled, or a stand-in, named by the observations)."""
         out, _wake = self.settle(INF, current)
         _effects, running, source = replay(self.items, self.base_attempt)
         if running is not None and (running.key in self.opened or running.delivered):
             gone = self._attempt(running, None, "expired", running.key in self.opened)
-            out.append(Observation(running.event or current, self.queue or UNKNOWN_QUEUE,
-                                   counted=False, expired=[gone]))
+            out.append(Observation(current, self.queue or UNKNOWN_QUEUE, counted=False,
+                                   expired=[gone]))
         if source is not None and source.key in self.waiting:
-            out.append(Observation(source.event or current, self.queue or UNKNOWN_QUEUE,
-                                   counted=False, waiting=-1))
+            out.append(Observation(current, self.queue or UNKNOWN_QUEUE, counted=False,
+                                   waiting=-1))
         return out
+
+
+def stand_in(task_id: str, now: float) -> TaskEvent:
+    """An event naming a task given up when no event is at hand (never counted)."""
+    when = datetime.fromtimestamp(now if math.isfinite(now) else 0.0, timezone.utc)
+    return TaskEvent(task_id=task_id, event_type="EXPIRED", timestamp=when)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 
 from omniq_observe._semantics import queue_of
 from omniq_observe.models.event import FINAL_TYPES, TERMINAL_STATUS, TaskEvent
+from omniq_observe.pairing._log import stand_in
 from omniq_observe.pairing._state import PairingState
 from omniq_observe.pairing._table import NAN
 from omniq_observe.pairing._types import (
@@ -101,7 +101,7 @@ class TaskPairing(PairingState):
                 continue
             started, queued = not math.isnan(table.t_start[slot]), not math.isnan(table.t_enq[slot])
             if started or queued:
-                event = current or _stand_in(task_id, now)
+                event = current or stand_in(task_id, now)
                 obs = Observation(event, self._names[table.queue[slot]] or UNKNOWN_QUEUE,
                                   waiting=-1 if queued else 0, counted=False)
                 if started:
@@ -156,9 +156,11 @@ class TaskPairing(PairingState):
                     return self._try_general(event)
                 start = table.t_start[slot]
         if slot == -2:
-            if kind != "ENQUEUED" or ts < self._clock - self.reorder_window or (
-                self._clock < self._recovering_until
-            ):
+            if ts < self._clock - self.reorder_window or self._clock < self._recovering_until:
+                return self._try_general(event)  # late, or maybe begun before a restart
+            if kind == "STARTED":  # a task whose ENQUEUED was not seen (yet)
+                return self._first_start(event, ts, key)
+            if kind != "ENQUEUED":
                 return self._try_general(event)
             details = event.details
             queue = details.get("queue_name")
@@ -255,6 +257,26 @@ class TaskPairing(PairingState):
             self._expire_into(obs)
         return obs
 
+    def _first_start(self, event: TaskEvent, ts: float, key: int) -> Observation | None:
+        """A STARTED of a task not tracked, naming its queue: tracked from here (an
+        ENQUEUED coming later still gives the queue wait)."""
+        details = event.details
+        queue = queue_of(details)
+        if queue is None:
+            return self._try_general(event)
+        given = details.get("attempt")
+        attempt = given if type(given) is int and 0 < given <= _MAX_ATTEMPT else 1
+        name = details.get("worker_id")
+        worker = self._intern(name) if isinstance(name, str) else 0
+        self._young[event.task_id] = (ts, self._intern(queue), NAN, ts, ts, attempt, worker,
+                                      None)
+        obs = Observation(event, queue, False, None, True, None, attempt)
+        self._remember(key)
+        if ts > self._clock:
+            self._clock = ts
+        self._after(obs)
+        return obs
+
     def _try_general(self, event: TaskEvent) -> Observation | None:
         if self._young:
             self._settle()
@@ -267,8 +289,3 @@ class TaskPairing(PairingState):
             return None
         return self._observe(event, None, index)
 
-
-def _stand_in(task_id: str, now: float) -> TaskEvent:
-    """An event naming a task given up when no event is at hand (never counted)."""
-    when = datetime.fromtimestamp(now if math.isfinite(now) else 0.0, timezone.utc)
-    return TaskEvent(task_id=task_id, event_type="EXPIRED", timestamp=when)

@@ -188,5 +188,13 @@ class PairedHandler:
         for other in obs.released:
             self.handle(other)
 
+    def release(self, now: float = math.inf) -> None:
+        """Decide what waits for the reorder window at wall-clock ``now`` (default: no
+        more events are coming) and handle it. A processor does this by itself whenever it
+        has caught up, and when it stops; call it when feeding the handler by hand."""
+        for obs in self._pairing.release(now):
+            for handler in self._pairing.handlers:
+                handler.handle(obs)
+
     def handle(self, obs: Observation) -> None:
         """Handle one observation (override it; the base does nothing)."""

@@ -15,7 +15,7 @@ from collections import deque
 
 from omniq_observe._semantics import queue_of
 from omniq_observe.models.event import TERMINAL_TYPES, TaskEvent
-from omniq_observe.pairing._log import INF, TaskLog
+from omniq_observe.pairing._log import INF, TaskLog, stand_in
 from omniq_observe.pairing._table import TaskTable
 from omniq_observe.pairing._types import (
     _EXPIRY_EVERY,
@@ -241,8 +241,7 @@ class PairingState:
         self._logs_expired_at = cutoff
         for task_id in [t for t, log in self._logs.items() if log.touch <= cutoff]:
             log = self._logs.pop(task_id)
-            last = current or next(x.event for x in reversed(log.items) if x.event is not None)
-            out.extend(log.expire(last))
+            out.extend(log.expire(current or stand_in(task_id, cutoff + self.ttl)))
         return out
 
     # -- helpers --------------------------------------------------------------------
