@@ -46,7 +46,7 @@ def workload(rng: random.Random, tasks: int, spread_ms: int = 120_000,
             if roll < 0.45 or (last and roll < 0.7):
                 events.append(ev(task, "COMPLETED", at, attempt=attempt))
                 break
-            if roll < 0.55 or last and roll < 0.85:
+            if roll < 0.55 or (last and roll < 0.85):
                 kind = "TIMEOUT" if roll < 0.5 else "CANCELLED"
                 events.append(ev(task, kind, at, attempt=attempt))
                 break

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from omniq_observe.pairing import Observation, TaskPairing
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing import Observation, TaskPairing
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 

@@ -9,6 +9,7 @@ import collections
 import random
 from typing import Any
 
+from _workloads import pairing_samples, reference, workload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,7 +22,6 @@ from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.handlers import PrometheusHandler, TracingHandler
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Observation, TaskPairing
-from _workloads import pairing_samples, reference, workload
 
 _SETTINGS = settings(max_examples=30, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])

@@ -14,10 +14,10 @@ from omniq_observe.backend import MemoryBackend
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers import PrometheusHandler, StructlogHandler
-from omniq_observe.pairing._shared import shared_pairing
 from omniq_observe.handlers.otel_metrics import OTelMetricsHandler
 from omniq_observe.handlers.tracing import TracingHandler
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing._shared import shared_pairing
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 

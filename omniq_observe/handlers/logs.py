@@ -28,8 +28,8 @@ from omniq_observe._semantics import (
     truncate,
 )
 from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.pairing import Observation, PairedHandler
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing import Observation, PairedHandler
 
 __all__ = ["DEFAULT_LEVELS", "StructlogHandler", "capture_task_logs"]
 

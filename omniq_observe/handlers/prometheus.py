@@ -201,11 +201,11 @@ class PrometheusHandler(PairedHandler):
             series.in_progress.inc()
         closed = obs.closed
         if closed is not None:
-            if closed.queue == obs.queue and closed.end is not None:  # _end, inlined
+            end, start = closed.end, closed.start
+            if closed.queue == obs.queue and end is not None and start is not None:  # _end
                 duration = series.duration.get(closed.status)
                 if duration is not None:
-                    end = closed.end
-                    duration.observe(end - closed.start if end > closed.start else 0.0)
+                    duration.observe(end - start if end > start else 0.0)
                 if closed.was_open:
                     series.in_progress.dec()
             else:

@@ -349,7 +349,7 @@ class TracingHandler(PairedHandler):
             kind=_CONSUMER,
             attributes=attrs,
             links=links,
-            start_time=_floor(attempt.start * 1e6 + 0.5) * 1000,  # _ns, inlined
+            start_time=_floor((attempt.start or 0.0) * 1e6 + 0.5) * 1000,  # _ns, inlined
         )
 
     def _named(self, key: _NameKey) -> tuple[str, dict[str, AttributeValue]]:

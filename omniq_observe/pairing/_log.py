@@ -284,14 +284,19 @@ class TaskLog:
     def _gauges(self, running: Item | None, source: Item | None, out: list[Observation]) -> None:
         if self.queue is None:
             return  # counted once the queue is known
-        if running is not None and running.delivered and not running.done:
-            if running.key not in self.opened and (running.key, "start") not in self.used:
-                self.opened.add(running.key)
-                out.append(self._obs((running,), opened=True, attempt=running.attempt))
-        if source is not None and source.delivered and not source.done:
-            if source.key not in self.waiting and (source.key, "from") not in self.used:
-                self.waiting.add(source.key)
-                out.append(self._obs((source,), waiting=1))
+        if self._fresh(running, "start", self.opened):
+            assert running is not None
+            self.opened.add(running.key)
+            out.append(self._obs((running,), opened=True, attempt=running.attempt))
+        if self._fresh(source, "from", self.waiting):
+            assert source is not None
+            self.waiting.add(source.key)
+            out.append(self._obs((source,), waiting=1))
+
+    def _fresh(self, item: Item | None, role: str, counted: set[str]) -> bool:
+        """True when ``item`` (delivered here) is not counted in its gauge yet."""
+        return (item is not None and item.delivered and not item.done
+                and item.key not in counted and (item.key, role) not in self.used)
 
     def _late(self, ends: tuple[Item, ...], current: TaskEvent | None,
               out: list[Observation]) -> None:

@@ -130,7 +130,7 @@ def checked_window(window: object) -> float:
     if (
         not isinstance(window, (int, float))
         or isinstance(window, bool)
-        or not (0 <= window and math.isfinite(window))
+        or not (window >= 0 and math.isfinite(window))
     ):
         msg = f"reorder_window must be a finite number of seconds >= 0, got {window!r}"
         raise ConfigurationError(msg, setting="reorder_window", value=window)

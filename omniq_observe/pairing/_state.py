@@ -118,7 +118,7 @@ class PairingState:
             return True
         if kind == "ENQUEUED":  # (after a restart, its other events may have been handled)
             return self._clock < self._recovering_until
-        if kind == "STARTED" or kind not in TERMINAL_TYPES and kind != "RETRIED":
+        if kind == "STARTED" or (kind not in TERMINAL_TYPES and kind != "RETRIED"):
             return queue_of(event.details) is None
         return True
 
