@@ -30,6 +30,7 @@ DEFAULT_PORT = 9464
 ALERTS = [
     "OmniqTaskFailureRatioHigh",
     "OmniqQueueWaitHigh",
+    "OmniqQueueBacklogGrowing",
     "OmniqTasksStuckInProgress",
     "OmniqProcessorLagHigh",
     "OmniqObserveDown",
@@ -42,6 +43,7 @@ CONTRACT_METRICS = frozenset(
         "omniq_task_duration_seconds_bucket",
         "omniq_task_queue_wait_seconds_bucket",
         "omniq_tasks_in_progress",
+        "omniq_tasks_waiting",
         "omniq_task_failures_total",
         "omniq_task_retries_total",
         "omniq_observe_handler_errors_total",
