@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Bench", "Result", "run_bench"]
+__all__ = ["Bench", "Growth", "Result", "run_bench"]
 
 # A timed function runs the workload once and returns the seconds its timed part took
 # (setup excluded). It is given the number of events to process.
@@ -79,3 +79,18 @@ def run_bench(bench: Bench, scale: float = 1.0) -> Result:
             gc.collect()
             result.baseline_rates.append(events / bench.baseline(events))
     return result
+
+
+@dataclass
+class Growth:
+    """One row of the growth table: a measure at several stored-history sizes.
+
+    ``values`` maps the history size (events) to the measure in ``unit``; ``ok`` is
+    whether the issue's ``target`` was met (``None``: no target).
+    """
+
+    name: str
+    unit: str
+    values: dict[int, float] = field(default_factory=dict)
+    target: str = "-"
+    ok: bool | None = None

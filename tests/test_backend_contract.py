@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from omniq_observe.backend import BaseEventStorage, Consumer, DeadLetter, Health, Page
 from omniq_observe.events import AsyncEventLogger
-from omniq_observe.models.event import TaskEvent
+from omniq_observe.models.event import TaskEvent, encode_event
 
 UTC = timezone.utc
 T0 = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -275,6 +275,29 @@ async def test_round_trip_through_storage_is_lossless(backend: BaseEventStorage)
     assert stored.event.timestamp.microsecond == 999999
     assert (await backend.task_history("tâche ✓ 🚀")) == [event]
     assert (await backend.query(event_types=["expired"])).events[0].event == event
+
+
+async def test_every_read_returns_the_wire_form_byte_for_byte(backend: BaseEventStorage) -> None:
+    """Floats keep their kind and sign, keys their order: what was logged is what is read."""
+    event = TaskEvent(
+        task_id="exact",
+        event_type="COMPLETED",
+        timestamp=T0,
+        details={"z": 1e20, "max": 1.7976931348623157e308, "neg": -0.0, "one": 1.0,
+                 "int": 10**20, "a": {"y": [0.1, -1e-300], "b": None}, "m": "\u2028\t"},
+        trace_context={"tracestate": "b=2,a=1", "traceparent": "00-" + "3" * 32 + "-" + "4" * 16
+                       + "-01"},
+    )
+    wire = encode_event(event)
+    assert b'"z":1e+20' in wire or b'"z":1e20' in wire  # a float, not an integer
+    await backend.append([event])
+    [stored] = await backend.read_after(None, 10)
+    [claimed] = await backend.claim(Consumer("exact"), 10)
+    reads = [stored.event, claimed.event, *(await backend.task_history("exact")),
+             *(p.event for p in (await backend.query(since=T0)).events)]
+    assert [encode_event(e) for e in reads] == [wire] * 4
+    assert list(stored.event.details) == ["z", "max", "neg", "one", "int", "a", "m"]
+    assert str(stored.event.details["neg"]) == "-0.0"
 
 
 async def test_dead_letters_are_kept_per_group(backend: BaseEventStorage) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import socket
+import subprocess
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 
 from _cli import base_time, cli, fixture_events, store, url
-from conftest import REDIS_URL, require_server
+from conftest import REDIS_URL, free_port, require_server, wait_until
 
 from omniq_observe.backend import SQLiteBackend
 
@@ -87,8 +90,46 @@ def test_check_over_redis(tmp_path: Path) -> None:
                              "--json").stdout)
     report = json.loads(cli("check", "--storage", storage, "--json").stdout)
     assert (report["backend"], report["events"], report["schema_version"]) == (
-        "redis", written["events"], 1,
+        "redis", written["events"], 2,
     )
     assert isinstance(report["last_position"], str)
     tail = cli("tail", "--storage", storage, "--since", "1d", "--json")
     assert len(tail.stdout.splitlines()) == written["events"]
+
+
+_NOTHING_KEPT = ('Redis keeps nothing on disk (appendonly no, save ""): a restart loses every '
+                 "event; set appendonly yes")
+
+
+def _private_redis(tmp_path: Path, *config: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    tmp_path.mkdir()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--dir", str(tmp_path), *config], stdout=subprocess.DEVNULL)
+    wait_until(lambda: _answers(port) or proc.poll() is not None, timeout=10,
+               what="redis-server answering")
+    assert proc.poll() is None, "redis-server did not start"
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16) == b"+PONG\r\n"
+    return False
+
+
+def test_check_warns_when_redis_keeps_nothing_on_disk(tmp_path: Path) -> None:
+    bare, bare_url = _private_redis(tmp_path / "bare", "--appendonly", "no", "--save", "")
+    kept, kept_url = _private_redis(tmp_path / "kept", "--appendonly", "yes", "--save", "")
+    try:
+        result = cli("check", "--storage", bare_url)
+        assert (result.returncode, result.stderr) == (0, "")
+        assert f"warning         {_NOTHING_KEPT}" in result.stdout.splitlines()
+        assert json.loads(cli("check", "--storage", bare_url, "--json").stdout)["warnings"] == [
+            _NOTHING_KEPT]
+        assert json.loads(cli("check", "--storage", kept_url, "--json").stdout)["warnings"] == []
+    finally:
+        for proc in (bare, kept):
+            proc.terminate()
+            proc.wait(timeout=10)

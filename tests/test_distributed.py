@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -188,6 +189,79 @@ async def test_postgres_pg_terminate_backend_loses_nothing() -> None:
         await admin.close()
         await storage.close()
     assert len(kills) == 5 and all(kills), kills
+
+
+async def _append_under_kills(
+    storage: BaseEventStorage, kill: Callable[[], Any], total: int = 3000
+) -> int:
+    """Log ``total`` events, 100 at a time concurrently, while ``kill()`` keeps cutting the
+    backend's connections (some after a write committed, before its reply arrived).
+    Every ``log_event`` returns, and every event is stored exactly once. Returns the
+    number of connections killed."""
+    logger = AsyncEventLogger(storage)  # on_storage_error="raise": a lost write would raise
+    events = _events(total, prefix="kill-")
+    await storage.health()  # connected (and migrated) before the faults begin
+    done = asyncio.Event()
+    kills = 0
+
+    async def killer() -> None:
+        nonlocal kills
+        while not done.is_set():
+            kills += await kill()
+            with contextlib.suppress(asyncio.TimeoutError):  # paces the faults
+                await asyncio.wait_for(done.wait(), 0.05)
+
+    task = asyncio.ensure_future(killer())
+    try:
+        for i in range(0, total, 100):
+            await asyncio.gather(*(logger.log_event(e) for e in events[i : i + 100]))
+    finally:
+        done.set()
+        await task
+    stored = [s.event.event_id for s in await storage.read_after(None, 2 * total)]
+    assert len(stored) - len(set(stored)) == 0  # duplicates
+    assert sorted(stored) == sorted(e.event_id for e in events)
+    assert logger.stats.logged == total
+    return kills
+
+
+async def test_redis_client_kill_during_appends_duplicates_nothing() -> None:
+    name = unique_name("conn")
+    storage = make_redis(client_name=name, retries=10)
+    admin = aioredis.Redis.from_url(REDIS_URL)
+
+    async def kill() -> int:
+        clients = await admin.client_list()
+        ours = [c for c in clients if c.get("name") == name]
+        for c in ours:
+            await admin.client_kill_filter(_id=c["id"])
+        return len(ours)
+
+    try:
+        assert await _append_under_kills(storage, kill) > 0
+    finally:
+        await admin.aclose()
+        await storage.close()
+
+
+async def test_postgres_pg_terminate_backend_during_appends_duplicates_nothing() -> None:
+    app = unique_name("conn")
+    storage = make_postgres(query=f"?application_name={app}", retries=10)
+    admin = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True)
+
+    async def kill() -> int:  # only sessions in the middle of a transaction
+        cur = await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND state <> 'idle'",
+            (app,),
+        )
+        return len(await cur.fetchall())
+
+    try:
+        assert await _append_under_kills(storage, kill) > 0
+    finally:
+        await admin.close()
+        await storage.close()
 
 
 # -- pairing across the members of a group -------------------------------------------------

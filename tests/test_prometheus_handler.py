@@ -249,6 +249,47 @@ async def test_error_types_are_capped_too() -> None:
     assert value(got, "omniq_observe_label_overflow_total", label="error_type") == 3
 
 
+def failing_tasks(queues: int, error_types: int) -> list[TaskEvent]:
+    """One task per (queue q<i>, error type E<j>): ENQUEUED, STARTED 1.5 s, FAILED 2.75 s."""
+    events: list[TaskEvent] = []
+    for q in range(queues):
+        for e in range(error_types):
+            task = f"t{q}-{e}"
+            events += [ev(task, "ENQUEUED", 0, queue_name=f"q{q}"), ev(task, "STARTED", 1.5),
+                       ev(task, "FAILED", 2.75, error_type=f"E{e}")]
+    return events
+
+
+async def test_failure_series_are_capped_per_metric_at_10000_by_default() -> None:
+    r = Rig()
+    got = await r.run(*failing_tasks(101, 100))
+    failures = {labels for name, labels in got if name == "omniq_task_failures_total"}
+    assert len(failures) == 10_001
+    overflow = value(got, "omniq_task_failures_total", queue="__overflow__",
+                     error_type="__overflow__")
+    assert overflow == 100
+    assert value(got, "omniq_task_failures_total", queue="q99", error_type="E99") == 1
+    assert value(got, "omniq_task_failures_total", queue="q100", error_type="E0") is None
+    assert value(got, "omniq_observe_label_overflow_total", label="series:task_failures") == 100
+    assert value(got, "omniq_observe_label_overflow_total", label="error_type") == 0
+
+
+async def test_max_series_caps_queues_and_event_types_too() -> None:
+    r = Rig(max_series=20)  # a queue takes 7 event series: two fit, the third does not
+    got = await r.run(
+        *(ev(f"t{q}", "ENQUEUED", 0, queue_name=q) for q in ("a", "b", "c")),
+        *(ev("t-a", f"CUSTOM_{i}", 1, queue_name="a") for i in range(8)),
+    )
+    enqueued = {q: value(got, "omniq_task_events_total", event_type="ENQUEUED", queue=q)
+                for q in ("a", "b", "c", "__overflow__")}
+    assert enqueued == {"a": 1, "b": 1, "c": None, "__overflow__": 1}
+    assert value(got, "omniq_task_events_total", event_type="CUSTOM_5", queue="a") == 1
+    assert value(got, "omniq_task_events_total", event_type="CUSTOM_6", queue="a") is None
+    assert value(got, "omniq_task_events_total", event_type="__overflow__",
+                 queue="__overflow__") == 2
+    assert value(got, "omniq_observe_label_overflow_total", label="series:task_events") == 3
+
+
 async def test_handler_errors_and_static_labels_are_exported() -> None:
     storage = MemoryBackend()
     registry = CollectorRegistry()
@@ -293,6 +334,8 @@ def test_registry_none_uses_the_default_registry_and_close_unregisters() -> None
     [
         ({"prefix": "bad-prefix"}, "prefix"),
         ({"max_label_values": 0}, "max_label_values"),
+        ({"max_series": 0}, "max_series"),
+        ({"max_series": True}, "max_series"),
         ({"duration_buckets": [1, 0.5]}, "duration_buckets"),
         ({"queue_wait_buckets": []}, "queue_wait_buckets"),
         ({"static_labels": {"queue": "x"}}, "static_labels"),

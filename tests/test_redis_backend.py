@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis.asyncio as aioredis
@@ -184,3 +186,87 @@ async def test_dead_letters_survive_a_new_backend_instance(
         assert await other.dead_letters("g") == [dead]
     finally:
         await other.close()
+
+
+async def test_an_append_repeated_after_a_lost_reply_stores_each_event_once() -> None:
+    storage = make_redis(dedup_window=4)
+    try:
+        events = _events(5)
+        await storage.append(events[:3])
+        await storage.append(events)  # the retry of a write that had committed, plus new ones
+        await storage.append([events[4], events[4]])  # a repeat inside one batch
+        assert [s.event for s in await storage.read_after(None, 10)] == events
+        # The window: 4 ids per set, two sets. After 8 newer ids the oldest are forgotten.
+        newer = _events(8, task="n")
+        await storage.append(newer)
+        await storage.append(events[:1])
+        assert await storage.count() == 14  # remembered no longer: stored again
+        await storage.append(newer[-4:])
+        assert await storage.count() == 14
+    finally:
+        await storage.close()
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+async def test_entry_ids_follow_event_time_and_late_events_are_still_found() -> None:
+    storage = make_redis()
+    try:
+        timed = [TaskEvent(task_id=f"t{i}", event_type="STARTED", timestamp=_at(i))
+                 for i in range(100)]
+        await storage.append(timed)
+        stored = await storage.read_after(None, 200)
+        expected = [f"{int(_at(i).timestamp() * 1000)}-0" for i in range(100)]
+        assert [s.position for s in stored] == expected
+        # An event logged an hour after its time: its id is after every other's, it is
+        # in the late index, and a query for its time finds it.
+        late = TaskEvent(task_id="late", event_type="FAILED", timestamp=_at(10.5))
+        await storage.append([late])
+        page = await storage.query(since=_at(10), until=_at(12))
+        assert [s.event for s in page.events] == [timed[10], timed[11], late]
+        page = await storage.query(since=_at(10), until=_at(12), limit=2)
+        assert [s.event for s in page.events] == timed[10:12]
+        rest = await storage.query(since=_at(10), until=_at(12), limit=2, after=page.next_cursor)
+        assert [s.event for s in rest.events] == [late] and rest.next_cursor is None
+    finally:
+        await storage.close()
+
+
+async def test_prune_trims_by_time_and_removes_the_task_index_of_pruned_tasks() -> None:
+    storage = make_redis()
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        events = [TaskEvent(task_id=f"t{i // 2}", event_type="STARTED", timestamp=_at(i))
+                  for i in range(20)]
+        late = TaskEvent(task_id="t9", event_type="FAILED", timestamp=_at(3))
+        await storage.append(events)
+        await storage.append([late])
+        assert await storage.prune(older_than=_at(11)) == 12  # 0..10 and the late one
+        assert [s.event for s in await storage.read_after(None, 50)] == events[11:]
+        keys = sorted([k.decode() async for k in admin.scan_iter(f"{storage.prefix}:task:*")])
+        assert keys == [f"{storage.prefix}:task:t{i}" for i in range(5, 10)]
+        assert await storage.task_history("t5") == [events[11]]
+        assert await storage.task_history("t9") == events[18:20]
+        assert await admin.zcard(f"{storage.prefix}:late") == 0
+    finally:
+        await admin.aclose()
+        await storage.close()
+
+
+async def test_the_redis_extra_brings_hiredis_and_the_backend_uses_it(
+    redis_backend: TestRedisBackend,
+) -> None:
+    requires = importlib.metadata.requires("omniq-observe") or []
+    assert any(r.startswith("hiredis") and 'extra == "redis"' in r for r in requires), requires
+    await redis_backend.health()
+    pool = redis_backend.client().connection_pool
+    connection = await pool.get_connection()
+    try:
+        assert type(connection._parser).__name__ == "_AsyncHiredisParser"
+    finally:
+        await pool.release(connection)

@@ -3,6 +3,12 @@
 Every table lives in the backend's own schema. ``omniq_meta`` holds ``schema_version``;
 :func:`migrate` brings a schema from whatever version it has to :data:`SCHEMA_VERSION`,
 under an advisory lock so that processes starting together do not race.
+
+Version 2 keeps each event's wire form as text (``body``), byte for byte, instead of
+rebuilding it from ``jsonb`` columns (which turned ``1e20`` into an integer, ``-0.0`` into
+``0`` and reordered keys), and makes ``event_id`` unique, so that an append retried after
+its reply was lost stores nothing twice. Dead letters keep their event as text too (a
+``jsonb`` value cannot hold ``\u0000``).
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent, encode_event
 
 __all__ = [
+    "COPY_STAGE",
+    "CREATE_STAGE",
     "SCHEMA_VERSION",
+    "STAGE",
     "WIRE",
     "copy_payload",
     "lock_key",
@@ -27,16 +34,26 @@ __all__ = [
     "valid_identifier",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# The event's versioned wire form, built by the server: one text column to decode.
-# ``raw`` holds the exact wire form only for the rare event that jsonb/text columns cannot
-# hold as is (a NUL character: jsonb rejects \u0000); its columns then hold U+FFFD.
-WIRE = (
+# The event's versioned wire form, as it was written.
+WIRE = "body"
+
+# Version 1 rebuilt the wire form from its columns; migration 2 keeps that text once.
+_V1_WIRE = (
     "coalesce(raw, json_build_object('v', 1, 'task_id', task_id, 'event_type', event_type, "
     "'timestamp', timestamp, 'details', details, 'event_id', event_id, "
     "'trace_context', trace_context)::text)"
 )
+
+# Each connection's staging table for appends (emptied at every commit).
+STAGE = "pg_temp.omniq_stage"
+CREATE_STAGE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (n bigint GENERATED ALWAYS AS IDENTITY, "
+    "event_id text, task_id text, event_type text, timestamp timestamptz, body text) "
+    "ON COMMIT DELETE ROWS"
+)
+COPY_STAGE = f"COPY {STAGE} (event_id, task_id, event_type, timestamp, body) FROM STDIN"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 
@@ -104,6 +121,19 @@ def migrations(schema: str) -> dict[int, list[str]]:
                 created_at timestamptz NOT NULL DEFAULT now()
             )""",
         ],
+        2: [
+            f"ALTER TABLE {s}.omniq_events ADD COLUMN body text",
+            f"UPDATE {s}.omniq_events SET body = {_V1_WIRE}",
+            f"ALTER TABLE {s}.omniq_events ALTER COLUMN body SET NOT NULL",
+            f"ALTER TABLE {s}.omniq_events DROP COLUMN details, DROP COLUMN trace_context, "
+            "DROP COLUMN raw",
+            # Copies a lost reply made before version 2: keep the first of each.
+            f"DELETE FROM {s}.omniq_events a USING {s}.omniq_events b "
+            "WHERE a.event_id = b.event_id AND a.id > b.id",
+            f"CREATE UNIQUE INDEX omniq_events_event_id ON {s}.omniq_events (event_id)",
+            f"ALTER TABLE {s}.omniq_dead_letters ALTER COLUMN event TYPE text "
+            "USING event::text",
+        ],
     }
 
 
@@ -135,28 +165,27 @@ async def migrate(conn: Any, schema: str) -> int:
     return version
 
 
-_json = msgspec.json.Encoder()
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NUL = "\x00"
 
 
 def copy_payload(events: Sequence[TaskEvent]) -> bytes:
-    """Encode events as COPY text rows: event_id, task_id, event_type, timestamp,
-    details, trace_context, raw."""
+    """Encode events as COPY text rows: event_id, task_id, event_type, timestamp, body.
+
+    ``body`` is the wire form; JSON escapes NUL there, but the ``text`` columns of the
+    indexed fields cannot hold it, so a NUL in them is stored as U+FFFD (readers decode
+    ``body``, which keeps the real value).
+    """
     lines = []
-    encode = _json.encode
     for e in events:
-        details = encode(e.details).decode()
-        context = encode(e.trace_context).decode()
-        fields = [e.event_id, e.task_id, e.event_type, e.timestamp.isoformat(), details, context]
-        if "\\u0000" in details or "\\u0000" in context or "\x00" in e.task_id + e.event_id:
-            raw = encode_event(e).decode().translate(_ESCAPES)
-            fields = [f.replace("\x00", "\ufffd").replace("\\u0000", "\\ufffd") for f in fields]
-            lines.append("\t".join([*(f.translate(_ESCAPES) for f in fields), raw]))
-            continue
+        fields = [e.event_id, e.task_id, e.event_type, e.timestamp.isoformat(),
+                  encode_event(e).decode()]
+        if _NUL in e.task_id or _NUL in e.event_id or _NUL in e.event_type:
+            fields[:3] = [f.replace(_NUL, "\ufffd") for f in fields[:3]]
         line = "\t".join(fields)
-        # Most rows need no escaping: four scans in C find out, instead of six translations.
-        if line.count("\t") != 5 or "\\" in line or "\n" in line or "\r" in line:
+        # Most rows need no escaping: four scans in C find out, instead of five translations.
+        if line.count("\t") != 4 or "\\" in line or "\n" in line or "\r" in line:
             line = "\t".join([f.translate(_ESCAPES) for f in fields])
-        lines.append(line + "\t\\N")
+        lines.append(line)
     lines.append("")
     return "\n".join(lines).encode()

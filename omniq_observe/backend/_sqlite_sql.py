@@ -14,7 +14,15 @@ import msgspec
 from omniq_observe.backend.base import StoredEvent, epoch_us
 from omniq_observe.models.event import TaskEvent, decode_wire, encode_event
 
-__all__ = ["SCHEMA", "committed_position", "insert_events", "select_after"]
+__all__ = [
+    "SCHEMA",
+    "committed_position",
+    "health_probe",
+    "insert_events",
+    "query_rows",
+    "quick_check",
+    "select_after",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS omniq_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,3 +123,94 @@ def _select_page(conn: sqlite3.Connection, after: int, limit: int) -> list[Store
 
 def _position_of(stored: StoredEvent) -> int:
     return int(stored.position)
+
+
+# What ``health`` reads: the schema version, and the first and last entry of the events
+# table and of each of its indexes (a few pages each, however long the log).
+_PROBES = (
+    "SELECT position, body FROM omniq_events ORDER BY position LIMIT 1",
+    "SELECT position, body FROM omniq_events ORDER BY position DESC LIMIT 1",
+    "SELECT min(ts_us), max(ts_us) FROM omniq_events",
+    "SELECT task_id FROM omniq_events INDEXED BY omniq_events_task ORDER BY task_id LIMIT 1",
+    "SELECT task_id FROM omniq_events INDEXED BY omniq_events_task "
+    "ORDER BY task_id DESC LIMIT 1",
+    "SELECT count(*) FROM omniq_positions",
+)
+
+
+def health_probe(conn: sqlite3.Connection) -> int | None:
+    """Read a few real pages (raising ``sqlite3.Error`` on damage); return the schema version."""
+    row = conn.execute("SELECT value FROM omniq_meta WHERE key = 'schema_version'").fetchone()
+    for sql in _PROBES:
+        conn.execute(sql).fetchall()
+    return None if row is None else int(row[0])
+
+
+def quick_check(conn: sqlite3.Connection) -> list[str]:
+    """``PRAGMA quick_check``: the problems it reports, ``[]`` when the file is sound."""
+    rows = conn.execute("PRAGMA quick_check").fetchall()
+    found = [line for (text,) in rows for line in str(text).splitlines() if line.strip()]
+    return [] if found == ["ok"] else found
+
+
+# ``query`` with a time window starts at the first position inside it. Finding that
+# position by scanning the log from the start costs the whole history before the window;
+# instead, at most this many rows are scanned from the start, and when none of them is in
+# the window the position comes from the time index (which costs the window, not history).
+_PROBE_ROWS = 4096
+_FIRST_BY_POSITION = (
+    "SELECT min(position) FROM (SELECT position, ts_us FROM omniq_events "
+    "WHERE position > ? ORDER BY position LIMIT ?) WHERE ts_us >= ? AND ts_us < ?"
+)
+_FIRST_BY_TIME = (
+    "SELECT min(position) FROM omniq_events INDEXED BY omniq_events_ts "
+    "WHERE ts_us >= ? AND ts_us < ?"
+)
+_NO_END = 2**63 - 1
+
+
+def first_in_window(conn: sqlite3.Connection, since_us: int, until_us: int | None) -> int | None:
+    """The smallest position of an event with ``since_us <= ts_us < until_us`` (or None)."""
+    end = _NO_END if until_us is None else until_us
+    found = conn.execute(_FIRST_BY_POSITION, (-1, _PROBE_ROWS, since_us, end)).fetchone()[0]
+    if found is None:
+        found = conn.execute(_FIRST_BY_TIME, (since_us, end)).fetchone()[0]
+    return None if found is None else int(found)
+
+
+def query_rows(
+    conn: sqlite3.Connection,
+    types: list[str] | None,
+    window: tuple[int | None, int | None],
+    after: int | None,
+    limit: int,
+) -> list[tuple[int, bytes]]:
+    """``(position, body)`` of up to ``limit`` events after ``after`` that pass the filters.
+
+    ``window`` is ``(since_us, until_us)``. A first page (``after`` None) with ``since``
+    starts at :func:`first_in_window`; later pages start at their cursor.
+    """
+    since_us, until_us = window
+    start = -1 if after is None else after
+    if after is None and since_us is not None:
+        first = first_in_window(conn, since_us, until_us)
+        if first is None:
+            return []
+        start = first - 1
+    clauses = ["position > ?"]
+    args: list[Any] = [start]
+    if types:
+        clauses.append(f"event_type IN ({', '.join('?' * len(types))})")
+        args.extend(types)
+    if since_us is not None:
+        clauses.append("ts_us >= ?")
+        args.append(since_us)
+    if until_us is not None:
+        clauses.append("ts_us < ?")
+        args.append(until_us)
+    sql = (
+        f"SELECT position, body FROM omniq_events WHERE {' AND '.join(clauses)} "
+        "ORDER BY position LIMIT ?"
+    )
+    rows: list[tuple[int, bytes]] = conn.execute(sql, (*args, limit)).fetchall()
+    return rows

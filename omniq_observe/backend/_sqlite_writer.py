@@ -2,9 +2,15 @@
 
 Writes from coroutines (of any event loop) and from threads queue up for one writer
 thread, which takes everything waiting (up to ``max_batch`` events), runs it in one
-transaction and then resumes each caller, with one hop per event loop. A second thread
-copies the WAL back into the database file (a checkpoint) every few hundred commits, so
-that a commit never waits for one.
+transaction and then resumes each caller, with one hop per event loop.
+
+The WAL is bounded by size, not by commits: a second thread copies the WAL back into the
+database file (a PASSIVE checkpoint, which never blocks a commit) each time it grew by
+``PASSIVE_EVERY`` bytes. PASSIVE checkpoints alone cannot bound the file while writes go
+on, because the WAL only starts over once every frame was copied. So when the WAL reaches
+``TRUNCATE_AT`` bytes the writer takes a turn itself: between two transactions it runs a
+TRUNCATE checkpoint (nothing of ours writes meanwhile, so it can finish; other writers wait
+for it), which empties the file. ``journal_size_limit`` caps what a reset WAL keeps.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -19,16 +26,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from omniq_observe.exceptions import StorageError
+from omniq_observe.exceptions import BackendUnavailableError, StorageError
 from omniq_observe.models.event import TaskEvent
 
-__all__ = ["GroupWriter", "Transaction", "WriteFn", "WriteItem"]
+__all__ = [
+    "JOURNAL_SIZE_LIMIT",
+    "PASSIVE_EVERY",
+    "TRUNCATE_AT",
+    "GroupWriter",
+    "Transaction",
+    "WriteFn",
+    "WriteItem",
+    "write_error",
+]
 
 WriteFn = Callable[[sqlite3.Connection], Any]
 _STOP = object()
-# The writer asks for a checkpoint after this many commits (each writes a few WAL pages;
-# SQLite's own default is a checkpoint per 1000 pages).
-_CHECKPOINT_EVERY = 250
+#: ``PRAGMA journal_size_limit``: a WAL that was reset is truncated back to this size.
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+#: The writer asks for a PASSIVE checkpoint each time the WAL grew by this many bytes.
+PASSIVE_EVERY = 4 * 1024 * 1024
+#: At this WAL size the writer runs a TRUNCATE checkpoint between two transactions.
+TRUNCATE_AT = 32 * 1024 * 1024
 # Appends of one loop turn are sent to the writer as soon as this many are waiting, so
 # that the writer commits them while the loop prepares the rest (a two-stage pipeline).
 _PIPELINE_ROWS = 32
@@ -84,6 +103,9 @@ class GroupWriter:
         self._writer: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Event()
+        self._wal_path = f"{path}-wal"
+        self._checkpoint_lock = threading.Lock()  # one checkpoint of ours at a time
+        self._passive_mark = 0  # the WAL size at the last PASSIVE checkpoint request
 
     @property
     def started(self) -> bool:
@@ -106,7 +128,6 @@ class GroupWriter:
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         """Take every write waiting, run them in one transaction, then wake their callers."""
         get, get_nowait = self._writes.get, self._writes.get_nowait
-        commits = 0
         try:
             while True:
                 item = get()
@@ -126,13 +147,32 @@ class GroupWriter:
                     items.append(nxt)
                     size += len(nxt.rows) or 1
                 self._commit_group(conn, items)
-                commits += 1
-                if commits % _CHECKPOINT_EVERY == 0:
-                    self._checkpoint_due.set()
+                self._bound_wal(conn)
                 if stop:
                     return
         finally:
             conn.close()
+
+    def _bound_wal(self, conn: sqlite3.Connection) -> None:
+        """After a commit: ask for a PASSIVE checkpoint, or run a TRUNCATE one, by WAL size."""
+        try:
+            size = os.stat(self._wal_path).st_size
+        except OSError:
+            return
+        if size >= TRUNCATE_AT:
+            # Our turn: no transaction of ours is open, so the checkpoint can copy every
+            # frame and start the WAL over. A reader or writer of another process that
+            # holds it up past busy_timeout leaves it for the next commit.
+            # (A checkpoint already running returns "busy" at once: wait for our own
+            # checkpointer's PASSIVE one to end first.)
+            with self._checkpoint_lock, contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._passive_mark = 0
+        elif size >= self._passive_mark + PASSIVE_EVERY:
+            self._passive_mark = size
+            self._checkpoint_due.set()
+        elif size < self._passive_mark:  # the WAL started over
+            self._passive_mark = 0
 
     def _checkpoint_loop(self) -> None:
         """Copy the WAL back into the database file whenever the writer says it is due.
@@ -150,7 +190,8 @@ class GroupWriter:
                 try:
                     if conn is None:
                         conn = self._connect()
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    with self._checkpoint_lock:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error:  # pragma: no cover - retried at the next due time
                     pass
         finally:
@@ -167,9 +208,7 @@ class GroupWriter:
                 for item in items:
                     self._commit_group(conn, [item])
                 return
-            error = StorageError(f"SQLite write failed: {exc}")
-            error.__cause__ = exc
-            _wake(items, [None], error)
+            _wake(items, [None], write_error(exc))
             return
         _wake(items, results, None)
 
@@ -243,6 +282,27 @@ class GroupWriter:
                 return
             if isinstance(item, WriteItem):
                 _wake([item], [None], error)
+
+
+# SQLite's primary result codes of failures that pass: SQLITE_BUSY, SQLITE_LOCKED (another
+# connection holds the lock) and SQLITE_FULL (no space left: a retry after space was freed
+# succeeds, so a logger's retry buffer keeps such events).
+_TRANSIENT = {5, 6, 13}
+
+
+def write_error(exc: BaseException) -> StorageError:
+    """The error a failed write raises: ``BackendUnavailableError`` when it may pass."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    text = str(exc)
+    transient = isinstance(exc, sqlite3.OperationalError) and (
+        (isinstance(code, int) and code & 0xFF in _TRANSIENT)
+        or "database is locked" in text
+        or "disk is full" in text
+    )
+    kind = BackendUnavailableError if transient else StorageError
+    error = kind(f"SQLite write failed: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def _wake(items: list[WriteItem], results: list[Any], error: BaseException | None) -> None:

@@ -49,6 +49,8 @@ class MemoryBackend(BaseEventStorage):
         self._events: list[TaskEvent] = []
         self._next = 1
         self._committed: dict[str, Position] = {}
+        # task_id -> its stored events in log order, so task_history never scans the log.
+        self._by_task: dict[str, list[TaskEvent]] = {}
 
     async def append(self, events: Sequence[TaskEvent]) -> None:
         with self._lock:
@@ -56,10 +58,27 @@ class MemoryBackend(BaseEventStorage):
             self._next += len(events)
             self._keys.extend(range(start, self._next))
             self._events.extend(events)
+            by_task = self._by_task
+            for event in events:
+                history = by_task.get(event.task_id)
+                if history is None:
+                    by_task[event.task_id] = [event]
+                else:
+                    history.append(event)
             if self.max_events is not None and len(self._events) > self.max_events:
-                excess = len(self._events) - self.max_events
-                del self._keys[:excess]
-                del self._events[:excess]
+                self._drop_oldest(len(self._events) - self.max_events)
+
+    def _drop_oldest(self, count: int) -> None:
+        """Drop the ``count`` oldest events, and each from the front of its task's history."""
+        by_task = self._by_task
+        for event in self._events[:count]:
+            history = by_task[event.task_id]
+            if len(history) == 1:
+                del by_task[event.task_id]
+            else:
+                del history[0]
+        del self._keys[:count]
+        del self._events[:count]
 
     async def read_after(self, position: Position | None, limit: int) -> list[StoredEvent]:
         with self._lock:
@@ -86,8 +105,8 @@ class MemoryBackend(BaseEventStorage):
 
     async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
         with self._lock:
-            history = [e for e in self._events if e.task_id == task_id]
-        return history[:limit]
+            history = self._by_task.get(task_id)
+            return [] if history is None else history[:limit]
 
     async def query(
         self,
@@ -128,10 +147,11 @@ class MemoryBackend(BaseEventStorage):
                 kept = [(k, e) for k, e in pairs if e.timestamp >= cutoff]
                 self._keys = [k for k, _ in kept]
                 self._events = [e for _, e in kept]
+                self._by_task = {}
+                for event in self._events:
+                    self._by_task.setdefault(event.task_id, []).append(event)
             if max_events is not None and len(self._events) > max_events:
-                excess = len(self._events) - max_events
-                del self._keys[:excess]
-                del self._events[:excess]
+                self._drop_oldest(len(self._events) - max_events)
             return before - len(self._events)
 
     async def health(self) -> Health:

@@ -2,9 +2,12 @@
 
 Design (see also the README, "Choosing a storage backend"):
 
-* ``omniq_events`` (bigserial ``id``, ``event_id``, ``task_id``, ``event_type``,
-  ``timestamp`` timestamptz, ``details`` jsonb, ``trace_context`` jsonb), indexed for task
-  history, type and time. The position of an event is its ``id``.
+* ``omniq_events`` (bigserial ``id``, ``event_id`` unique, ``task_id``, ``event_type``,
+  ``timestamp`` timestamptz, ``body`` the wire form as text, byte for byte), indexed for
+  task history, type and time. The position of an event is its ``id``.
+* **Appends are idempotent by ``event_id``.** Rows are COPied into a temporary table and
+  inserted from there with ``ON CONFLICT (event_id) DO NOTHING``: an append retried after
+  its commit's reply was lost (or by the logger's buffer) stores nothing twice.
 * **Ids become visible in order.** Concurrent transactions may commit bigserial ids out
   of order, so a reader at "id > last" could pass an id that commits later. Writers
   therefore take a transaction-level advisory lock before drawing ids: appends commit one
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -43,9 +47,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from omniq_observe.backend._group_commit import GroupCommitter
 from omniq_observe.backend._pg_leases import LeaseTable, stored_rows
 from omniq_observe.backend._pg_listen import Listener
-from omniq_observe.backend._pg_pool import PgConnections
+from omniq_observe.backend._pg_pool import PgConnections, rejected_events
 from omniq_observe.backend._pg_schema import (
+    COPY_STAGE,
+    CREATE_STAGE,
     SCHEMA_VERSION,
+    STAGE,
     WIRE,
     copy_payload,
     lock_key,
@@ -62,9 +69,7 @@ from omniq_observe.backend.base import (
     StoredEvent,
     as_utc,
 )
-from omniq_observe.exceptions import (
-    ConfigurationError,
-)
+from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent, decode_event, encode_event
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
@@ -137,10 +142,12 @@ class PostgresBackend(BaseEventStorage):
             f"SELECT pg_advisory_xact_lock({lock_key(schema, 'append')}), "
             f"pg_notify('{self.channel}', '')"
         )
-        self._copy_events = (
-            f"COPY {self._events} (event_id, task_id, event_type, timestamp, details, "
-            "trace_context, raw) FROM STDIN"
+        self._insert_staged = (
+            f"INSERT INTO {self._events} (event_id, task_id, event_type, timestamp, body) "
+            f"SELECT event_id, task_id, event_type, timestamp, body FROM {STAGE} ORDER BY n "
+            "ON CONFLICT (event_id) DO NOTHING"
         )
+        self._staged: weakref.WeakSet[Any] = weakref.WeakSet()  # connections with a stage
         self._db = PgConnections(dsn, self.schema, pool_size, retries, self.connect_timeout)
         self._committer: GroupCommitter | None = None
         self._listener: Listener | None = None
@@ -178,7 +185,9 @@ class PostgresBackend(BaseEventStorage):
         await self._committer.submit(events)
 
     async def _write_events(self, events: list[TaskEvent]) -> None:
-        await self._db.run(f"appending {len(events)} event(s)", lambda c: self._insert(c, events))
+        await self._db.run(f"appending {len(events)} event(s)",
+                           lambda c: self._insert(c, events),
+                           data_error=lambda exc: rejected_events(events, exc))
 
     async def _insert(
         self, conn: Any, events: Sequence[TaskEvent], *, own_transaction: bool = True
@@ -187,15 +196,20 @@ class PostgresBackend(BaseEventStorage):
         payload = copy_payload(events)
         cur = conn.cursor()
         # The lock makes ids commit in order (see the module docstring); the NOTIFY goes
-        # out on commit. Both values are ours (an integer, a checked identifier), so the
-        # statement needs no parameters, and then BEGIN may travel with it: one round trip.
-        await cur.execute(f"BEGIN; {self._lock_append}" if own_transaction else self._lock_append)
+        # out on commit. Every value here is ours (an integer, a checked identifier), so
+        # the statements need no parameters and travel together: three round trips.
+        first = self._lock_append
+        if conn not in self._staged:
+            first = f"{CREATE_STAGE}; {first}"
+        await cur.execute(f"BEGIN; {first}" if own_transaction else first)
+        self._staged.add(conn)
         try:
-            async with cur.copy(self._copy_events) as copy:
+            async with cur.copy(COPY_STAGE) as copy:
                 await copy.write(payload)
-            if own_transaction:
-                await conn.execute("COMMIT")
+            finish = f"{self._insert_staged}; COMMIT" if own_transaction else self._insert_staged
+            await cur.execute(finish)
         except BaseException:
+            self._staged.discard(conn)  # a rolled-back CREATE leaves no table behind
             if own_transaction:
                 with contextlib.suppress(psycopg.Error):  # a lost connection: the pool drops it
                     await conn.execute("ROLLBACK")
@@ -275,14 +289,14 @@ class PostgresBackend(BaseEventStorage):
         async def insert(conn: Any) -> None:
             await conn.execute(
                 f"INSERT INTO {self._dead} (grp, handler, error, attempts, position, event) "
-                "VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+                "VALUES (%s, %s, %s, %s, %s, %s)",
                 args,
             )
 
         await self._db.run("recording a dead letter", insert)
 
     async def dead_letters(self, group: str | None = None) -> list[DeadLetter]:
-        sql = f"SELECT grp, handler, error, attempts, position, event::text FROM {self._dead}"
+        sql = f"SELECT grp, handler, error, attempts, position, event FROM {self._dead}"
         args: tuple[str, ...] = ()
         if group is not None:
             sql += " WHERE grp = %s"
@@ -384,3 +398,4 @@ class PostgresBackend(BaseEventStorage):
         if self._listener is not None:
             await self._listener.close()
         await self._db.close()
+

@@ -3,7 +3,11 @@
 * ``append`` writes a batch with one Lua script call per ``max_batch`` events (calls
   pipelined): each event is an ``XADD`` to ``<prefix>:events`` and its id is pushed onto
   the task's index list ``<prefix>:task:<task_id>`` (TTL ``history_ttl``), which makes
-  ``task_history`` one round trip.
+  ``task_history`` one round trip. The script skips an event whose ``event_id`` is in the
+  recent-id sets (``<prefix>:recent``, the last ``dedup_window`` to twice that many ids),
+  so an append retried after its reply was lost stores nothing twice. Entry ids follow
+  event time (see ``_redis_scan``), so ``query(since=)`` and ``prune`` seek instead of
+  scanning.
 * A processor name is a consumer group. ``claim`` reads new entries with ``XREADGROUP``;
   ``ack`` sends ``XACK`` after the handlers ran, so entries a dead member held stay pending
   and another member takes them over with ``XAUTOCLAIM`` once they were idle for
@@ -12,7 +16,7 @@
 * A group's position is its acknowledged watermark: just before its oldest pending
   entry, or its last-delivered id when nothing is pending.
 * Retention: ``max_len`` trims on every write (``MAXLEN ~``); ``prune`` trims with
-  ``MINID`` / ``MAXLEN`` and deletes stragglers by event time.
+  ``MINID`` (removing the pruned ids from the task index lists) or ``MAXLEN``.
 
 Delivery is at-least-once. Connection failures are retried (``retries`` times, with
 backoff) by redis-py; what still fails raises
@@ -40,9 +44,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError(_msg) from exc
 
 from omniq_observe.backend._group_commit import GroupCommitter
+from omniq_observe.backend._redis_config import URL_OPTIONS, check_settings, persistence_warning
 from omniq_observe.backend._redis_groups import StreamGroups, stored_entries
-from omniq_observe.backend._redis_scan import prune_older, query_stream
-from omniq_observe.backend._redis_scripts import APPEND_SCRIPT, HISTORY_SCRIPT, id_str
+from omniq_observe.backend._redis_scan import MARGIN_MS, StreamKeys, prune_older, query_stream
+from omniq_observe.backend._redis_scripts import (
+    APPEND_SCRIPT,
+    HISTORY_SCRIPT,
+    PRUNE_SCRIPT,
+    id_str,
+)
 from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
     BaseEventStorage,
@@ -56,29 +66,15 @@ from omniq_observe.backend.base import (
 )
 from omniq_observe.exceptions import (
     BackendUnavailableError,
-    ConfigurationError,
     StorageError,
 )
-from omniq_observe.models.event import TaskEvent, decode_event, encode_event
+from omniq_observe.models.event import TaskEvent, decode_event, encode_event, epoch_us
 
 __all__ = ["SCHEMA_VERSION", "RedisBackend"]
 
-SCHEMA_VERSION = 1
-# URL query parameters that are ours (the rest go to redis-py) and their types.
-_URL_OPTIONS: dict[str, type] = {
-    "prefix": str,
-    "max_len": int,
-    "history_ttl": float,
-    "claim_idle": float,
-    "claim_interval": float,
-    "retries": int,
-    "socket_timeout": float,
-    "connect_timeout": float,
-    "max_batch": int,
-    "client_name": str,
-    "max_connections": int,
-}
-
+# 2: entries carry ``t`` (the task id) and ids follow event time; version-1 entries are
+# read as before, and prune leaves their index lists to expire.
+SCHEMA_VERSION = 2
 
 class RedisBackend(BaseEventStorage):
     """Events in a Redis Stream; processors of one name share them as a consumer group.
@@ -101,6 +97,8 @@ class RedisBackend(BaseEventStorage):
         max_batch: events per script call in ``append``.
         client_name: the name its connections show in ``CLIENT LIST``.
         max_connections: the most connections open at once; more callers wait.
+        dedup_window: how many recent event ids (at least; at most twice as many) an
+            append checks so that a retried write stores nothing twice.
 
     Raises:
         ConfigurationError: a setting is invalid.
@@ -123,29 +121,13 @@ class RedisBackend(BaseEventStorage):
         max_batch: int = 500,
         client_name: str | None = None,
         max_connections: int = 16,
+        dedup_window: int = 50_000,
     ) -> None:
-        if not isinstance(prefix, str) or not prefix:
-            msg = f"prefix must be a non-empty string, got {prefix!r}"
-            raise ConfigurationError(msg, setting="prefix", value=prefix)
-        if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
-            msg = f"max_len must be a positive integer or None, got {max_len!r}"
-            raise ConfigurationError(msg, setting="max_len", value=max_len)
-        for setting, value in (
-            ("history_ttl", history_ttl),
-            ("claim_idle", claim_idle),
-            ("claim_interval", claim_interval),
-            ("socket_timeout", socket_timeout),
-            ("connect_timeout", connect_timeout),
-        ):
-            if not isinstance(value, (int, float)) or value <= 0:
-                msg = f"{setting} must be a positive number of seconds, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
-        for setting, value in (
-            ("retries", retries), ("max_batch", max_batch), ("max_connections", max_connections)
-        ):
-            if not isinstance(value, int) or value < (0 if setting == "retries" else 1):
-                msg = f"{setting} must be a non-negative integer, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
+        check_settings(prefix=prefix, max_len=max_len, history_ttl=history_ttl,
+                       claim_idle=claim_idle, claim_interval=claim_interval,
+                       socket_timeout=socket_timeout, connect_timeout=connect_timeout,
+                       retries=retries, max_batch=max_batch, max_connections=max_connections,
+                       dedup_window=dedup_window)
         self.url = url
         self.prefix = prefix
         self.max_len = max_len
@@ -158,11 +140,15 @@ class RedisBackend(BaseEventStorage):
         self.max_batch = max_batch
         self.client_name = client_name
         self.max_connections = max_connections
+        self.dedup_window = dedup_window
         self._committer: GroupCommitter | None = None
         self.stream = f"{prefix}:events"
         self._task_prefix = f"{prefix}:task:"
         self._dead_key = f"{prefix}:dead"
         self._meta_key = f"{prefix}:meta"
+        self._append_keys = [self.stream, f"{prefix}:recent", f"{prefix}:recent:old",
+                             f"{prefix}:late"]
+        self._keys = StreamKeys(self.stream, f"{prefix}:late", self._task_prefix)
         self._client: Any = None  # redis.asyncio.Redis, typed loosely: its replies vary
         self._scripts: dict[str, Any] = {}
         self._consumers = StreamGroups(self)
@@ -183,13 +169,14 @@ class RedisBackend(BaseEventStorage):
 
         Our query parameters (``prefix``, ``max_len``, ``history_ttl``, ``claim_idle``,
         ``claim_interval``, ``retries``, ``socket_timeout``, ``connect_timeout``,
-        ``max_batch``) become keyword arguments; ``options`` override them; any other
+        ``max_batch``, ``client_name``, ``max_connections``, ``dedup_window``) become keyword
+        arguments; ``options`` override them; any other
         parameter is passed on to redis-py.
 
         Raises:
             InvalidURLError: a parameter has the wrong type.
         """
-        rest, kwargs = split_url_options(url, _URL_OPTIONS)
+        rest, kwargs = split_url_options(url, URL_OPTIONS)
         return cls(rest, **{**kwargs, **options})
 
     # -- connection ----------------------------------------------------------------------
@@ -219,6 +206,7 @@ class RedisBackend(BaseEventStorage):
             self._scripts = {
                 "append": self._client.register_script(APPEND_SCRIPT),
                 "history": self._client.register_script(HISTORY_SCRIPT),
+                "prune": self._client.register_script(PRUNE_SCRIPT),
             }
         return self._client
 
@@ -246,22 +234,23 @@ class RedisBackend(BaseEventStorage):
 
     async def _write_events(self, events: Sequence[TaskEvent]) -> None:
         client = self.client()
-        head: list[Any] = [self._task_prefix, int(self.history_ttl * 1000), self.max_len or 0]
+        head: list[Any] = [self._task_prefix, int(self.history_ttl * 1000), self.max_len or 0,
+                           self.dedup_window, MARGIN_MS]
         calls = []
         for start in range(0, len(events), self.max_batch):
             args = head.copy()
             for event in events[start : start + self.max_batch]:
-                args.append(event.task_id)
-                args.append(encode_event(event))
+                args += (event.task_id, event.event_id, epoch_us(event.timestamp) // 1000,
+                         encode_event(event))
             calls.append(args)
-        script = self._scripts["append"]
+        script, keys = self._scripts["append"], self._append_keys
         with self._errors("appending events"):
             if len(calls) == 1:
-                await script(keys=[self.stream], args=calls[0])
+                await script(keys=keys, args=calls[0])
                 return
             pipe = client.pipeline(transaction=False)
             for args in calls:
-                await script(keys=[self.stream], args=args, client=pipe)
+                await script(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
     # -- the log -------------------------------------------------------------------------
@@ -362,7 +351,7 @@ class RedisBackend(BaseEventStorage):
     ) -> Page:
         types = {t.upper() for t in event_types} if event_types else None
         with self._errors("querying events"):
-            return await query_stream(self.client(), self.stream, types=types,
+            return await query_stream(self.client(), self._keys, types=types,
                                       since=as_utc(since), until=as_utc(until),
                                       limit=limit, after=after)
 
@@ -378,7 +367,7 @@ class RedisBackend(BaseEventStorage):
         with self._errors("pruning events"):
             cutoff = as_utc(older_than)
             if cutoff is not None:
-                deleted += await prune_older(client, self.stream, cutoff)
+                deleted += await prune_older(client, self._keys, self._scripts["prune"], cutoff)
             if max_events is not None:
                 deleted += int(
                     await client.xtrim(self.stream, maxlen=max_events, approximate=False)
@@ -386,6 +375,7 @@ class RedisBackend(BaseEventStorage):
         return deleted
 
     async def health(self) -> Health:
+        """Whether Redis answers; ``extra["warnings"]`` says when it keeps nothing on disk."""
         try:
             client = self.client()
             with self._errors("checking health"):
@@ -396,12 +386,16 @@ class RedisBackend(BaseEventStorage):
                 length, version = await pipe.execute()
         except Exception as exc:
             return Health(ok=False, backend=self.backend_name, detail=str(exc))
+        extra: dict[str, Any] = {"stream": self.stream, "events": int(length)}
+        warning = await persistence_warning(client)
+        if warning:
+            extra["warnings"] = [warning]
         return Health(
             ok=True,
             backend=self.backend_name,
             detail=f"{safe_url(self.url)} {self.stream}: {length} events",
             schema_version=int(version),
-            extra={"stream": self.stream, "events": int(length)},
+            extra=extra,
         )
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -26,9 +27,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from omniq_observe.backend._sqlite_prune import (
+    PRUNE_CHUNK,
+    keep_newest_from,
+    next_prune_chunk,
+    prune_older,
+    prune_through,
+)
 from omniq_observe.backend._sqlite_sql import SCHEMA as _SCHEMA
-from omniq_observe.backend._sqlite_sql import committed_position, insert_events, select_after
-from omniq_observe.backend._sqlite_writer import GroupWriter, WriteFn
+from omniq_observe.backend._sqlite_sql import (
+    committed_position,
+    health_probe,
+    insert_events,
+    query_rows,
+    quick_check,
+    select_after,
+)
+from omniq_observe.backend._sqlite_writer import JOURNAL_SIZE_LIMIT, GroupWriter, WriteFn
 from omniq_observe.backend._sqlite_writer import WriteItem as _Item
 from omniq_observe.backend.base import (
     BaseEventStorage,
@@ -100,12 +115,18 @@ class SQLiteBackend(BaseEventStorage):
 
     # -- connections and threads ---------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        """Open and set up a connection; one that fails its setup is closed at once."""
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA cache_size=-65536")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _ensure_started(self) -> None:
@@ -119,15 +140,19 @@ class SQLiteBackend(BaseEventStorage):
                 return
             try:
                 conn = self._connect()
+            except sqlite3.Error as exc:
+                msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
+                raise StorageError(msg) from exc
+            try:
                 conn.executescript(_SCHEMA)
-                # Checkpoints run on a thread of their own (see GroupWriter), so
-                # that copying the WAL back never holds up a commit.
+                # Checkpoints are run by GroupWriter (by WAL size), not at commits.
                 conn.execute("PRAGMA wal_autocheckpoint=0")
                 conn.execute(
                     "INSERT OR IGNORE INTO omniq_meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
             except sqlite3.Error as exc:
+                conn.close()
                 msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
                 raise StorageError(msg) from exc
             self._reader = concurrent.futures.ThreadPoolExecutor(
@@ -271,24 +296,13 @@ class SQLiteBackend(BaseEventStorage):
         limit: int = 100,
         after: Position | None = None,
     ) -> Page:
-        clauses = ["position > ?"]
-        args: list[Any] = [-1 if after is None else int(after)]
-        if event_types:
-            types = [t.upper() for t in event_types]
-            clauses.append(f"event_type IN ({', '.join('?' * len(types))})")
-            args.extend(types)
-        if since is not None:
-            clauses.append("ts_us >= ?")
-            args.append(epoch_us(as_utc(since)))
-        if until is not None:
-            clauses.append("ts_us < ?")
-            args.append(epoch_us(as_utc(until)))
-        sql = (
-            f"SELECT position, body FROM omniq_events WHERE {' AND '.join(clauses)} "
-            "ORDER BY position LIMIT ?"
+        types = [t.upper() for t in event_types] if event_types else None
+        window = (
+            None if since is None else epoch_us(as_utc(since)),
+            None if until is None else epoch_us(as_utc(until)),
         )
-        args.append(limit + 1)
-        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        start = None if after is None else int(after)
+        rows = await self._read(lambda c: query_rows(c, types, window, start, limit + 1))
         events = [StoredEvent(pos, decode_event(body)) for pos, body in rows[:limit]]
         more = len(rows) > limit
         return Page(events, events[-1].position if more and events else None)
@@ -300,41 +314,54 @@ class SQLiteBackend(BaseEventStorage):
     async def prune(
         self, *, older_than: datetime | None = None, max_events: int | None = None
     ) -> int:
+        """Delete in chunks of up to ``PRUNE_CHUNK`` rows, one transaction each, pausing
+        between them so that appends of this and other processes get the lock in time."""
         check_prune_limit(max_events)
-        cutoff = None if older_than is None else epoch_us(as_utc(older_than))
-
-        def prune(conn: sqlite3.Connection) -> int:
-            deleted = 0
-            if cutoff is not None:
-                sql = "DELETE FROM omniq_events WHERE ts_us < ?"
-                deleted += conn.execute(sql, (cutoff,)).rowcount
-            if max_events is not None:
-                deleted += conn.execute(
-                    "DELETE FROM omniq_events WHERE position <= ("
-                    "SELECT position FROM omniq_events ORDER BY position DESC "
-                    "LIMIT 1 OFFSET ?)",
-                    (max_events,),
-                ).rowcount
-            return deleted
-
-        deleted: int = await self._write(prune)
+        deleted = 0
+        if older_than is not None:
+            cutoff = epoch_us(as_utc(older_than))
+            deleted += await self._prune_chunks(lambda c, n: prune_older(c, cutoff, n))
+        if max_events is not None:
+            last = await self._read(lambda c: keep_newest_from(c, max_events))
+            if last is not None:
+                deleted += await self._prune_chunks(lambda c, n: prune_through(c, last, n))
         return deleted
 
+    async def _prune_chunks(self, chunk: Callable[[sqlite3.Connection, int], int]) -> int:
+        deleted, size = 0, PRUNE_CHUNK
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            count: int = await self._write(functools.partial(chunk_of, chunk, size))
+            took = loop.time() - started
+            deleted += count
+            if count < size:
+                return deleted
+            # Keep each transaction short (the write lock is held for its length), and
+            # leave the lock free for about as long as it was held.
+            size = next_prune_chunk(size, took)
+            await asyncio.sleep(min(max(took, 0.01), 0.05))
+
     async def health(self) -> Health:
+        """A cheap real read: the schema version and both ends of the log and its indexes.
+
+        A damaged database is not ok. ``integrity_problems`` checks every page.
+        """
         try:
-            version = await self._read(
-                lambda c: c.execute(
-                    "SELECT value FROM omniq_meta WHERE key = 'schema_version'"
-                ).fetchone()
-            )
+            version = await self._read(health_probe)
         except Exception as exc:
             return Health(ok=False, backend=self.backend_name, detail=str(exc))
         return Health(
-            ok=True,
-            backend=self.backend_name,
-            detail=str(self.path),
-            schema_version=int(version[0]) if version else None,
+            ok=True, backend=self.backend_name, detail=str(self.path), schema_version=version
         )
+
+    async def integrity_problems(self) -> list[str]:
+        """Run ``PRAGMA quick_check`` over the whole file; return what it found (``[]``: ok).
+
+        Raises:
+            StorageError: the file cannot be read at all.
+        """
+        return await self._read(quick_check)
 
     async def close(self) -> None:
         with self._start_lock:
@@ -365,6 +392,13 @@ class SQLiteBackend(BaseEventStorage):
             if self._read_conn is not None:
                 reader.submit(self._read_conn.close).result()
             reader.shutdown(wait=True)
+
+
+def chunk_of(
+    chunk: Callable[[sqlite3.Connection, int], int], size: int, conn: sqlite3.Connection
+) -> int:
+    """``chunk(conn, size)``, for ``functools.partial``."""
+    return chunk(conn, size)
 
 
 def _transaction(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:

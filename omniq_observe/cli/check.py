@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
-from omniq_observe.backend import BaseEventStorage, Position
+from omniq_observe.backend import BaseEventStorage, Position, SQLiteBackend, from_url
 from omniq_observe.cli._common import add_storage_argument
 from omniq_observe.cli._run import (
     format_age,
@@ -29,10 +30,12 @@ examples:
   omniq-observe check
   omniq-observe check --storage redis://localhost:6379/0
   OMNIQ_OBSERVE_STORAGE=postgresql://app@db/events omniq-observe check --json
+  omniq-observe check --integrity          # SQLite: PRAGMA quick_check over every page
 
 For each processor (a `serve` name): its committed position, how many events are stored
 after it ("behind", counted up to 100000) and "lag": the age of the oldest event it has
-not handled yet (0 when caught up). Exit code 0 when storage answers, 2 when it does not.
+not handled yet (0 when caught up). Exit code 0 when storage answers, 2 when it does not,
+1 when --integrity finds damage.
 """
 _COUNT_CAP = 100_000
 _PAGE = 5000
@@ -50,6 +53,11 @@ def register(subparsers: Any) -> None:
     )
     add_storage_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--integrity",
+        action="store_true",
+        help="also check every page of the database file (SQLite: PRAGMA quick_check)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -112,6 +120,7 @@ async def inspect_storage(storage: BaseEventStorage, url: str) -> dict[str, Any]
         "backend": health.backend,
         "ok": health.ok,
         "detail": health.detail,
+        "warnings": list(health.extra.get("warnings", [])),
         "schema_version": health.schema_version,
         "events": total,
         "last_position": last,
@@ -122,10 +131,43 @@ async def inspect_storage(storage: BaseEventStorage, url: str) -> dict[str, Any]
     }
 
 
+async def _integrity(url: str) -> list[str] | None:
+    """The problems ``PRAGMA quick_check`` finds (``[]``: none); ``None`` off SQLite."""
+    storage = from_url(url)
+    try:
+        if not isinstance(storage, SQLiteBackend):
+            return None
+        return await storage.integrity_problems()
+    finally:
+        await storage.close()
+
+
+async def _check_integrity(args: argparse.Namespace, console: Any) -> list[str] | str:
+    """Run ``--integrity``; print problems (and return them), else return "ok"/"skipped"."""
+    problems = await _integrity(args.storage)
+    if problems and args.json:
+        report = {"storage": safe_url(args.storage), "integrity": problems}
+        console.print(json.dumps(report), soft_wrap=True, markup=False, highlight=False)
+    elif problems:
+        console.print(f"integrity: {len(problems)} problem(s) found by PRAGMA quick_check:",
+                      markup=False)
+        for line in problems:
+            console.print(f"  {line}", markup=False, highlight=False)
+    elif not args.json:
+        console.print("integrity: " + ("ok (PRAGMA quick_check)" if problems == [] else
+                      "only SQLite files are checked page by page; skipped"))
+    return "skipped" if problems is None else problems or "ok"
+
+
 async def _check(args: argparse.Namespace, stop: asyncio.Event) -> int:
     console = make_console()
+    integrity = await _check_integrity(args, console) if args.integrity else None
+    if isinstance(integrity, list):
+        return 1
     async with open_storage(args.storage) as storage:
         report = await inspect_storage(storage, args.storage)
+    if integrity is not None:
+        report["integrity"] = integrity
     if args.json:
         console.print(json.dumps(report), soft_wrap=True, markup=False, highlight=False)
         return 0
@@ -141,6 +183,8 @@ async def _check(args: argparse.Namespace, stop: asyncio.Event) -> int:
         span = f" (oldest {report['oldest_event']}, newest {report['newest_event']})"
     facts.add_row("events", f"{report['events']}{span}")
     facts.add_row("dead letters", str(report["dead_letters"]))
+    for warning in report["warnings"]:
+        facts.add_row("warning", Text(warning, style="yellow"))
     print_table(console, facts)
     if not report["processors"]:
         console.print("processors: none has committed a position yet (run omniq-observe serve)")

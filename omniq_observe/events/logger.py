@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ __all__ = ["AsyncEventLogger", "EventLogger", "LoggerStats"]
 
 _log = logging.getLogger("omniq_observe.logger")
 _POLICIES = ("raise", "buffer")
+# The retry buffer drains in batches of up to this many events (halved after a failure).
+_DRAIN_BATCH = 1000
 
 
 @dataclass
@@ -197,21 +200,26 @@ class AsyncEventLogger:
             self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        delay = self.retry_interval
+        delay, size = self.retry_interval, _DRAIN_BATCH
         while self._buffer:
-            batch = list(self._buffer)[:1000]
+            batch = list(itertools.islice(self._buffer, size))
             try:
                 await self.event_storage.append(batch)
             except Exception as exc:
                 self.stats.storage_errors += 1
                 _log.debug("omniq-observe retry failed: %s", exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_retry_interval)
+                # A smaller batch may fit where a large one does not (a nearly full disk):
+                # halve it first, and back off only once single events fail.
+                if size > 1:
+                    size //= 2
+                else:
+                    delay = min(delay * 2, self.max_retry_interval)
                 continue
             for _ in batch:
                 self._buffer.popleft()
             self.stats.logged += len(batch)
-            delay = self.retry_interval
+            delay, size = self.retry_interval, min(size * 2, _DRAIN_BATCH)
 
     @property
     def buffered(self) -> int:

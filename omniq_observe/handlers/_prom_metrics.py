@@ -18,11 +18,14 @@ __all__ = [
     "DEFAULT_QUEUE_WAIT_BUCKETS",
     "KNOWN_EVENT_TYPES",
     "OVERFLOW",
+    "QUEUE_SHAPE",
+    "SERIES_FAMILIES",
     "STATUSES",
     "UNPAIRED_REASONS",
     "LabelCap",
     "Metrics",
     "QueueSeries",
+    "SeriesCap",
     "check_buckets",
 ]
 
@@ -91,6 +94,44 @@ class LabelCap:
             return value
         self._count()
         return OVERFLOW
+
+
+class SeriesCap:
+    """Admits at most ``limit`` label sets (children) of one metric family; a refused one
+    is counted, and the caller records into the family's all-``__overflow__`` set."""
+
+    __slots__ = ("_count", "family", "limit", "used")
+
+    def __init__(self, family: str, limit: int, count: Callable[[], None]) -> None:
+        self.family = family
+        self.limit = limit
+        self.used = 0
+        self._count = count
+
+    def room(self, n: int = 1) -> bool:
+        """True if ``n`` more label sets fit."""
+        return self.used + n <= self.limit
+
+    def take(self, n: int = 1) -> bool:
+        """Reserve ``n`` new label sets; False (and counted) when they do not fit."""
+        if self.used + n > self.limit:
+            self._count()
+            return False
+        self.used += n
+        return True
+
+
+#: The families of one queue's label sets and how many each queue creates.
+QUEUE_SHAPE = {
+    "events": len(KNOWN_EVENT_TYPES), "duration": len(STATUSES), "queue_wait": 1,
+    "in_progress": 1, "retries": 1,
+}
+#: The capped families (Metrics attribute -> name without prefix, used in the overflow count).
+SERIES_FAMILIES = {
+    "events": "task_events", "duration": "task_duration_seconds",
+    "queue_wait": "task_queue_wait_seconds", "in_progress": "tasks_in_progress",
+    "retries": "task_retries", "failures": "task_failures",
+}
 
 
 class QueueSeries:
@@ -190,7 +231,8 @@ class Metrics:
         self.unpaired = make(Counter, f"{p}_observe_unpaired_events",
                              "Events that completed no pair, by reason.", ("reason",))
         self.overflow = make(Counter, f"{p}_observe_label_overflow",
-                             "Label values replaced by __overflow__ (max_label_values).",
+                             "Label values replaced by __overflow__ (max_label_values; "
+                             "label=series:<family> for max_series).",
                              ("label",))
 
     def unregister(self) -> None:

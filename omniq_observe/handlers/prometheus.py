@@ -39,10 +39,14 @@ from omniq_observe.handlers._prom_metrics import (
     DEFAULT_DURATION_BUCKETS,
     DEFAULT_QUEUE_WAIT_BUCKETS,
     KNOWN_EVENT_TYPES,
+    OVERFLOW,
+    QUEUE_SHAPE,
+    SERIES_FAMILIES,
     UNPAIRED_REASONS,
     LabelCap,
     Metrics,
     QueueSeries,
+    SeriesCap,
 )
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, PairedHandler
@@ -76,6 +80,9 @@ class PrometheusHandler(PairedHandler):
         static_labels: labels added to every series, e.g. ``{"env": "prod"}``.
         max_label_values: the most distinct values any one label takes; more become
             ``__overflow__`` and are counted in ``<prefix>_observe_label_overflow_total``.
+        max_series: the most label sets (children) of any one task metric; events that
+            would make more are recorded with every label ``__overflow__`` and counted in
+            ``<prefix>_observe_label_overflow_total{label="series:<family>"}``.
         ttl: seconds (event time) after which a start that never ended expires.
         reorder_window: seconds of event time an event may arrive late and still pair
             exactly (see :mod:`omniq_observe.pairing`).
@@ -95,12 +102,14 @@ class PrometheusHandler(PairedHandler):
         static_labels: Mapping[str, str] | None = None,
         max_label_values: int = 1000,
         *,
+        max_series: int = 10_000,
         ttl: float = 3600.0,
         reorder_window: float = 10.0,
     ) -> None:
-        if not isinstance(max_label_values, int) or max_label_values < 1:
-            msg = f"max_label_values must be a positive integer, got {max_label_values!r}"
-            raise ConfigurationError(msg, setting="max_label_values", value=max_label_values)
+        for setting, limit in (("max_label_values", max_label_values), ("max_series", max_series)):
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                msg = f"{setting} must be a positive integer, got {limit!r}"
+                raise ConfigurationError(msg, setting=setting, value=limit)
         ttl = checked_ttl(ttl)  # before anything is registered
         self.registry = prometheus_client.REGISTRY if registry is None else registry
         self.ttl = ttl
@@ -127,6 +136,11 @@ class PrometheusHandler(PairedHandler):
         self._handler_cap = caps["handler"]
         for event_type in KNOWN_EVENT_TYPES:
             self._type_cap.admit(event_type)
+        self._series_caps = {
+            family: SeriesCap(short, max_series, m.overflow.labels(f"series:{short}", *extra).inc)
+            for family, short in SERIES_FAMILIES.items()
+        }
+        self._all_overflow: dict[str, Any] = {}
         self._series: dict[str, QueueSeries] = {}  # by queue name as the pairing gives it
         super().__init__(ttl=ttl, reorder_window=reorder_window)
         self._processor: Any = None
@@ -245,27 +259,59 @@ class PrometheusHandler(PairedHandler):
         error_type = error_type_of(event.details)
         child = series.failures.get(error_type)
         if child is None:
-            label = self._error_cap.admit(error_type)
-            child = self.metrics.failures.labels(series.queue, label, *self.metrics.static_values)
-            if label == error_type:
-                series.failures[error_type] = child
+            child = self._failure_child(series, error_type)
         child.inc()
+
+    def _failure_child(self, series: QueueSeries, error_type: str) -> Any:
+        label = self._error_cap.admit(error_type)
+        child = series.failures.get(label)  # (queue, __overflow__) may exist already
+        if child is None:
+            if not self._series_caps["failures"].take():
+                return self._overflow_child("failures")
+            child = self.metrics.failures.labels(series.queue, label, *self.metrics.static_values)
+            series.failures[label] = child
+        return child
 
     def _new_series(self, queue: str) -> QueueSeries:
         label = self._queue_cap.admit(queue)
         series = self._series.get(label)
+        if series is None and label != OVERFLOW and not self._take_queue_room():
+            label = OVERFLOW
+            series = self._series.get(label)
         if series is None:
             series = self._series[label] = QueueSeries(self.metrics, label)
         if label == queue:
             self._series[queue] = series
         return series
 
+    def _take_queue_room(self) -> bool:
+        """Reserve a new queue's label sets in every per-queue family (all or none)."""
+        caps = self._series_caps
+        for family, n in QUEUE_SHAPE.items():
+            if not caps[family].room(n):
+                return caps[family].take(n)  # counts the refusal
+        for family, n in QUEUE_SHAPE.items():
+            caps[family].take(n)
+        return True
+
     def _event_child(self, series: QueueSeries, kind: str) -> Any:
         label = self._type_cap.admit(kind)
         child = series.events.get(label)
         if child is None:
+            if not self._series_caps["events"].take():
+                return self._overflow_child("events")
             child = self.metrics.events.labels(label, series.queue, *self.metrics.static_values)
             series.events[label] = child
+        return child
+
+    def _overflow_child(self, family: str) -> Any:
+        """The label set of ``family`` (events or failures: two labels of their own) with
+        every label ``__overflow__``."""
+        child = self._all_overflow.get(family)
+        if child is None:
+            metric = getattr(self.metrics, family)
+            child = metric.labels(OVERFLOW, OVERFLOW, *self.metrics.static_values)
+            self._all_overflow[family] = child
         return child
 
     # -- self-metrics -------------------------------------------------------------------

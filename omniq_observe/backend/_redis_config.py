@@ -1,0 +1,67 @@
+"""Settings of :mod:`omniq_observe.backend.redis`: URL options, their checks, and what the
+server's persistence settings mean for stored events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from omniq_observe.backend._redis_scripts import id_str
+from omniq_observe.exceptions import ConfigurationError
+
+__all__ = ["URL_OPTIONS", "check_settings", "persistence_warning"]
+
+# URL query parameters that are ours (the rest go to redis-py) and their types.
+URL_OPTIONS: dict[str, type] = {
+    "prefix": str,
+    "max_len": int,
+    "history_ttl": float,
+    "claim_idle": float,
+    "claim_interval": float,
+    "retries": int,
+    "socket_timeout": float,
+    "connect_timeout": float,
+    "max_batch": int,
+    "client_name": str,
+    "max_connections": int,
+    "dedup_window": int,
+}
+
+
+
+
+def check_settings(*, prefix: Any, max_len: Any, **settings: Any) -> None:
+    """Check the backend's settings (seconds are positive, counts are integers).
+
+    Raises:
+        ConfigurationError: a setting is invalid, named with its value.
+    """
+    if not isinstance(prefix, str) or not prefix:
+        msg = f"prefix must be a non-empty string, got {prefix!r}"
+        raise ConfigurationError(msg, setting="prefix", value=prefix)
+    if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+        msg = f"max_len must be a positive integer or None, got {max_len!r}"
+        raise ConfigurationError(msg, setting="max_len", value=max_len)
+    for setting, value in settings.items():
+        if URL_OPTIONS[setting] is float:
+            if not isinstance(value, (int, float)) or value <= 0:
+                msg = f"{setting} must be a positive number of seconds, got {value!r}"
+                raise ConfigurationError(msg, setting=setting, value=value)
+        elif not isinstance(value, int) or value < (0 if setting == "retries" else 1):
+            msg = f"{setting} must be a non-negative integer, got {value!r}"
+            raise ConfigurationError(msg, setting=setting, value=value)
+
+
+async def persistence_warning(client: Any) -> str | None:
+    """A warning when the server has neither an append-only file nor RDB snapshots."""
+    try:
+        config = await client.config_get("appendonly")
+        config.update(await client.config_get("save"))
+    except RedisError:  # CONFIG may be disabled or renamed: nothing to say
+        return None
+    appendonly, save = id_str(config.get("appendonly", "")), id_str(config.get("save", ""))
+    if appendonly == "no" and not save.strip():
+        return ("Redis keeps nothing on disk (appendonly no, save \"\"): a restart loses "
+                "every event; set appendonly yes")
+    return None
