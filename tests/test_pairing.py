@@ -354,8 +354,9 @@ def test_a_million_open_tasks_fit_in_200_mb(traced: bool, bound: int) -> None:
     )
     held, raw, peak = (int(x) for x in out.stdout.split())
     mib = 1024 * 1024
-    figures = (f"a million open tasks{' with trace contexts' if traced else ''}: {held / mib:.1f} MiB held ({raw / mib:.1f} MiB raw RSS "
-               f"growth, {peak / mib:.1f} MiB peak RSS of the process)")
+    kind = " with trace contexts" if traced else ""
+    figures = (f"a million open tasks{kind}: {held / mib:.1f} MiB held "
+               f"({raw / mib:.1f} MiB raw RSS growth, {peak / mib:.1f} MiB peak RSS)")
     print(figures)
     assert held <= bound * 1000 * 1000, figures  # 200 MB (190.7 MiB); 250 B a task traced
 
