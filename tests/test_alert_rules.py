@@ -104,7 +104,7 @@ def test_prometheus_config_scrapes_serve_under_the_job_the_alerts_expect() -> No
 
 def test_rules_file_is_valid() -> None:
     records, alerts = rules_by_kind()
-    assert (len(records), len(alerts)) == (10, len(ALERTS))
+    assert (len(records), len(alerts)) == (12, len(ALERTS))
     result = run_promtool("check", "rules", "omniq-rules.yml", cwd=PROM_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(records) + len(alerts)} rules found" in result.stdout
