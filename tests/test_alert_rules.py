@@ -122,7 +122,7 @@ def test_recording_rules_follow_the_naming_convention() -> None:
         level, metric, operations = rule["record"].split(":")
         assert re.fullmatch(r"queue(_event_type|_error_type)?", level), rule["record"]
         assert metric.startswith("omniq_") and not metric.endswith("_total"), rule["record"]
-        assert re.fullmatch(r"(rate|ratio_rate|p\d\d_)5m", operations), rule["record"]
+        assert re.fullmatch(r"(rate|ratio_rate|p\d\d_)5m|sum|deriv15m", operations), rule["record"]
         for label in level.split("_", 1)[1:]:
             assert f", {label})" in rule["expr"], rule["record"]
         assert "by (job, instance, " in rule["expr"], rule["record"]
