@@ -8,6 +8,8 @@ measured in the same run, on the same server:
   backend also maintains the per-task history index (RPUSH + PEXPIRE per event);
 * Redis processing (AsyncEventProcessor, no-op handler, batches of 1000): redis-py
   ``XREADGROUP`` of 1000 entries, ``msgspec`` decode, the no-op handler, ``XACK``;
+* Redis processing with hiredis (the ``redis`` extra installs it) against the same
+  processor whose connections use redis-py's pure-Python reply parser;
 * PostgreSQL ``log_event`` (64 concurrent callers): psycopg ``COPY ... write_row`` of the
   same rows, 64 rows per transaction (rows built before the clock starts);
 * PostgreSQL processing: psycopg ``SELECT`` of the same rows by id in pages of 1000, each
@@ -35,6 +37,7 @@ import msgspec
 import psycopg
 import redis.asyncio as aioredis
 from _harness import Bench
+from redis._parsers import _AsyncRESP2Parser
 
 from omniq_observe.backend import BaseEventStorage
 from omniq_observe.backend.postgres import PostgresBackend
@@ -68,6 +71,14 @@ def _name(kind: str) -> str:
 
 def new_redis() -> RedisBackend:
     return RedisBackend(REDIS_URL, prefix=_name("redis"))
+
+
+def new_redis_pure_parser() -> RedisBackend:
+    """A Redis backend whose connections parse replies in Python, as without hiredis."""
+    storage = new_redis()
+    pool = storage.client().connection_pool
+    pool.connection_kwargs["parser_class"] = _AsyncRESP2Parser
+    return storage
 
 
 def new_postgres() -> PostgresBackend:
@@ -265,6 +276,9 @@ def benchmarks() -> list[Bench]:
               "redis-py XADD, pipelines of 64", target_ratio=0.5),
         Bench("redis processor", 20_000, processor_run(new_redis), redis_xreadgroup_baseline,
               "XREADGROUP 1000 + decode + XACK", target_ratio=0.5),
+        Bench("redis processor: hiredis vs pure-Python parser", 20_000,
+              processor_run(new_redis), processor_run(new_redis_pure_parser),
+              "the same processor, redis-py's Python parser"),
         Bench("postgres log_event x64", 20_000, log_event_run(new_postgres), pg_copy_baseline,
               "psycopg COPY write_row, 64 rows/tx", target_ratio=0.5),
         Bench("postgres processor", 20_000, processor_run(new_postgres), pg_select_baseline,

@@ -6,14 +6,16 @@ on a free port, so that ``INFO memory`` counts only this run) is filled with typ
 
 * ``first page since``: ``query(since=<the middle event's time>, limit=100)``;
 * ``first page window``: ``query(since=middle, until=middle + 60 s, limit=100)``;
-* ``half prune``: ``prune(older_than=<the middle event's time>)``;
+* ``half prune``: ``prune(older_than=<the middle event's time>)``, wall time and CPU time
+  (the Redis server's and this process's; steadier than wall time on a busy machine);
 * ``memory after``: ``used_memory`` after the prune as a share of before.
 
 Targets (issue 17, item 3): the first page and the half prune at 1M within 10x of those at
 100k; memory after pruning half at most 55 % of before. Medians of 5 runs for the queries.
 
-Run: ``python bench/run.py --large`` (or this file, ``--sizes 100000,1000000``). Not part
-of the default ``bench/run.py`` run: filling 1M events takes about a minute.
+Run: ``python bench/run.py --large --only redis`` (rows of the growth table; or this file,
+``--sizes 100000,1000000``). Not part of the default run: filling 1M events takes about two
+minutes. Sizes above 1M (``--scale``) are skipped here.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import redis.asyncio as aioredis
+from _harness import Growth
 
 from omniq_observe.backend.redis import RedisBackend
 from omniq_observe.models.event import TaskEvent
@@ -43,7 +46,7 @@ SIZES = (100_000, 1_000_000)
 
 
 def benchmarks() -> list[Any]:
-    """No rows in the default run (see :func:`large_report`)."""
+    """No rows in the default run (see :func:`growth`, run by ``--large``)."""
     return []
 
 
@@ -69,6 +72,12 @@ async def _median(fn: Any, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+async def _cpu(admin: Any) -> float:
+    """CPU seconds the Redis server has used (user + system)."""
+    info = await admin.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def _measure(url: str, size: int) -> dict[str, float]:
     storage = RedisBackend(url, prefix="bench")
     admin = aioredis.Redis.from_url(url)
@@ -83,14 +92,16 @@ async def _measure(url: str, size: int) -> dict[str, float]:
                                                      until=middle + timedelta(seconds=60),
                                                      limit=100))
         before = (await admin.info("memory"))["used_memory"]
+        cpu = await _cpu(admin) + time.process_time()
         start = time.perf_counter()
         deleted = await storage.prune(older_than=middle)
         prune = time.perf_counter() - start
+        cpu = await _cpu(admin) + time.process_time() - cpu
         after = (await admin.info("memory"))["used_memory"]
         assert deleted == size // 2, deleted
         assert await storage.count() == size - size // 2
         return {"fill_rate": size / fill, "since_ms": since * 1000, "window_ms": window * 1000,
-                "prune_s": prune, "memory_before_mb": before / 2**20,
+                "prune_s": prune, "prune_cpu_s": cpu, "memory_before_mb": before / 2**20,
                 "memory_share": after / before}
     finally:
         await admin.aclose()
@@ -121,20 +132,32 @@ def measure(size: int) -> dict[str, float]:
             proc.wait(timeout=30)
 
 
-def large_report(sizes: tuple[int, ...] = SIZES) -> None:
-    """Print the table for ``sizes`` (the first is the reference for the growth ratios)."""
-    results = {size: measure(size) for size in sizes}
-    ref = results[sizes[0]]
-    print("redis history | fill ev/s | first page since | first page window | half prune | "
-          "growth (page / prune) | memory before | after prune")
-    for size, r in results.items():
-        print(f"{size:>13,} | {r['fill_rate']:>9,.0f} | {r['since_ms']:>13.2f} ms | "
-              f"{r['window_ms']:>14.2f} ms | {r['prune_s']:>8.2f} s | "
-              f"{r['since_ms'] / ref['since_ms']:>5.1f}x / {r['prune_s'] / ref['prune_s']:>4.1f}x"
-              f" | {r['memory_before_mb']:>9.1f} MB | {r['memory_share']:>6.1%}")
+def growth(sizes: list[int]) -> list[Growth]:
+    """The Redis growth rows at each size up to 1M in ``sizes``."""
+    since = Growth("Redis query(since) first page of 100", "ms", target="1M <= 10x 100k")
+    window = Growth("Redis query(since, until 60 s later) first page", "ms")
+    prune = Growth("Redis prune half: duration", "s", target="1M <= 10x 100k")
+    cpu = Growth("Redis prune half: CPU (server + client)", "s", target="1M <= 10x 100k")
+    before = Growth("Redis used_memory before the prune", "MB")
+    share = Growth("Redis used_memory after pruning half", "% of before", target="<= 55 %")
+    rows = [since, window, prune, cpu, before, share]
+    for n in (n for n in sizes if n <= 1_000_000):
+        r = measure(n)
+        since.values[n], window.values[n] = r["since_ms"], r["window_ms"]
+        prune.values[n], cpu.values[n] = r["prune_s"], r["prune_cpu_s"]
+        before.values[n], share.values[n] = r["memory_before_mb"], 100 * r["memory_share"]
+    for row in (since, prune, cpu):
+        values = [row.values[n] for n in sorted(row.values)]
+        row.ok = values[-1] <= 10 * values[0] if len(values) > 1 else None
+    share.ok = max(share.values.values()) <= 55 if share.values else None
+    return rows
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
-    large_report(tuple(int(s) for s in parser.parse_args().sizes.split(",")))
+    for row in growth([int(s) for s in parser.parse_args().sizes.split(",")]):
+        print(f"{row.name}: " + ", ".join(f"{n:,}: {v:,.2f} {row.unit}"
+                                          for n, v in sorted(row.values.items()))
+              + (f"  (target {row.target}: {'met' if row.ok else 'NOT met'})"
+                 if row.ok is not None else ""))

@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _harness import Growth, Result, run_bench  # noqa: E402
+from _markdown import write_markdown  # noqa: E402
 
 
 def _modules() -> list[object]:
@@ -47,6 +48,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tenth of the events, 3 repeats")
     parser.add_argument("--only", default="", help="run rows whose name contains this text")
+    parser.add_argument("--markdown", nargs="?", const=HERE / "RESULTS.md", type=Path,
+                        metavar="PATH", help="also write the table as Markdown, with the "
+                        "machine and the date (default PATH: bench/RESULTS.md)")
     parser.add_argument("--large", action="store_true",
                         help="also the history-growth reports (100k and 1M events)")
     parser.add_argument("--scale", action="store_true",
@@ -90,12 +94,10 @@ def main() -> int:
     print("-+-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+    if args.markdown is not None:
+        write_markdown(args.markdown, header, rows, sys.argv[1:])
     if growth:
         _print_growth(growth, sizes)
-    if args.large:
-        for module in _modules():
-            if hasattr(module, "large_report"):
-                module.large_report()
     return 0
 
 

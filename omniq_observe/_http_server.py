@@ -176,6 +176,9 @@ class BoundedWSGIServer(WSGIServer):
 
     def server_close(self) -> None:
         """Stop the workers (after their current request) and close the socket."""
+        if not hasattr(self, "_workers"):  # the bind failed in __init__: nothing started
+            super().server_close()
+            return
         self._stop.set()
         for _ in self._workers:
             self._ready.put(None)

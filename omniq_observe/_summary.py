@@ -238,6 +238,37 @@ class Summary:
             )
         return rows
 
+    def live_total(self, now: float) -> QueueLive:
+        """The ``top`` total row at ``now``: every queue together, named ``total``.
+
+        Raises:
+            ValueError: the summary was made without a ``window``.
+        """
+        if self.window is None:
+            msg = "live_total() needs a Summary made with window=seconds"
+            raise ValueError(msg)
+        window, cutoff = self.window, now - self.window
+        recents = list(self._recent.values())
+        kinds = collections.Counter(
+            kind for r in recents for ts, kind in r.events if cutoff <= ts <= now
+        )
+        durations = [d for r in recents for ts, d in r.durations if cutoff <= ts <= now]
+        waits = [w for r in recents for ts, w in r.waits if cutoff <= ts <= now]
+        running = [(start, task) for r in recents for task, start in r.running.items()]
+        oldest = min(running) if running else None
+        return QueueLive(
+            queue="total",
+            events_per_second=sum(kinds.values()) / window,
+            running=len(running),
+            completed_per_second=kinds["COMPLETED"] / window,
+            failed_per_second=sum(kinds[t] for t in FAILED_TYPES) / window,
+            duration_p50=quantile(durations, 0.5),
+            duration_p95=quantile(durations, 0.95),
+            wait_p95=quantile(waits, 0.95),
+            oldest_task=None if oldest is None else oldest[1],
+            oldest_age=None if oldest is None else max(0.0, now - oldest[0]),
+        )
+
 
 class QueueResolver:
     """Names the queue of any event by the pairing's rules, without pairing.

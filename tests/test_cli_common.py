@@ -86,17 +86,22 @@ def test_demo_bad_numbers(flag: str, value: str, message: str) -> None:
 
 
 def test_debug_shows_the_traceback() -> None:
-    quiet = cli("stats", "--storage", "sqlite:////nonexistent-dir/x.db")
+    args = ("demo", "--tasks", "1", "--storage", "sqlite:////nonexistent-dir/x.db")
+    quiet = cli(*args)
     assert quiet.returncode == 2
     assert "Traceback" not in quiet.stderr
     assert quiet.stderr == (
-        "omniq-observe stats: error: cannot reach storage sqlite:////nonexistent-dir/x.db: "
+        "omniq-observe demo: error: cannot reach storage sqlite:////nonexistent-dir/x.db: "
         "cannot open SQLite database '/nonexistent-dir/x.db': unable to open database file\n"
     )
-    loud = cli("--debug", "stats", "--storage", "sqlite:////nonexistent-dir/x.db")
+    loud = cli("--debug", *args)
     assert loud.returncode == 2
     assert "Traceback (most recent call last)" in loud.stderr
     assert loud.stderr.endswith(quiet.stderr)
+    after = cli(*args, "--debug")  # a global option after the command works the same
+    assert after.returncode == 2
+    assert "Traceback (most recent call last)" in after.stderr
+    assert after.stderr.endswith(quiet.stderr)
 
 
 def test_storage_from_the_environment(tmp_path: Path) -> None:
@@ -106,10 +111,12 @@ def test_storage_from_the_environment(tmp_path: Path) -> None:
     assert wrote["storage"] == url(db)
     report = json.loads(cli("check", "--json", env=env).stdout)
     assert (report["storage"], report["events"]) == (url(db), wrote["events"])
-    # A flag wins over the environment.
+    # A flag wins over the environment (and a read command never creates the file).
     other = tmp_path / "flag.db"
-    report = json.loads(cli("check", "--json", "--storage", url(other), env=env).stdout)
-    assert (report["storage"], report["events"]) == (url(other), 0)
+    result = cli("check", "--json", "--storage", url(other), env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith(f"omniq-observe check: error: no event store at {other};")
+    assert not other.exists()
 
 
 def test_default_storage_is_the_sqlite_file_in_the_current_directory(tmp_path: Path) -> None:

@@ -229,7 +229,7 @@ def test_demo_serve_on_a_busy_port_fails_before_writing(tmp_path: Path) -> None:
         result = cli("demo", "--serve", "--storage", url(db), "--port", str(port))
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
-        f"omniq-observe demo: error: cannot serve on 127.0.0.1:{port}: Address already in use; "
+        f"omniq-observe demo: error: cannot serve on 127.0.0.1:{port}: address already in use; "
         "pick another --port\n"
     )
     assert not db.exists()

@@ -91,5 +91,6 @@ def test_stats_custom_type_gets_a_column(tmp_path: Path) -> None:
 
 def test_stats_on_empty_storage(tmp_path: Path) -> None:
     db = tmp_path / "empty.db"
+    assert cli("demo", "--tasks", "0", "--storage", url(db)).returncode == 0  # an empty store
     result = cli("stats", "--storage", url(db))
     assert (result.returncode, result.stdout, result.stderr) == (0, f"{url(db)}: 0 events\n", "")

@@ -40,11 +40,23 @@ def test_top_rows_over_the_window() -> None:
     assert emails == QueueLive("emails", 0.2, 0, 0.1, 0.0, 1.0, 1.0, 1.0, None, None)
     # reports: CANCELLED(d), ENQUEUED(e), STARTED(e), TIMEOUT(c); task-e still running.
     assert reports == QueueLive("reports", 0.4, 1, 0.0, 0.1, 10.0, 10.0, 1.0, "task-e", 5.0)
-    assert _render(rows, window=10.0, newest_age=1.0) == [
-        "omniq-observe top  test   window 10.0s   newest event 1.0s ago",
-        "queue    events/s  running  done/s  failed/s    p50    p95  wait p95  oldest running",
-        "emails        0.2        0     0.1       0.0   1.0s   1.0s      1.0s  -",
-        "reports       0.4        1     0.0       0.1  10.0s  10.0s      1.0s  5.0s task-e",
+    total = summary.live_total(now)
+    assert total == QueueLive("total", 0.6, 1, 0.1, 0.1, 1.0, 10.0, 1.0, "task-e", 5.0)
+    assert _render(rows, window=10.0, newest_age=1.0, total=total) == [
+        "omniq-observe top  test   window 10.0s   newest 1.0s ago",
+        "queue    ev/s  run  done/s  fail/s    p50    p95  wait95  oldest  task",
+        "emails    0.2    0     0.1     0.0   1.0s   1.0s    1.0s       -  -",
+        "reports   0.4    1     0.0     0.1  10.0s  10.0s    1.0s    5.0s  task-e",
+        "total     0.6    1     0.1     0.1   1.0s  10.0s    1.0s    5.0s  task-e",
+    ]
+    # Narrow: p50, ev/s, wait95, done/s and the id go, in that order; the key line stays.
+    assert _render(rows, window=10.0, newest_age=1.0, total=total, width=40, keys=True) == [
+        "omniq-observe top  test   window 10.0s   newest 1.0s ago",
+        "queue    run  fail/s    p95  oldest",
+        "emails     0     0.0   1.0s       -",
+        "reports    1     0.1  10.0s    5.0s",
+        "total      1     0.1  10.0s    5.0s",
+        "q quit   fail/s = FAILED+TIMEOUT per second   oldest, task = longest running",
     ]
 
 
@@ -67,8 +79,8 @@ def test_top_window_slides_and_running_tasks_end() -> None:
 
 def test_top_renders_an_empty_storage() -> None:
     assert _render([], window=60.0, newest_age=None) == [
-        "omniq-observe top  test   window 1m00s   newest event - ago",
-        "queue            events/s  running  done/s  failed/s  p50  p95  wait p95  oldest running",
+        "omniq-observe top  test   window 1m00s   newest - ago",
+        "queue            ev/s  run  done/s  fail/s  p50  p95  wait95  oldest  task",
         "(no events yet)",
     ]
 
@@ -97,16 +109,16 @@ def test_top_once_prints_a_snapshot(tmp_path: Path) -> None:
     result = cli("top", "--storage", url(db), "--window", "30s")
     assert (result.returncode, result.stderr) == (0, "")
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"omniq-observe top  {url(db)}   window 30.0s   newest event 1m")
+    assert lines[0].startswith(f"omniq-observe top  {url(db)}   window 30.0s   newest 1m")
     assert lines[1:3] == [
-        "queue    events/s  running  done/s  failed/s  p50  p95  wait p95  oldest running",
-        "emails        0.0        0     0.0       0.0    -    -         -  -",
+        "queue    ev/s  run  done/s  fail/s  p50  p95  wait95  oldest  task",
+        "emails    0.0    0     0.0     0.0    -    -       -       -  -",
     ]
-    assert lines[3].startswith(
-        "reports       0.0        1     0.0       0.0    -    -         -  1m"
-    )
-    assert lines[3].endswith(" task-e")
-    assert len(lines) == 4
+    assert lines[3].startswith("reports   0.0    1     0.0     0.0    -    -       -   1m")
+    assert lines[3].endswith("  task-e")
+    assert lines[4].startswith("total     0.0    1     0.0     0.0    -    -       -   1m")
+    assert lines[4].endswith("  task-e")
+    assert len(lines) == 5  # no key line: a snapshot takes no keys
 
 
 def _tmux_available() -> None:

@@ -270,3 +270,18 @@ async def test_the_redis_extra_brings_hiredis_and_the_backend_uses_it(
         assert type(connection._parser).__name__ == "_AsyncHiredisParser"
     finally:
         await pool.release(connection)
+
+
+async def test_under_max_len_the_late_index_stays_bounded() -> None:
+    storage = make_redis(max_len=5)
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await storage.append([TaskEvent(task_id="now", event_type="STARTED")])
+        hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+        await storage.append([TaskEvent(task_id=f"old{i}", event_type="STARTED",
+                                        timestamp=hour_ago + timedelta(seconds=i))
+                              for i in range(8)])
+        assert await admin.zcard(f"{storage.prefix}:late") == 5
+    finally:
+        await admin.aclose()
+        await storage.close()

@@ -91,7 +91,23 @@ class PgConnections:
                 self._opening = None
             raise
 
+    async def _probe(self) -> None:
+        """Connect once, directly: an unreachable server fails at once, in one error,
+        instead of the pool retrying (and logging each try) until ``connect_timeout``."""
+        try:
+            conn = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.dsn, autocommit=True), self.connect_timeout
+            )
+        except (psycopg.OperationalError, asyncio.TimeoutError, OSError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+            if isinstance(exc, asyncio.TimeoutError):
+                reason = f"no answer within {self.connect_timeout:g}s"
+            msg = f"PostgreSQL at {safe_url(self.dsn)} unreachable: {reason}"
+            raise BackendUnavailableError(msg) from exc
+        await conn.close()
+
     async def _open_pool(self) -> AsyncConnectionPool:
+        await self._probe()
         pool = AsyncConnectionPool(
             self.dsn,
             min_size=1,

@@ -38,7 +38,7 @@ SCAN = 1000
 #: how far ahead of the server's clock an event may be stamped and still be stored at its
 #: own time.
 MARGIN_MS = 10_000
-PRUNE_CHUNK = 5000
+PRUNE_CHUNK = 2000  # entries per script call: Redis serves other clients between calls
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ __all__ = [
 #   than the last id gets the next id (``*``); one later than it by more than the margin
 #   (``id - time > margin``) is put in the late index (a sorted set by event time), where
 #   ``query(until=)`` and ``prune`` find it. A time more than the margin ahead of the
-#   server's clock is stored at the clock plus the margin.
+#   server's clock is stored at the clock plus the margin. Under MAXLEN the late index
+#   keeps at most MAXLEN ids (the latest by event time).
 # * The entry holds ``e`` (the wire form) and ``t`` (the task id, for prune); its id is
 #   pushed onto the task's index list, whose TTL is refreshed.
 # Returns the number of events written.
@@ -49,7 +50,7 @@ if redis.call('EXISTS', stream) == 1 then
     end
   end
 end
-local written = 0
+local written, lates = 0, 0
 for i = 6, #ARGV, 4 do
   local event_id = ARGV[i + 1]
   if redis.call('SISMEMBER', recent, event_id) == 0
@@ -65,7 +66,10 @@ for i = 6, #ARGV, 4 do
       id = redis.call('XADD', stream, spec, 'e', ARGV[i + 3], 't', ARGV[i])
     end
     last = tonumber(string.match(id, '^(%d+)'))
-    if last - time > margin then redis.call('ZADD', late, time, id) end
+    if last - time > margin then
+      redis.call('ZADD', late, time, id)
+      lates = lates + 1
+    end
     redis.call('SADD', recent, event_id)
     local key = prefix .. ARGV[i]
     redis.call('RPUSH', key, id)
@@ -74,6 +78,10 @@ for i = 6, #ARGV, 4 do
   end
 end
 if redis.call('SCARD', recent) >= window then redis.call('RENAME', recent, older) end
+if lates > 0 and maxlen > 0 then  -- under MAXLEN the late index stays as bounded
+  local size = redis.call('ZCARD', late)
+  if size > maxlen then redis.call('ZREMRANGEBYRANK', late, 0, size - maxlen - 1) end
+end
 return written
 """
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+import socket
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -15,8 +17,10 @@ from omniq_observe.exceptions import ConfigurationError
 __all__ = [
     "DEFAULT_STORAGE",
     "TCP_PORT",
+    "AddressError",
     "CommandError",
     "add_storage_argument",
+    "address_error",
     "bounded",
     "env_default",
     "parse_duration",
@@ -32,6 +36,28 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None
 
 class CommandError(Exception):
     """A user error: printed as one line on stderr, exit code 2."""
+
+
+class AddressError(CommandError, OSError):
+    """An address to listen on that cannot be bound; the message names it and what to do."""
+
+
+_BIND_ADVICE = {
+    errno.EADDRINUSE: "address already in use; pick another --port",
+    errno.EACCES: "permission denied (ports below 1024 need privileges); pick another --port",
+    errno.EADDRNOTAVAIL: "cannot assign the address (it is not one of this machine's); "
+    "pick another --host",
+}
+
+
+def address_error(host: str, port: int, exc: OSError) -> AddressError:
+    """The error for failing to listen on ``host:port``: what happened and what to do."""
+    if isinstance(exc, socket.gaierror):
+        reason = f"unknown host ({exc.strerror or exc}); pick another --host"
+    else:
+        reason = _BIND_ADVICE.get(exc.errno or 0, str(exc.strerror or exc))
+    shown = f"[{host}]" if ":" in host else host
+    return AddressError(f"cannot serve on {shown}:{port}: {reason}")
 
 
 def env_default(name: str, default: Any = None) -> Any:

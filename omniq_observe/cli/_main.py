@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -17,11 +19,25 @@ __all__ = ["main"]
 _COMMANDS = ("serve", "demo", "tail", "top", "stats", "prune", "check")
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+_DEBUG_HELP = "show tracebacks on errors (also accepted before the command)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse's own usage errors: one line, exit code 2.
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        # argparse's own usage errors: one line, exit code 2, with a suggestion for a typo.
+        sys.stderr.write(f"{self.prog}: error: {_with_suggestion(message)}\n")
         raise SystemExit(2)
+
+
+def _with_suggestion(message: str) -> str:
+    """Add "did you mean ...?" to argparse's "invalid choice" message."""
+    match = _INVALID_CHOICE.search(message)
+    if not match:
+        return message
+    choices = re.findall(r"'([^']*)'", match.group(2))
+    close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.6)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Observe OmniQ task queues: store, process, export and inspect events.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMANDS:
         try:
@@ -41,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         module.register(sub)
+    for command in sub.choices.values():
+        # Global options work after the command too; SUPPRESS keeps one given before it.
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=_DEBUG_HELP)
     return parser
 
 

@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 
 from rich.console import Console, RenderableType
 
-from omniq_observe.backend import BaseEventStorage, Position, from_url
+from omniq_observe.backend import BaseEventStorage, Position, SQLiteBackend, from_url
 from omniq_observe.backend._url import safe_url
-from omniq_observe.cli._common import stdout_is_terminal
+from omniq_observe.cli._common import CommandError, stdout_is_terminal
 from omniq_observe.exceptions import BackendUnavailableError
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "make_console",
     "open_storage",
     "print_table",
+    "require_existing_store",
     "run_until_signal",
     "safe_url",
 ]
@@ -55,17 +56,47 @@ async def check_reachable(storage: BaseEventStorage, url: str, timeout: float) -
         raise BackendUnavailableError(msg)
 
 
+def require_existing_store(storage: BaseEventStorage) -> None:
+    """Refuse a SQLite file that does not exist, so that reading never creates a store.
+
+    Raises:
+        CommandError: the file (or its folder) is missing; the message says what to do.
+    """
+    if not isinstance(storage, SQLiteBackend) or str(storage.path) == ":memory:":
+        return
+    path = storage.path
+    if path.exists():
+        return
+    shown = str(path) if path.is_absolute() else f"./{path}"
+    hint = "run `omniq-observe demo` or pass --storage / set OMNIQ_OBSERVE_STORAGE"
+    folder = path.parent
+    if not folder.is_dir():
+        msg = f"no event store at {shown}: its folder {folder} does not exist; {hint}"
+    else:
+        msg = f"no event store at {shown}; {hint}"
+    raise CommandError(msg)
+
+
 @contextlib.asynccontextmanager
 async def open_storage(
-    url: str, timeout: float = CONNECT_TIMEOUT
+    url: str, timeout: float = CONNECT_TIMEOUT, *, create: bool = False
 ) -> AsyncIterator[BaseEventStorage]:
     """Build the backend ``url`` names, check that it answers, close it afterwards.
 
+    Args:
+        url: the storage URL.
+        timeout: seconds to wait for the backend's health check.
+        create: make a SQLite file that does not exist yet (``demo``); read commands
+            leave this off and fail instead of creating an empty store.
+
     Raises:
         InvalidURLError: the URL is malformed or its scheme unsupported.
+        CommandError: the SQLite file does not exist and ``create`` is off.
         BackendUnavailableError: the backend does not answer within ``timeout`` seconds.
     """
     storage = from_url(url)
+    if not create:
+        require_existing_store(storage)
     try:
         await check_reachable(storage, url, timeout)
         yield storage

@@ -36,6 +36,8 @@ from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
 
 __all__ = [
+    "DEFAULT_FAILURE_RATE",
+    "INCIDENT_FAILURE_RATE",
     "MAX_TASK_SPAN",
     "QUEUE_PROFILES",
     "Tally",
@@ -51,6 +53,10 @@ MAX_TASK_SPAN = 90.0
 _MAX_WAIT = 5.0
 _MAX_DURATION = 20.0
 _MAX_BACKOFF = 4.0
+#: The demo's chance that one attempt fails: clearly under the 10 % failure-ratio alert.
+DEFAULT_FAILURE_RATE = 0.03
+#: The failure rate of the queue in trouble during an incident (``demo --incident``).
+INCIDENT_FAILURE_RATE = 0.6
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,8 @@ class Workload:
         max_attempts: attempts before a failing task gives up.
         workers: how many worker ids STARTED events name.
         tracer_provider: makes the producer spans; a private SDK provider by default.
+        incident: (queue, epoch seconds): tasks of that queue enqueued from then on fail
+            :data:`INCIDENT_FAILURE_RATE` of their attempts.
 
     Raises:
         ConfigurationError: a setting is out of range.
@@ -140,12 +148,13 @@ class Workload:
         self,
         *,
         queues: int = 4,
-        failure_rate: float = 0.1,
+        failure_rate: float = DEFAULT_FAILURE_RATE,
         seed: int | None = None,
         cancel_rate: float = 0.02,
         max_attempts: int = 3,
         workers: int = 8,
         tracer_provider: TracerProvider | None = None,
+        incident: tuple[str, float] | None = None,
     ) -> None:
         if not 1 <= queues <= 1000:
             msg = f"queues must be between 1 and 1000, got {queues!r}"
@@ -156,6 +165,7 @@ class Workload:
         self.profiles = [_profile(i) for i in range(queues)]
         self.weights = [1.0 / (i + 1) for i in range(queues)]
         self.failure_rate = failure_rate
+        self.incident = incident
         self.cancel_rate = cancel_rate
         self.max_attempts = max_attempts
         self.workers = [f"worker-{i + 1}" for i in range(workers)]
@@ -194,6 +204,11 @@ class Workload:
             )
         ]
         t = enqueued_at
+        failure_rate = self.failure_rate
+        if self.incident is not None and queue == self.incident[0] and (
+            enqueued_at >= self.incident[1]
+        ):
+            failure_rate = INCIDENT_FAILURE_RATE
         half_cancel = self.cancel_rate / 2
         if rng.random() < half_cancel:  # cancelled while still queued
             t += self._lognormal(profile.wait_median, _MAX_WAIT)
@@ -212,7 +227,7 @@ class Workload:
                 details = {"reason": "worker shutting down", "attempt": attempt}
                 events.append(self._event(task_id, "CANCELLED", t, details))
                 return queue, events
-            if roll >= half_cancel + self.failure_rate:
+            if roll >= half_cancel + failure_rate:
                 t += min(duration, profile.timeout_seconds * 0.9)
                 details = {"result": rng.choice(_RESULTS), "attempt": attempt}
                 events.append(self._event(task_id, "COMPLETED", t, details))
@@ -294,6 +309,7 @@ async def backfill(
     batch_size: int = 2000,
     tally: Tally | None = None,
     on_progress: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Tally:
     """Write ``count`` tasks laid out in the past, ``rate`` per second, all before ``end``.
 
@@ -306,11 +322,15 @@ async def backfill(
         batch_size: events per ``log_events`` call.
         tally: counts what was written (a new one by default).
         on_progress: called with the number of tasks made since the last call.
+        stop: when set, writing stops after the batch in flight; the events not yet
+            written are dropped and ``tally.tasks`` counts the tasks whose ENQUEUED was
+            written.
 
     Returns:
         The tally of what was written.
     """
     tally = tally or Tally()
+    enqueued_before = tally.by_type()["ENQUEUED"]
     end = time.time() if end is None else end
     spacing = 1.0 / rate
     start = end - MAX_TASK_SPAN - count * spacing
@@ -320,6 +340,8 @@ async def backfill(
     made = 0
     try:
         for index in range(count):
+            if stop is not None and stop.is_set():
+                break
             enqueued_at = start + (index + workload.rng.random()) * spacing
             timeline.push(*workload.task(enqueued_at))
             made += 1
@@ -338,6 +360,9 @@ async def backfill(
     finally:
         if writing is not None and not writing.done():
             writing.cancel()
+    if stop is not None and stop.is_set():
+        tally.tasks += tally.by_type()["ENQUEUED"] - enqueued_before
+        return tally
     pending.extend(timeline.pop_until(float("inf")))
     for first in range(0, len(pending), batch_size):
         await _write(logger, pending[first : first + batch_size], tally)

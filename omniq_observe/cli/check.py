@@ -52,11 +52,13 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_storage_argument(parser)
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result as JSON (default: a table)")
     parser.add_argument(
         "--integrity",
         action="store_true",
-        help="also check every page of the database file (SQLite: PRAGMA quick_check)",
+        help="also check every page of the database file (SQLite: PRAGMA quick_check; "
+        "default off)",
     )
     parser.set_defaults(func=run)
 

@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
     add_storage_argument(parser)
     parser.add_argument("--older-than", type=duration_type("older-than"), required=True,
                         metavar="DURATION", help="e.g. 12h, 7d, 4w")
-    parser.add_argument("-y", "--yes", action="store_true", help="delete without asking")
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="delete without asking (default: ask on the terminal)")
     parser.set_defaults(func=run)
 
 

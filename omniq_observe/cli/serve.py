@@ -1,10 +1,4 @@
-"""``omniq-observe serve``: a processor with Prometheus and structlog handlers, and /metrics.
-
-Every flag has an ``OMNIQ_OBSERVE_*`` variable (``--port`` <- ``OMNIQ_OBSERVE_PORT``);
-``OMNIQ_OBSERVE_BASIC_AUTH=user:password`` protects /metrics (an environment variable
-only, to keep the password out of ``ps``). SIGTERM or SIGINT: the batch in flight
-finishes and its checkpoint is committed, then the command exits 0.
-"""
+"""``omniq-observe serve``: a processor with Prometheus and structlog handlers, and /metrics."""
 
 from __future__ import annotations
 
@@ -13,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +20,7 @@ from omniq_observe.cli._common import (
     TCP_PORT,
     CommandError,
     add_storage_argument,
+    address_error,
     env_default,
 )
 from omniq_observe.cli._run import check_reachable
@@ -40,13 +36,38 @@ LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _CONNECT_TIMEOUT = 10.0
 
+DESCRIPTION = """\
+Process stored events with a Prometheus handler and serve /metrics and /healthz.
+
+Every flag has an OMNIQ_OBSERVE_* environment variable (--port <- OMNIQ_OBSERVE_PORT);
+OMNIQ_OBSERVE_BASIC_AUTH=user:password protects /metrics (an environment variable only,
+to keep the password out of ps). SIGTERM or SIGINT: the batch in flight finishes and its
+checkpoint is committed, then the command exits 0.
+
+Logging: by default serve logs its own start and stop and its problems (storage errors,
+failing handlers), never one line per event. --log-events, or --log-level debug, adds one
+line per task event."""
+
+EXAMPLES = """\
+examples:
+  omniq-observe serve
+      /metrics and /healthz on http://127.0.0.1:9464 for ./omniq-events.db
+  omniq-observe serve --storage redis://localhost:6379/0 --name metrics --port 9465
+  omniq-observe serve --host 0.0.0.0 --log-format json
+      for a Prometheus in another container or host; JSON log lines
+  omniq-observe serve --log-events
+      also one log line per task event
+  OMNIQ_OBSERVE_BASIC_AUTH=prom:secret omniq-observe serve --certfile c.pem --keyfile k.pem
+"""
+
 
 def register(subparsers: Any) -> None:
     """Add the ``serve`` command."""
     parser = subparsers.add_parser(
         "serve",
         help="process stored events and serve Prometheus metrics on /metrics",
-        description=__doc__,
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_storage_argument(parser)
@@ -56,19 +77,29 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=TCP_PORT, default=env_default("port", str(DEFAULT_PORT)),
                         help=f"port (env OMNIQ_OBSERVE_PORT; default {DEFAULT_PORT})")
     parser.add_argument("--name", default=env_default("name", "default"),
-                        help="processor name, its checkpoint (env OMNIQ_OBSERVE_NAME)")
+                        help="processor name, its checkpoint (env OMNIQ_OBSERVE_NAME; "
+                        "default default)")
     parser.add_argument("--log-format", choices=LOG_FORMATS,
                         default=env_default("log_format", "console"),
-                        help="log lines as json or console (env OMNIQ_OBSERVE_LOG_FORMAT)")
+                        help="log lines as json or console (env OMNIQ_OBSERVE_LOG_FORMAT; "
+                        "default console)")
     parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
                         default=env_default("log_level", "info").lower(),
-                        help="lowest level logged (env OMNIQ_OBSERVE_LOG_LEVEL)")
+                        help="lowest level logged; debug adds one line per task event "
+                        "(env OMNIQ_OBSERVE_LOG_LEVEL; default info)")
+    parser.add_argument("--log-events", action="store_true",
+                        default=env_default("log_events", "") not in ("", "0", "false"),
+                        help="log one line per task event (env OMNIQ_OBSERVE_LOG_EVENTS; "
+                        "default off: lifecycle and problems only)")
     parser.add_argument("--certfile", default=env_default("certfile"),
-                        help="PEM certificate to serve HTTPS (env OMNIQ_OBSERVE_CERTFILE)")
+                        help="PEM certificate to serve HTTPS (env OMNIQ_OBSERVE_CERTFILE; "
+                        "default none: plain HTTP)")
     parser.add_argument("--keyfile", default=env_default("keyfile"),
-                        help="PEM private key of --certfile (env OMNIQ_OBSERVE_KEYFILE)")
+                        help="PEM private key of --certfile (env OMNIQ_OBSERVE_KEYFILE; "
+                        "default none)")
     parser.add_argument("--max-lag", type=float, default=float(env_default("max_lag", "60")),
-                        help="/healthz is 503 above this lag, seconds (env OMNIQ_OBSERVE_MAX_LAG)")
+                        help="/healthz is 503 above this lag, seconds (env "
+                        "OMNIQ_OBSERVE_MAX_LAG; default 60)")
     parser.set_defaults(func=run)
 
 
@@ -87,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             args.storage, host=args.host, port=int(args.port), name=args.name,
             log_format=args.log_format, log_level=args.log_level, certfile=args.certfile,
             keyfile=args.keyfile, basic_auth=basic_auth, max_lag=args.max_lag,
+            log_events=args.log_events,
         )
     )
     return 0
@@ -132,6 +164,7 @@ async def run_server(
     keyfile: str | None = None,
     basic_auth: tuple[str, str] | None = None,
     max_lag: float = 60.0,
+    log_events: bool = False,
 ) -> None:
     """Process events from ``storage`` with Prometheus and structlog handlers and serve
     /metrics and /healthz until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
@@ -149,11 +182,14 @@ async def run_server(
         keyfile: the certificate's private key.
         basic_auth: (user, password) required for /metrics.
         max_lag: /healthz answers 503 above this many seconds of lag.
+        log_events: log one line per task event; also on when ``log_level`` is debug.
+            Off, only the server's lifecycle and problems are logged.
 
     Raises:
         InvalidURLError: the URL is malformed.
         BackendUnavailableError: the backend cannot be reached.
-        OSError: the address cannot be bound.
+        OSError: the address cannot be bound (an ``AddressError`` naming it and what to
+            do), or a certificate file cannot be read.
     """
     configure_logging(log_format, log_level)
     log = structlog.get_logger("omniq_observe.serve")
@@ -167,11 +203,17 @@ async def run_server(
         registry = CollectorRegistry()
         metrics = PrometheusHandler(registry=registry)
         processor.register_handler(metrics)
-        processor.register_handler(StructlogHandler())
-        server = start_http_server(
-            port, host, registry, health=ProcessorHealth(processor.stats, max_lag=max_lag),
-            certfile=certfile, keyfile=keyfile, basic_auth=basic_auth,
-        )
+        if log_events or log_level.lower() == "debug":
+            processor.register_handler(StructlogHandler())
+        try:
+            server = start_http_server(
+                port, host, registry, health=ProcessorHealth(processor.stats, max_lag=max_lag),
+                certfile=certfile, keyfile=keyfile, basic_auth=basic_auth,
+            )
+        except OSError as exc:
+            if exc.filename is not None or isinstance(exc, ssl.SSLError):
+                raise  # a certificate or key file, not the address
+            raise address_error(host, port, exc) from exc
         log.info("omniq.serve_started", url=f"{server.url}/metrics", storage=url,
                  processor=name)
         if stop is None:

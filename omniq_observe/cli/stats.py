@@ -53,7 +53,8 @@ def register(subparsers: Any) -> None:
     add_storage_argument(parser)
     parser.add_argument("--since", type=duration_type("since"), metavar="DURATION",
                         help="only events from this long ago, e.g. 1h, 7d (default: all)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as JSON (default: a table)")
     parser.set_defaults(func=run)
 
 

@@ -19,6 +19,7 @@ from omniq_observe._semantics import truncate
 from omniq_observe._summary import QueueResolver
 from omniq_observe.backend import BaseEventStorage, Position
 from omniq_observe.cli._common import add_storage_argument, duration_type
+from omniq_observe.cli._lookup import MIN_PREFIX, check_event_types, resolve_task
 from omniq_observe.cli._run import (
     format_time,
     later_position,
@@ -36,6 +37,7 @@ examples:
   omniq-observe tail -f                    ... and every new one until Ctrl-C
   omniq-observe tail --since 10m --type failed --type timeout
   omniq-observe tail --task 3f2a9c1e-...   one task's whole history
+  omniq-observe tail --task 3f2a9c          the same: a unique prefix of 6+ characters
   omniq-observe tail -f --queue emails --json | jq .details
 
 Text lines: time (UTC), type, queue, task id, then the details as key=value (long values
@@ -68,17 +70,24 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_storage_argument(parser)
-    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
-    parser.add_argument("--task", metavar="ID", help="only this task's events")
+    parser.add_argument("-f", "--follow", action="store_true",
+                        help="keep printing new events (default off)")
+    parser.add_argument("--task", metavar="ID",
+                        help=f"only this task's events; a unique prefix of {MIN_PREFIX} or "
+                        "more characters will do (default: every task)")
     parser.add_argument("--type", action="append", default=[], metavar="T",
-                        help="only events of this type (repeat, or comma-separated)")
-    parser.add_argument("--queue", metavar="Q", help="only events of tasks on this queue")
+                        help="only events of this type (repeat, or comma-separated; "
+                        "default: every type)")
+    parser.add_argument("--queue", metavar="Q",
+                        help="only events of tasks on this queue (default: every queue)")
     parser.add_argument("--since", type=duration_type("since"), metavar="DURATION",
-                        help="events from this long ago, e.g. 30s, 10m, 2h, 7d")
+                        help="events from this long ago, e.g. 30s, 10m, 2h, 7d (default: "
+                        "no limit)")
     parser.add_argument("-n", "--lines", type=int, default=None, metavar="N",
                         help="print the last N matching events first (default 10 without "
                         "--since or --task; all with them)")
-    parser.add_argument("--json", action="store_true", help="print JSON lines (wire form)")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON lines (wire form; default: text lines)")
     parser.set_defaults(func=run)
 
 
@@ -94,6 +103,7 @@ class _Filter:
         self.task = args.task
         self.queue = args.queue
         self.resolver = resolver
+        self.queues_seen: set[str] = set()
 
     async def select(self, events: Iterable[TaskEvent]) -> list[tuple[str, TaskEvent]]:
         """Return (queue, event) for the events that pass."""
@@ -104,6 +114,7 @@ class _Filter:
             if self.types is not None and event.event_type not in self.types:
                 continue
             queue = await self.resolver.queue(event)
+            self.queues_seen.add(queue)
             if self.queue is not None and queue != self.queue:
                 continue
             out.append((queue, event))
@@ -114,13 +125,18 @@ async def _tail(args: argparse.Namespace, stop: asyncio.Event) -> int:
     console = make_console()
     async with open_storage(args.storage) as storage:
         resolver = QueueResolver(storage.task_history)
+        if args.task is not None:
+            args.task = await resolve_task(storage, args.task)
         selector = _Filter(args, resolver)
+        if selector.types:
+            await check_event_types(storage, selector.types)
         start = await storage.last_position()
         lines = args.lines
         if lines is None and args.since is None and args.task is None:
             lines = 10
         printed, last = await _backlog(storage, args, selector, lines, start)
         _emit(console, printed, as_json=args.json)
+        _note_unseen_queue(selector)
         if not args.follow:
             return 0
         position = start if last is None else last
@@ -177,6 +193,15 @@ async def _backlog(
             break
         after = page.next_cursor
     return list(kept), newest
+
+
+def _note_unseen_queue(selector: _Filter) -> None:
+    """On stderr: the --queue asked for had no events; these queues did."""
+    if selector.queue is None or selector.queue in selector.queues_seen:
+        return
+    seen = ", ".join(sorted(selector.queues_seen)) or "none"
+    sys.stderr.write(f"note: no events on queue {selector.queue!r}; queues seen: {seen}\n")
+    sys.stderr.flush()
 
 
 def _emit(console: Console, rows: list[tuple[str, TaskEvent]], *, as_json: bool) -> None:

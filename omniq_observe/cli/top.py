@@ -37,12 +37,21 @@ examples:
   omniq-observe top --storage redis://localhost:6379/0 --window 5m
   omniq-observe top --once | less          one snapshot (the default when piped)
 
-Per queue: events/s, tasks running now, completed/s and failed/s (FAILED + TIMEOUT),
-p50/p95 attempt duration and p95 queue wait over the last --window of event time, and
-the oldest running task. It reads the last --since of history, then follows new events,
-refreshing every second. q or Ctrl-C quits.
+Per queue and in total: events/s (ev/s), tasks running now (run), completed/s (done/s)
+and failed/s (fail/s: FAILED + TIMEOUT), p50/p95 attempt duration and p95 queue wait
+(wait95) over the last --window of event time, and the oldest running task: its age
+(oldest) and the first 8 characters of its id (task, which tail --task accepts). It reads
+the last --since of history, then follows new events, refreshing every --interval.
+Narrow terminals drop p50, ev/s, wait95, done/s and task, in that order. q or Ctrl-C quits.
 """
 _PAGE = 5000
+#: The columns of ``top``, left to right.
+COLUMNS = ("queue", "ev/s", "run", "done/s", "fail/s", "p50", "p95", "wait95", "oldest", "task")
+_DROP_ORDER = ("p50", "ev/s", "wait95", "done/s", "task")
+_GAP = 2
+_ID_WIDTH = 8
+_QUEUE_WIDTH = 16
+KEY_LINE = "q quit   fail/s = FAILED+TIMEOUT per second   oldest, task = longest running"
 
 
 def register(subparsers: Any) -> None:
@@ -121,37 +130,76 @@ def _rate(value: float) -> str:
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
+def _cells(row: QueueLive) -> dict[str, str]:
+    return {
+        "queue": row.queue,
+        "ev/s": _rate(row.events_per_second),
+        "run": str(row.running),
+        "done/s": _rate(row.completed_per_second),
+        "fail/s": _rate(row.failed_per_second),
+        "p50": format_age(row.duration_p50),
+        "p95": format_age(row.duration_p95),
+        "wait95": format_age(row.wait_p95),
+        "oldest": format_age(row.oldest_age),
+        "task": "-" if row.oldest_task is None else row.oldest_task[:_ID_WIDTH],
+    }
+
+
+def fit_columns(cells: list[dict[str, str]], width: int) -> list[str]:
+    """The columns that fit ``width`` characters, dropping the least needed ones first."""
+    columns = list(COLUMNS)
+    widths = {c: max([len(c), *(len(row[c]) for row in cells)]) for c in columns}
+
+    def needed() -> int:
+        return sum(widths[c] for c in columns) + _GAP * (len(columns) - 1)
+
+    for column in _DROP_ORDER:
+        if needed() <= width:
+            break
+        columns.remove(column)
+    return columns
+
+
 def render_top(
-    rows: list[QueueLive], *, title: str, window: float, newest_age: float | None
+    rows: list[QueueLive],
+    *,
+    title: str,
+    window: float,
+    newest_age: float | None,
+    total: QueueLive | None = None,
+    width: int = 80,
+    keys: bool = False,
 ) -> Group:
-    """The screen: a title line and the per-queue table."""
-    header = Text(title, style="bold")
+    """The screen: a title line, the per-queue table with a total row, and the key line.
+
+    Columns that do not fit ``width`` are dropped (p50 first, then events/s, wait p95,
+    done/s and the oldest task's id); long queue names are shortened.
+    """
+    header = Text(title, style="bold", no_wrap=True, overflow="ellipsis")
     header.append(
-        f"   window {format_age(window)}   newest event {format_age(newest_age)} ago",
+        f"   window {format_age(window)}   newest {format_age(newest_age)} ago",
         style="dim",
     )
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold reverse")
-    for name in ("queue", "events/s", "running", "done/s", "failed/s", "p50", "p95",
-                 "wait p95", "oldest running"):
-        table.add_column(name, justify="left" if name in ("queue", "oldest running") else "right")
-    for row in rows:
-        oldest = "-"
-        if row.oldest_task is not None:
-            oldest = f"{format_age(row.oldest_age)} {row.oldest_task[:8]}"
-        table.add_row(
-            row.queue,
-            _rate(row.events_per_second),
-            str(row.running),
-            _rate(row.completed_per_second),
-            Text(_rate(row.failed_per_second), style="red" if row.failed_per_second else ""),
-            format_age(row.duration_p50),
-            format_age(row.duration_p95),
-            format_age(row.wait_p95),
-            oldest,
-        )
+    body = [_cells(row) for row in rows]
+    for cells in body:
+        if len(cells["queue"]) > _QUEUE_WIDTH:
+            cells["queue"] = cells["queue"][: _QUEUE_WIDTH - 1] + "~"
+    footer = [] if total is None or not rows else [_cells(total)]
+    columns = fit_columns(body + footer, width)
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("queue", "task") else "right")
+    for cells, row in zip(body, rows, strict=True):
+        style = "red" if row.failed_per_second else ""
+        table.add_row(*(Text(cells[c], style=style if c == "fail/s" else "") for c in columns))
+    for cells in footer:
+        table.add_row(*(cells[c] for c in columns), style="bold")
     if not rows:
-        table.add_row("(no events yet)", *([""] * 8))
-    return Group(header, table)
+        table.add_row("(no events yet)", *([""] * (len(columns) - 1)))
+    parts: list[Text | Table] = [header, table]
+    if keys:
+        parts.append(Text(KEY_LINE, style="dim", no_wrap=True, overflow="ellipsis"))
+    return Group(*parts)
 
 
 @contextlib.contextmanager
@@ -189,13 +237,18 @@ async def _top(args: argparse.Namespace, stop: asyncio.Event) -> int:
         view = TopView(storage, window)
         await view.load(datetime.now(timezone.utc) - args.since)
 
+        live_view = not (args.once or not console.is_terminal)
+
         def screen() -> Group:
             now = time.time()
             newest = view.summary.newest
             age = None if newest is None else max(0.0, now - newest)
-            return render_top(view.rows(now), title=title, window=window, newest_age=age)
+            return render_top(
+                view.rows(now), title=title, window=window, newest_age=age,
+                total=view.summary.live_total(now), width=console.width, keys=live_view,
+            )
 
-        if args.once or not console.is_terminal:
+        if not live_view:
             print_table(console, screen())
             return 0
         interval = max(0.05, args.interval.total_seconds())

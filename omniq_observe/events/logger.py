@@ -10,14 +10,32 @@ Storage-failure policy:
   events, new ones queue behind them so that order is kept. When the buffer is full the
   new event is dropped and counted in ``stats.dropped``. Buffered events are lost if the
   process dies. ``flush()`` waits for the buffer to drain; nothing ever waits unbounded.
+
+Batching (``batch=True``): ``log_event`` checks the event, writes the span event and takes
+the trace context in the caller, as always, then puts it on a bounded queue and returns
+without waiting for storage. A background writer stores the queue every ``flush_interval``
+seconds or ``max_batch`` events, whichever comes first; a full queue (``max_queue``) blocks
+the caller (``overflow="block"``) or drops the newest event (``"drop"``, counted in
+``stats.dropped``). A failed write follows ``on_storage_error``: ``"buffer"`` retries it,
+``"raise"`` drops it (counted) and the next ``flush()`` raises. ``flush()`` waits for
+everything logged so far; ``close()`` flushes and stops; the sync logger also flushes at
+interpreter exit. Events still queued when the process is killed are lost: at most
+``flush_interval`` seconds' worth. Both loggers are fork-safe: a forked child (Celery's
+prefork pool, RQ's work horse) gets its own storage connection and writer on first use,
+and the parent's queue is never written twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
+import contextlib
 import itertools
 import logging
+import os
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,6 +47,7 @@ from opentelemetry.trace import TracerProvider
 
 from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor, queue_of
 from omniq_observe.backend.base import BaseEventStorage
+from omniq_observe.events._batch import AsyncBatcher, BatchSettings, ThreadBatcher, reopen_storage
 from omniq_observe.events._spans import SpanEventWriter, current_trace_context
 from omniq_observe.events._sync import LoopThread
 from omniq_observe.exceptions import ConfigurationError, InvalidEventError, StorageError
@@ -80,6 +99,9 @@ class AsyncEventLogger:
         buffer_size: the most events the retry buffer holds.
         redact_keys: details keys (substrings) whose values span events hide.
         max_attribute_length: span-event string attributes are cut to this length.
+        batch: return before storage and let a background writer store batches (see the
+            module docstring); ``flush_interval``, ``max_batch``, ``max_queue`` and
+            ``overflow`` (``"block"`` or ``"drop"``) tune it.
 
     Raises:
         ConfigurationError: a setting is invalid.
@@ -94,6 +116,11 @@ class AsyncEventLogger:
         buffer_size: int = 10_000,
         redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
         max_attribute_length: int = 1024,
+        batch: bool = False,
+        flush_interval: float = 0.1,
+        max_batch: int = 1000,
+        max_queue: int = 100_000,
+        overflow: str = "block",
     ) -> None:
         if not isinstance(event_storage, BaseEventStorage):
             msg = f"event_storage must be a BaseEventStorage, got {type(event_storage).__name__}"
@@ -118,6 +145,31 @@ class AsyncEventLogger:
         self.retry_interval = 0.05
         self.max_retry_interval = 2.0
         self._warned_types: set[str] = set()  # unknown event types warned about
+        self.batch_settings = (
+            BatchSettings(flush_interval, max_batch, max_queue, overflow) if batch else None
+        )
+        self._batcher = self._new_batcher()
+        self._pid = os.getpid()
+
+    def _new_batcher(self) -> AsyncBatcher | None:
+        settings = self.batch_settings
+        return None if settings is None else AsyncBatcher(self.store, settings, self.count_dropped)
+
+    def count_dropped(self, count: int) -> None:
+        """Count events that were given up (a full queue, a failed batched write)."""
+        self.stats.dropped += count
+
+    def after_fork(self) -> None:
+        """Start afresh in a forked child: own storage, own queue, empty retry buffer.
+
+        Called on first use in the child; what the parent had queued is never written twice.
+        """
+        self._pid = os.getpid()
+        self.event_storage = reopen_storage(self.event_storage)
+        self.stats = LoggerStats()
+        self._buffer = collections.deque()
+        self._drain_task = None
+        self._batcher = self._new_batcher()
 
     def prepare(self, event: TaskEvent) -> TaskEvent:
         """Check ``event``, add it to the caller's span and attach the caller's trace context.
@@ -181,15 +233,25 @@ class AsyncEventLogger:
     async def log_event(self, event: TaskEvent) -> None:
         """Store one event; return once it is durable and visible to processors.
 
+        With ``batch=True``, return once it is queued for the background writer.
+
         Raises:
             InvalidEventError: ``event`` is not a TaskEvent.
-            StorageError: storage failed and the policy is ``"raise"``.
+            StorageError: storage failed and the policy is ``"raise"`` (not batching).
         """
-        await self.store([self.prepare(event)])
+        await self._submit([self.prepare(event)])
 
     async def log_events(self, events: Sequence[TaskEvent]) -> None:
-        """Store a batch of events in one write, in order."""
-        await self.store([self.prepare(event) for event in events])
+        """Store a batch of events in one write, in order (or queue them, batching)."""
+        await self._submit([self.prepare(event) for event in events])
+
+    async def _submit(self, events: list[TaskEvent]) -> None:
+        if self._pid != os.getpid():
+            self.after_fork()
+        if self._batcher is None:
+            await self.store(events)
+        else:
+            await self._batcher.put(events)
 
     async def store(self, events: list[TaskEvent]) -> None:
         """Write already prepared events, applying the storage-failure policy."""
@@ -254,7 +316,18 @@ class AsyncEventLogger:
         return len(self._buffer)
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the retry buffer is empty; return False if ``timeout`` ran out."""
+        """Wait until what was logged is stored and the retry buffer is empty.
+
+        Returns False if ``timeout`` ran out.
+
+        Raises:
+            StorageError: a batched write failed under the ``"raise"`` policy (once).
+        """
+        if self._batcher is not None:
+            if self._pid != os.getpid():
+                self.after_fork()
+            if not await self._batcher.flush(timeout):
+                return False
         task = self._drain_task
         if task is None or task.done():
             return not self._buffer
@@ -266,7 +339,10 @@ class AsyncEventLogger:
 
         What is still buffered then is dropped and counted.
         """
-        await self.flush(timeout)
+        if self._batcher is not None and self._pid == os.getpid():
+            await self._batcher.close(timeout)
+        with contextlib.suppress(StorageError):  # already logged and counted
+            await self.flush(timeout)
         task = self._drain_task
         if task is not None and not task.done():
             task.cancel()
@@ -308,8 +384,22 @@ class EventLogger:
         **options: Any,
     ) -> None:
         self._async = AsyncEventLogger(event_storage, tracer_provider, **options)
+        self._pid = os.getpid()
+        self._start()
+
+    def _start(self) -> None:
         self._loop = LoopThread("omniq-logger")
-        self._direct = getattr(event_storage, "append_blocking", None)
+        self._direct = getattr(self._async.event_storage, "append_blocking", None)
+        settings = self._async.batch_settings
+        self._batcher: ThreadBatcher | None = None
+        if settings is not None:
+            self._batcher = ThreadBatcher(self._store, settings, self._async.count_dropped)
+            _BATCHING.add(self)
+
+    def _after_fork(self) -> None:
+        self._pid = os.getpid()
+        self._async.after_fork()
+        self._start()  # the parent's loop thread and writer thread do not exist here
 
     @property
     def stats(self) -> LoggerStats:
@@ -322,12 +412,29 @@ class EventLogger:
         return self._async.event_storage
 
     def log_event(self, event: TaskEvent) -> None:
-        """Store one event; return once it is durable and visible to processors."""
-        self.log_events([event])
+        """Store one event; return once it is durable and visible to processors.
+
+        With ``batch=True``, return once it is queued for the background writer.
+        """
+        prepared = self._async.prepare(event)
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._batcher is not None:
+            self._batcher.put([prepared])
+        else:
+            self._store([prepared])
 
     def log_events(self, events: Sequence[TaskEvent]) -> None:
-        """Store a batch of events in one write, in order."""
+        """Store a batch of events in one write, in order (or queue them, batching)."""
         prepared = [self._async.prepare(event) for event in events]
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._batcher is not None:
+            self._batcher.put(prepared)
+        else:
+            self._store(prepared)
+
+    def _store(self, prepared: list[TaskEvent]) -> None:
         direct = self._direct
         if direct is not None and not self._async.buffered:
             try:
@@ -340,11 +447,29 @@ class EventLogger:
         self._loop.run(self._async.store(prepared))
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the retry buffer is empty; return False if ``timeout`` ran out."""
+        """Wait until what was logged is stored and the retry buffer is empty.
+
+        Returns False if ``timeout`` ran out.
+
+        Raises:
+            StorageError: a batched write failed under the ``"raise"`` policy (once).
+        """
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._batcher is not None and not self._batcher.flush(timeout):
+            return False
         return self._loop.run(self._async.flush(timeout))
 
-    def close(self) -> None:
-        """Drain what can be drained and stop the loop thread. Idempotent."""
+    def close(self, timeout: float | None = None) -> None:
+        """Store what was logged, drain what can be drained and stop. Idempotent.
+
+        ``timeout`` bounds the wait for the batching queue (None: until it is written).
+        """
+        if self._pid != os.getpid():
+            self._after_fork()  # nothing of the parent's to close here
+        if self._batcher is not None:
+            self._batcher.close(timeout)
+            _BATCHING.discard(self)
         if self._loop.running:
             self._loop.run(self._async.aclose())
         self._loop.stop()
@@ -359,3 +484,21 @@ class EventLogger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+_BATCHING: weakref.WeakSet[EventLogger] = weakref.WeakSet()
+AT_EXIT_TIMEOUT = 5.0
+
+
+def _flush_at_exit() -> None:
+    """Store what batching sync loggers of this process still hold (bounded wait)."""
+    pid = os.getpid()
+    for logger in list(_BATCHING):
+        if logger._pid == pid and logger._batcher is not None:
+            with contextlib.suppress(Exception):  # never fail the exit; already logged
+                logger._batcher.flush(AT_EXIT_TIMEOUT)
+
+
+# threading's exit hooks run before atexit's, while storage may still start its threads
+# and executors (concurrent.futures registers the same way); atexit is the fallback.
+getattr(threading, "_register_atexit", atexit.register)(_flush_at_exit)
