@@ -364,3 +364,21 @@ def test_a_million_open_tasks_fit_in_200_mb(traced: bool, bound: int) -> None:
 def test_bad_ttl_is_refused() -> None:
     with pytest.raises(ValueError, match="ttl"):
         TaskPairing(ttl=0)
+
+
+async def test_leaving_the_fast_path_keeps_the_waiting_count_on_the_retried() -> None:
+    """A task paired in order (its RETRIED counted waiting) meets an attempt out of order:
+    its stored history takes over, and the RETRIED is still the entry that stops waiting."""
+    stored = [ev("t", "ENQUEUED", 0, queue_name="q"), ev("t", "STARTED", 1, attempt=1),
+              ev("t", "FAILED", 2), ev("t", "RETRIED", 2.5, attempt=2),
+              ev("t", "STARTED", 9, attempt=3), ev("t", "COMPLETED", 10, attempt=3),
+              ev("t", "STARTED", 4, attempt=2), ev("t", "RETRIED", 6, attempt=3)]
+    p = TaskPairing(history_of(*stored))
+    seen: list[Observation] = []
+    for event in stored:
+        seen += (await p.observe(event)).all()
+    seen += p.release(float("inf"))
+    assert sum(o.waiting for o in seen) == 0
+    assert sorted(waits(seen)) == [1.0, 1.5, 3.0]
+    assert sorted(closed(seen)) == [("completed", 1.0, False), ("failed", 1.0, True),
+                                    ("retried", 2.0, False)]

@@ -164,10 +164,16 @@ class AsyncEventProcessor:
     async def process_events_once(self) -> int:
         """Handle every event after the committed position, commit, and return the count.
 
+        A one-shot run: when it returns, the pairs that waited for the reorder window are
+        decided (as when :meth:`start` stops), since no more events come in this run.
+
         Raises:
             StorageError: reading or committing failed (handler failures never raise).
         """
-        return await self._run_batches(None)
+        count = await self._run_batches(None)
+        if self.pairings:
+            self._dispatch.run_released(self.pairings.values(), math.inf)
+        return count
 
     async def _run_batches(self, stopping: asyncio.Event | None) -> int:
         """Handle batches until one comes back short (or ``stopping`` is set).

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from omniq_observe._semantics import queue_of
-from omniq_observe.models.event import FINAL_TYPES, TERMINAL_STATUS, TaskEvent
+from omniq_observe.models.event import FINAL_TYPES, QUEUEING_TYPES, TERMINAL_STATUS, TaskEvent
 from omniq_observe.pairing._types import (
     UNKNOWN_QUEUE,
     Attempt,
@@ -215,7 +215,8 @@ class TaskLog:
 
     def _drop_stand_ins(self) -> None:
         for stand_in in [x for x in self.items if x.event is None]:
-            real = [x for x in self.items if x.done and x.kind == stand_in.kind
+            kinds = QUEUEING_TYPES if stand_in.kind in QUEUEING_TYPES else {stand_in.kind}
+            real = [x for x in self.items if x.done and x.kind in kinds
                     and x.event is not None and x.ts <= stand_in.ts]
             if real and stand_in.key in self.opened:
                 self.opened.discard(stand_in.key)

@@ -67,6 +67,9 @@ class TaskPairing(PairingState):
 
     async def observe(self, event: TaskEvent) -> Observation:
         """Take one event, reading the task's history from storage if it needs to."""
+        obs = self.try_observe(event)
+        if obs is not None:
+            return obs
         history = None
         if self.history is not None and self.needs_history(event):
             history = await self.history(event.task_id)
