@@ -16,6 +16,7 @@ from omniq_observe.backend import BaseEventStorage, MemoryBackend, SQLiteBackend
 from omniq_observe.events import AsyncEventLogger, AsyncEventProcessor, EventLogger, EventProcessor
 from omniq_observe.exporter import start_http_server
 from omniq_observe.handlers import (
+    OTelLogsHandler,
     OTelMetricsHandler,
     PrometheusHandler,
     StructlogHandler,
@@ -35,6 +36,7 @@ __all__ = [
     "EventProcessor",
     "EventType",
     "MemoryBackend",
+    "OTelLogsHandler",
     "OTelMetricsHandler",
     "PostgresBackend",
     "PrometheusHandler",

@@ -46,6 +46,11 @@ def rich_registry() -> CollectorRegistry:
     events.labels("q\\2\nz", "ü").inc(1e21)
     events.labels("x", "zz")  # at zero
     Gauge("omniq_t_plain", "A gauge without labels.", registry=registry).set(-0.125)
+    signs = Gauge("omniq_t_values", "Values that format differently.", ["k"], registry=registry)
+    for key, number in {"neg_zero": -0.0, "zero": 0.0, "int": 42, "big": 1234567.0,
+                        "small": 999999.0, "frac": 0.1, "inf": float("inf"),
+                        "nan": float("nan"), "neg": -3.0}.items():
+        signs.labels(key).set(number)
     hist = Histogram("omniq_t_seconds", "Durations.", ["queue"], buckets=(0.5, 1, 2.5e7),
                      registry=registry)
     hist.labels("a").observe(0.25)

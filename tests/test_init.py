@@ -19,7 +19,7 @@ HOMES = {
     "BaseEventStorage": backend, "MemoryBackend": backend, "SQLiteBackend": backend,
     "RedisBackend": backend, "PostgresBackend": backend, "from_url": backend,
     "PrometheusHandler": handlers, "StructlogHandler": handlers,
-    "TracingHandler": handlers, "OTelMetricsHandler": handlers,
+    "TracingHandler": handlers, "OTelMetricsHandler": handlers, "OTelLogsHandler": handlers,
     "start_http_server": exporter,
 }
 

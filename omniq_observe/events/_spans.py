@@ -26,16 +26,29 @@ def current_trace_context(ctx: Context | None = None) -> dict[str, str]:
         return carrier
     span_context = trace.get_current_span(ctx).get_span_context()
     if span_context.is_valid:
-        carrier["traceparent"] = (
-            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-            f"{int(span_context.trace_flags):02x}"
-        )
-        state = span_context.trace_state.to_header()
-        if state:
-            carrier["tracestate"] = state
+        last = _last_span
+        if last[0] is span_context:  # events logged in a row from one span: no reformatting
+            carrier.update(last[1])
+        else:
+            carrier["traceparent"] = (
+                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                f"{int(span_context.trace_flags):02x}"
+            )
+            state = span_context.trace_state.to_header()
+            if state:
+                carrier["tracestate"] = state
+            _remember(span_context, carrier)
     if baggage.get_all(ctx):
         _baggage_propagator.inject(carrier, ctx)
     return carrier
+
+
+_last_span: tuple[object, dict[str, str]] = (None, {})
+
+
+def _remember(span_context: object, carrier: dict[str, str]) -> None:
+    global _last_span
+    _last_span = (span_context, dict(carrier))  # one tuple store: safe across threads
 
 
 class SpanEventWriter:
@@ -49,6 +62,7 @@ class SpanEventWriter:
     def __init__(self, redactor: Redactor, max_attribute_length: int = 1024) -> None:
         self.redactor = redactor
         self.max_attribute_length = max_attribute_length
+        self._names: dict[str, tuple[str, bool]] = {}
 
     def write(self, event: TaskEvent, ctx: Context | None = None) -> None:
         """Add ``event`` to the current span (of ``ctx``) if that span is recording;
@@ -89,11 +103,23 @@ class SpanEventWriter:
                 else error_type_of(details)
             )
         limit = self.max_attribute_length
+        names = self._names
         for key, value in details.items():
-            if self.redactor.is_sensitive(key):
-                attrs[f"omniq.details.{key}"] = "[REDACTED]"
-            elif isinstance(value, str):
-                attrs[f"omniq.details.{key}"] = truncate(value, limit)
-            elif isinstance(value, (bool, int, float)):
-                attrs[f"omniq.details.{key}"] = value
+            named = names.get(key)
+            if named is None:
+                named = self._name(key)
+            name, sensitive = named
+            if sensitive:
+                attrs[name] = "[REDACTED]"
+            elif type(value) is str:
+                attrs[name] = value if len(value) <= limit else truncate(value, limit)
+            elif isinstance(value, (bool, int, float, str)):
+                attrs[name] = truncate(value, limit) if isinstance(value, str) else value
         return attrs
+
+    def _name(self, key: str) -> tuple[str, bool]:
+        """The attribute name of a details key and whether it is redacted (cached)."""
+        named = (f"omniq.details.{key}", self.redactor.is_sensitive(key))
+        if len(self._names) < 10_000:
+            self._names[key] = named
+        return named

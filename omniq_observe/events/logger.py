@@ -42,13 +42,15 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import context, trace
+from opentelemetry._logs import LoggerProvider
 from opentelemetry.context import Context
 from opentelemetry.trace import TracerProvider
 
 from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor, queue_of
 from omniq_observe.backend.base import BaseEventStorage
 from omniq_observe.events._batch import AsyncBatcher, BatchSettings, ThreadBatcher, reopen_storage
-from omniq_observe.events._spans import SpanEventWriter, current_trace_context
+from omniq_observe.events._log_events import OTelEventWriter
+from omniq_observe.events._spans import current_trace_context
 from omniq_observe.events._sync import LoopThread
 from omniq_observe.exceptions import ConfigurationError, InvalidEventError, StorageError
 from omniq_observe.models.event import EventType, TaskEvent
@@ -97,8 +99,13 @@ class AsyncEventLogger:
             go on the caller's current span either way.
         on_storage_error: ``"raise"`` or ``"buffer"``; see the module docstring.
         buffer_size: the most events the retry buffer holds.
-        redact_keys: details keys (substrings) whose values span events hide.
-        max_attribute_length: span-event string attributes are cut to this length.
+        redact_keys: details keys (substrings) whose values span and log events hide.
+        max_attribute_length: span- and log-event string attributes are cut to this length.
+        logger_provider: where log-based events go (``otel_events`` "log" or "both");
+            ``None``: the global one of ``opentelemetry._logs`` (never set here).
+        otel_events: ``"span"`` (the default): a span event on the caller's span;
+            ``"log"``: a LogRecord named ``omniq.task.<type>`` correlated with the caller's
+            span instead; ``"both"``. Always written in the caller's thread and context.
         batch: return before storage and let a background writer store batches (see the
             module docstring); ``flush_interval``, ``max_batch``, ``max_queue`` and
             ``overflow`` (``"block"`` or ``"drop"``) tune it.
@@ -116,6 +123,8 @@ class AsyncEventLogger:
         buffer_size: int = 10_000,
         redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
         max_attribute_length: int = 1024,
+        logger_provider: LoggerProvider | None = None,
+        otel_events: str = "span",
         batch: bool = False,
         flush_interval: float = 0.1,
         max_batch: int = 1000,
@@ -139,7 +148,9 @@ class AsyncEventLogger:
         self.on_storage_error = on_storage_error
         self.buffer_size = buffer_size
         self.stats = LoggerStats()
-        self._spans = SpanEventWriter(Redactor(redact_keys), max_attribute_length)
+        self._spans = OTelEventWriter(
+            Redactor(redact_keys), max_attribute_length, otel_events, logger_provider
+        )
         self._buffer: collections.deque[TaskEvent] = collections.deque()
         self._drain_task: asyncio.Task[None] | None = None
         self.retry_interval = 0.05
@@ -188,12 +199,11 @@ class AsyncEventLogger:
         ctx = context.get_current()
         if self._producer_tracer is not None and event.event_type == "ENQUEUED":
             ctx = self._producer_context(event, ctx)
-        if ctx:  # an empty context has no span to mark and no trace context to keep
-            self._spans.write(event, ctx)
-            if not event.trace_context:
-                carrier = current_trace_context(ctx)
-                if carrier:
-                    event.trace_context = carrier
+        self._spans.write(event, ctx)  # span and/or log event, as otel_events says
+        if ctx and not event.trace_context:  # an empty context has no trace context
+            carrier = current_trace_context(ctx)
+            if carrier:
+                event.trace_context = carrier
         return event
 
     def _warn_unknown(self, kind: str) -> None:
@@ -226,7 +236,7 @@ class AsyncEventLogger:
             start_time=event.timestamp_ns,
         )
         ctx = trace.set_span_in_context(span, ctx)
-        self._spans.write(event, ctx)  # the span event goes on the producer span
+        self._spans.write_span_event(event, ctx)  # the span event goes on the producer span
         span.end(end_time=event.timestamp_ns)
         return ctx
 

@@ -55,6 +55,7 @@ from opentelemetry.util.types import AttributeValue
 
 from omniq_observe._semantics import error_type_of, truncate
 from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.handlers._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, PairedHandler, TraceContext
 from omniq_observe.propagation import (
@@ -161,6 +162,7 @@ class TracingHandler(PairedHandler):
         # Trace contexts of the producer spans made here, until the task's attempts use them.
         self._produced: collections.OrderedDict[str, TraceContext] = collections.OrderedDict()
         self._names: dict[_NameKey, tuple[str, dict[str, AttributeValue]]] = {}
+        self._made = TaskSpans()  # the processor's, once attached (OTelLogsHandler reads it)
 
     def attach(self, processor: Any) -> None:
         """Share the processor's pairing (which reads storage history after a restart).
@@ -169,6 +171,7 @@ class TracingHandler(PairedHandler):
         """
         super().attach(processor)
         self._pairing.pairing.keep_context = True
+        self._made = task_spans(processor)
 
     def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
         """Handle one event; returns an awaitable only when storage must be read."""
@@ -236,6 +239,8 @@ class TracingHandler(PairedHandler):
         span.end(end_time=at)
         self.stats.producer_spans += 1
         ctx = span.get_span_context()
+        if self._made.wanted:
+            self._made.made(event.event_id, ctx)
         if ctx.is_valid:
             produced = self._produced
             produced[event.task_id] = (ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
@@ -257,6 +262,8 @@ class TracingHandler(PairedHandler):
             span.end(end_time=_floor(ended * 1e6 + 0.5) * 1000 if ended is not None
                      else end.timestamp_ns)
             self.stats.spans += 1
+            if self._made.wanted:
+                self._made.made(end.event_id, span.get_span_context())
             return
         details = end.details
         end_ns = end.timestamp_ns
@@ -294,6 +301,8 @@ class TracingHandler(PairedHandler):
             span.set_status(Status(StatusCode.ERROR, "retried"))
         span.end(end_time=end_ns)
         self.stats.spans += 1
+        if self._made.wanted:
+            self._made.made(end.event_id, span.get_span_context())
         if status in ("failed", "timeout", "retried"):
             self._note(attempt.task_id).previous = span.get_span_context()
         elif self._produced:
