@@ -166,7 +166,7 @@ class WorkerRig:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-WORKER_TASKS = {"celery": 1000, "rq": 200, "dramatiq": 1000, "arq": 1000, "taskiq": 1000}
+WORKER_TASKS = {"celery": 500, "rq": 100, "dramatiq": 500, "arq": 500, "taskiq": 500}
 
 
 def benchmarks() -> list[Bench]:

@@ -11,7 +11,9 @@
   same filter read by position from the start. Target: 5M within 2x of 100k.
 * **prune half: longest append, ms**: ``prune(older_than=...)`` of the older half while
   another process appends one event at a time (each waiting for its commit); the row is
-  that process's longest append. Target: 100 ms. The prune's own duration is a row too.
+  that process's longest append (and its 99th percentile). Target: 100 ms. The raw
+  baseline is the same process appending alone for as long as the prune took: on a
+  loaded machine its longest append is the noise floor. The prune's duration is a row too.
 * **memory task_history, µs**: ``MemoryBackend.task_history`` on a history of that size,
   median of 2,000 lookups.
 
@@ -132,15 +134,32 @@ async def _first_page(path: Path, n: int) -> tuple[float, float]:
     return statistics.median(ours) * 1000, statistics.median(old) * 1000
 
 
-def _prune_half(path: Path, n: int) -> tuple[float, float]:
-    """Prune the older half with an appender process; (its longest append ms, prune s)."""
-    stop = path.with_suffix(".stop")
+def _appender(path: Path, stop: Path) -> subprocess.Popen[str]:
+    stop.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "_proc_append_timer.py"), str(path), "5.0",
          str(stop), "live"],
         stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def _appends_of(proc: subprocess.Popen[str], stop: Path) -> dict[str, float]:
+    stop.touch()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, proc.returncode
+    stop.unlink()
+    report: dict[str, float] = json.loads(out)
+    return report
+
+
+def _prune_half(path: Path, n: int) -> tuple[dict[str, float], dict[str, float], float]:
+    """Prune the older half with an appender process running; return its append times
+    during the prune, its append times alone for as long (the baseline), and the prune's
+    duration in seconds."""
+    stop = path.with_suffix(".stop")
+    proc = _appender(path, stop)
 
     async def prune() -> tuple[int, float]:
         async with SQLiteBackend(path) as backend:
@@ -149,10 +168,12 @@ def _prune_half(path: Path, n: int) -> tuple[float, float]:
             return deleted, time.perf_counter() - began
 
     deleted, took = asyncio.run(prune())
-    stop.touch()
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and deleted == n // 2, (proc.returncode, deleted)
-    return json.loads(out)["max_append_seconds"] * 1000, took
+    during = _appends_of(proc, stop)
+    assert deleted == n // 2, deleted
+    proc = _appender(path, stop)
+    time.sleep(took)
+    alone = _appends_of(proc, stop)
+    return during, alone, took
 
 
 def _memory_task_history(n: int) -> float:
@@ -184,6 +205,9 @@ def growth(sizes: list[int]) -> list[Growth]:
     old = Growth("  raw baseline: the old position scan from 0", "ms")
     longest = Growth("SQLite prune half: longest append in another process", "ms",
                      target="<= 100 ms")
+    p99 = Growth("  p99 append during the prune", "ms")
+    alone_max = Growth("  raw baseline: longest append, no prune, as long", "ms")
+    alone_p99 = Growth("  raw baseline: p99 append, no prune", "ms")
     prune_s = Growth("SQLite prune half: duration (chunks of <= 10,000)", "s")
     history = Growth("memory task_history (log of that size)", "µs")
     for n in sizes:
@@ -194,7 +218,11 @@ def growth(sizes: list[int]) -> list[Growth]:
             wal.values[n], rate.values[n] = largest / 1e6, wal_rate
             page.values[n], old.values[n] = asyncio.run(_first_page(path, n))
             if n <= 1_000_000:  # the issue asks 5M only of the WAL and query rows
-                longest.values[n], prune_s.values[n] = _prune_half(path, n)
+                during, alone, prune_s.values[n] = _prune_half(path, n)
+                longest.values[n] = during["max_append_seconds"] * 1000
+                p99.values[n] = during["p99_append_seconds"] * 1000
+                alone_max.values[n] = alone["max_append_seconds"] * 1000
+                alone_p99.values[n] = alone["p99_append_seconds"] * 1000
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         if n <= 1_000_000:
@@ -202,7 +230,7 @@ def growth(sizes: list[int]) -> list[Growth]:
     wal.ok = max(wal.values.values()) <= 64
     page.ok = max(page.values.values()) <= 2 * min(page.values.values())
     longest.ok = max(longest.values.values()) <= 100 if longest.values else None
-    return [wal, rate, page, old, longest, prune_s, history]
+    return [wal, rate, page, old, longest, p99, alone_max, alone_p99, prune_s, history]
 
 
 def benchmarks() -> list[Bench]:

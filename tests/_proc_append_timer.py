@@ -4,8 +4,8 @@ Usage: python _proc_append_timer.py DB_PATH BUSY_TIMEOUT STOP_FILE TASK_PREFIX
 
 Prints ``ready`` after the first event is stored. Each ``log_event`` waits for its commit
 (``on_storage_error="raise"``, so any StorageError ends the process with exit code 1).
-Once STOP_FILE exists it prints one JSON line: events stored and the longest
-``log_event`` in seconds.
+Once STOP_FILE exists it prints one JSON line: events stored, and the longest, the 99th
+percentile and the median ``log_event`` in seconds.
 """
 
 from __future__ import annotations
@@ -28,17 +28,24 @@ def _stopped(stop_file: str) -> bool:
 async def main(path: str, busy_timeout: float, stop_file: str, prefix: str) -> None:
     async with SQLiteBackend(path, busy_timeout=busy_timeout) as storage:
         logger = AsyncEventLogger(event_storage=storage)
-        count, longest = 0, 0.0
+        count, took = 0, []
         while not _stopped(stop_file):
             event = TaskEvent(task_id=f"{prefix}-{count // 3}", event_type="STARTED",
                               details={"seq": count})
             started = time.perf_counter()
             await logger.log_event(event)
-            longest = max(longest, time.perf_counter() - started)
+            took.append(time.perf_counter() - started)
             count += 1
             if count == 1:
                 print("ready", flush=True)
-    print(json.dumps({"stored": count, "max_append_seconds": longest}), flush=True)
+    took.sort()
+    report = {
+        "stored": count,
+        "max_append_seconds": took[-1],
+        "p99_append_seconds": took[int(0.99 * (len(took) - 1))],
+        "p50_append_seconds": took[(len(took) - 1) // 2],
+    }
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

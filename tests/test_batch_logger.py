@@ -246,3 +246,19 @@ def test_reopen_storage_keeps_every_setting(tmp_path: Path) -> None:
         redis.url, "p", 9.0, 11)
     memory = MemoryBackend()
     assert reopen_storage(memory) is memory  # not ours to rebuild: kept
+
+
+async def test_async_overflow_block_waits_for_room() -> None:
+    backend = GatedBackend()
+    logger = AsyncEventLogger(backend, batch=True, flush_interval=0.01, max_queue=3)
+    await logger.log_event(TaskEvent(task_id="first", event_type="ENQUEUED"))
+    await asyncio.to_thread(backend.entered.wait, 10)  # the writer holds "first"
+    producer = asyncio.ensure_future(logger.log_events(events(5)))
+    await async_wait_until(lambda: logger._batcher is not None and logger._batcher.pending == 4)
+    assert not producer.done()  # 1 in flight + 3 queued: the rest waits for room
+    backend.gate.set()
+    await asyncio.wait_for(producer, 10)
+    assert await logger.flush(timeout=10) is True
+    assert len(await backend.read_after(None, 100)) == 6
+    assert logger.stats.dropped == 0
+    await logger.aclose()

@@ -42,7 +42,7 @@ def test_check_without_processors(tmp_path: Path) -> None:
         f"storage         {url(db)}",
         f"backend         sqlite ({db})",
         "status          ok",
-        "schema version  1",
+        "schema version  2",
         f"events          16 (oldest {_fmt(t0)}, newest {_fmt(events[-1].timestamp)})",
         "dead letters    0",
         "processors: none has committed a position yet (run omniq-observe serve)",
@@ -62,7 +62,7 @@ def test_check_shows_each_processor_position_and_lag(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert {k: report[k] for k in ("backend", "ok", "schema_version", "events", "last_position",
                                    "dead_letters")} == {
-        "backend": "sqlite", "ok": True, "schema_version": 1, "events": 16, "last_position": 16,
+        "backend": "sqlite", "ok": True, "schema_version": 2, "events": 16, "last_position": 16,
         "dead_letters": 0,
     }
     caught_up, default = report["processors"]

@@ -40,6 +40,7 @@ CONTRACT_METRICS = frozenset(
         "omniq_observe_handler_errors_total",
         "omniq_observe_processor_lag_seconds",
         "omniq_observe_unpaired_events_total",
+        "omniq_observe_undecodable_events_total",
         "omniq_observe_label_overflow_total",
     }
 )

@@ -47,7 +47,7 @@ async def test_database_is_in_wal_mode(sqlite_backend: SQLiteBackend) -> None:
     finally:
         conn.close()
     health = await sqlite_backend.health()
-    assert (health.ok, health.backend, health.schema_version) == (True, "sqlite", 1)
+    assert (health.ok, health.backend, health.schema_version) == (True, "sqlite", 2)
 
 
 async def test_append_returns_only_after_commit_visible_to_other_connections(

@@ -54,7 +54,7 @@ async def test_health_is_ok_and_integrity_clean_on_a_sound_file(tmp_path: Path) 
         await backend.append([TaskEvent(task_id="t", event_type="STARTED")])
         health = await backend.health()
         assert (health.ok, health.detail, health.schema_version) == (
-            True, str(tmp_path / "sound.db"), 1
+            True, str(tmp_path / "sound.db"), 2
         )
         assert await backend.integrity_problems() == []
 
@@ -77,6 +77,13 @@ async def test_check_integrity_reports_damage_with_exit_code_1(tmp_path: Path) -
 
 def test_check_integrity_ok_on_a_sound_file(tmp_path: Path) -> None:
     path = tmp_path / "sound.db"
+    missing = cli("check", "--integrity", "--storage", url(path))
+    assert missing.returncode == 2
+    assert "no event store at" in missing.stderr
+    assert not path.exists()  # checking never creates a store
+    backend = SQLiteBackend(path)
+    backend.append_blocking([TaskEvent(task_id="t", event_type="STARTED")])
+    backend.close_blocking()
     result = cli("check", "--integrity", "--storage", url(path))
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines()[0] == "integrity: ok (PRAGMA quick_check)"

@@ -19,6 +19,7 @@ from omniq_observe.backend.base import (
     Page,
     Position,
     StoredEvent,
+    UndecodableEvent,
 )
 from omniq_observe.backend.memory import MemoryBackend
 from omniq_observe.backend.sqlite import SQLiteBackend
@@ -39,6 +40,7 @@ __all__ = [
     "RedisBackend",
     "SQLiteBackend",
     "StoredEvent",
+    "UndecodableEvent",
     "from_url",
 ]
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from omniq_observe.backend._pg_schema import WIRE
-from omniq_observe.backend.base import Consumer, StoredEvent
-from omniq_observe.models.event import decode_event
+from omniq_observe.backend.base import Consumer, StoredEvent, decode_stored
 
 __all__ = ["LeaseTable", "stored_rows"]
 
@@ -183,5 +182,6 @@ class LeaseTable:
 
 
 def stored_rows(rows: list[Any]) -> list[StoredEvent]:
-    """``(id, wire text)`` rows as stored events."""
-    return [StoredEvent(int(pos), decode_event(body)) for pos, body in rows]
+    """``(id, wire text)`` rows as stored events (a row that does not decode as an
+    ``UndecodableEvent``, so a claim never fails after its lease was committed)."""
+    return [decode_stored(int(pos), body) for pos, body in rows]

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError
 
 from omniq_observe.backend._redis_scripts import id_str, parse_stream_id, predecessor
-from omniq_observe.backend.base import Consumer, StoredEvent
-from omniq_observe.models.event import decode_event
+from omniq_observe.backend.base import Consumer, StoredEvent, decode_stored
 
 if TYPE_CHECKING:
     from omniq_observe.backend.redis import RedisBackend
@@ -240,5 +239,6 @@ class StreamGroups:
 
 
 def stored_entries(entries: list[_Entry]) -> list[StoredEvent]:
-    """Stream entries ``(id, {b"e": body})`` as stored events."""
-    return [StoredEvent(id_str(key), decode_event(fields[b"e"])) for key, fields in entries]
+    """Stream entries ``(id, {b"e": body})`` as stored events (an entry that does not
+    decode as an ``UndecodableEvent``)."""
+    return [decode_stored(id_str(key), fields.get(b"e")) for key, fields in entries]

@@ -7,18 +7,26 @@ pages that SQLite joins into one JSON array, decoded by msgspec in one call.
 from __future__ import annotations
 
 import sqlite3
+import zlib
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from omniq_observe.backend.base import StoredEvent, epoch_us
+from omniq_observe.backend._sqlite_writer import JOURNAL_SIZE_LIMIT
+from omniq_observe.backend.base import StoredEvent, decode_stored, epoch_us
+from omniq_observe.exceptions import InvalidEventError
 from omniq_observe.models.event import TaskEvent, decode_wire, encode_event
 
 __all__ = [
+    "PARTITIONS",
     "SCHEMA",
     "committed_position",
+    "connect",
     "health_probe",
     "insert_events",
+    "partition_of",
+    "prepare",
     "query_rows",
     "quick_check",
     "select_after",
@@ -66,11 +74,51 @@ _INSERTS = {
 _SELECT_AFTER = (
     "SELECT json_group_array(position), "
     "'[' || group_concat('[' || position || ',' || body || ']', ',') || ']' FROM ("
-    "SELECT position, body FROM omniq_events WHERE position > ? ORDER BY position LIMIT ?)"
+    "SELECT position, body FROM omniq_events WHERE position > ? {where} "
+    "ORDER BY position LIMIT ?)"
 )
 _positions_decoder = msgspec.json.Decoder(list[int])
 _page_decoder = msgspec.json.Decoder(list[StoredEvent])
 _READ_PAGE = 1000
+
+
+#: The number of task partitions of a processor group (see ``_sqlite_groups``).
+PARTITIONS = 16
+
+
+def partition_of(task_id: str) -> int:
+    """The partition of ``task_id``: CRC-32 of its UTF-8 bytes modulo ``PARTITIONS``."""
+    return zlib.crc32(task_id.encode("utf-8", "surrogatepass")) % PARTITIONS
+
+
+def connect(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
+    """Open ``path`` with the backend's pragmas and functions; close it if that fails."""
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+        conn.create_function("omniq_part", 1, partition_of, deterministic=True)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def prepare(conn: sqlite3.Connection, more_schema: str, version: int) -> None:
+    """Create what is missing of the schema; record ``version`` unless it is older."""
+    conn.executescript(SCHEMA + more_schema)
+    # Checkpoints are run by GroupWriter (by WAL size), not at commits.
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute(
+        "INSERT INTO omniq_meta (key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+        "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+        (str(version),),
+    )
 
 
 def insert_events(conn: sqlite3.Connection, events: list[TaskEvent]) -> None:
@@ -93,15 +141,19 @@ def committed_position(conn: sqlite3.Connection, group: str) -> int:
     return -1 if row is None else int(row[0])
 
 
-def select_after(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
+def select_after(
+    conn: sqlite3.Connection, after: int, limit: int, where: str = ""
+) -> list[StoredEvent]:
     """Read up to ``limit`` events after ``after`` in pages of ``_READ_PAGE``.
+
+    ``where``: an extra SQL condition (``AND ...``) on the events, from trusted code.
 
     Each page is decoded in one call that holds the GIL; pages keep those calls short,
     so the event loop's thread never waits long for it.
     """
     found: list[StoredEvent] = []
     while limit > 0:
-        page = _select_page(conn, after, min(limit, _READ_PAGE))
+        page = _select_page(conn, after, min(limit, _READ_PAGE), where)
         found.extend(page)
         if len(page) < min(limit, _READ_PAGE):
             break
@@ -110,15 +162,34 @@ def select_after(conn: sqlite3.Connection, after: int, limit: int) -> list[Store
     return found
 
 
-def _select_page(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
-    positions_json, rows = conn.execute(_SELECT_AFTER, (after, limit)).fetchone()
+def _select_page(
+    conn: sqlite3.Connection, after: int, limit: int, where: str
+) -> list[StoredEvent]:
+    sql = _SELECT_AFTER.format(where=where)
+    positions_json, rows = conn.execute(sql, (after, limit)).fetchone()
     if rows is None:
         return []
-    page = decode_wire(_page_decoder, rows)
+    try:
+        page = decode_wire(_page_decoder, rows)
+    except InvalidEventError:  # a row does not decode: the others still must
+        return _select_rows(conn, after, limit, where)
     positions = _positions_decoder.decode(positions_json)
     if positions != sorted(positions):  # pragma: no cover - SQLite keeps the subquery order
         page.sort(key=_position_of)
     return page
+
+
+def _select_rows(
+    conn: sqlite3.Connection, after: int, limit: int, where: str
+) -> list[StoredEvent]:
+    """The page of :func:`_select_page` decoded row by row: a row that does not decode
+    comes back as an ``UndecodableEvent`` in its place."""
+    rows = conn.execute(
+        f"SELECT position, body FROM omniq_events WHERE position > ? {where} "
+        "ORDER BY position LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [decode_stored(int(position), body) for position, body in rows]
 
 
 def _position_of(stored: StoredEvent) -> int:

@@ -53,7 +53,8 @@ def from_url(url: str, **options: Any) -> BaseEventStorage:
                 "or sqlite:////absolute/path.db"
             )
             raise InvalidURLError(msg, setting="storage", value=url)
-        _, params = split_url_options(url, {"max_batch": int})
+        kinds = {"max_batch": int, "lease_seconds": float, "busy_timeout": float}
+        _, params = split_url_options(url, kinds)
         return SQLiteBackend(path, **{**params, **options})
     if scheme in _URL_BACKENDS:
         module_name, class_name = _URL_BACKENDS[scheme]

@@ -13,6 +13,12 @@ Two levels of reading:
   here is built on the plain log API (one member per group). Distributed backends override
   both so that several members of one group share the work (Redis consumer groups,
   PostgreSQL leases) and a dead member's events are taken over.
+
+Undecodable entries: every backend decodes what it reads with :func:`decode_stored`. An
+entry that does not decode (a rotted SQLite row, an entry written to Redis or PostgreSQL
+behind the library's back) never raises from ``claim``/``read_after``: it comes back in its
+place as an :class:`UndecodableEvent` carrying its raw bytes, so that it is acknowledged
+with its batch. A processor dead-letters it (``DeadLetter.raw``), counts it and moves on.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from typing import Any, overload
 
 import msgspec
 
-from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.models.event import TaskEvent, epoch_us
+from omniq_observe.exceptions import ConfigurationError, InvalidEventError
+from omniq_observe.models.event import TaskEvent, decode_event, encode_event, epoch_us
 
 __all__ = [
     "BaseEventStorage",
@@ -38,10 +44,13 @@ __all__ = [
     "Page",
     "Position",
     "StoredEvent",
+    "UndecodableEvent",
     "as_utc",
     "check_prune_limit",
+    "decode_stored",
     "epoch_us",
     "query_matches",
+    "read_dead_letter",
 ]
 
 Position = int | str
@@ -56,6 +65,47 @@ class StoredEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
     position: Position
     event: TaskEvent
+
+
+class UndecodableEvent(StoredEvent, frozen=True, array_like=True, gc=False):
+    """A stored entry that does not decode to a :class:`TaskEvent`.
+
+    ``raw`` holds its bytes as stored and ``error`` why they do not decode. Its ``event``
+    is a stand-in (type ``UNDECODABLE``, task ``undecodable:<position>``, time 1970) so
+    that tools listing the log can show it; processors never hand it to handlers.
+    """
+
+    raw: bytes = b""
+    error: str = ""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def decode_stored(position: Position, raw: bytes | str | None) -> StoredEvent:
+    """Decode one stored entry; never raises.
+
+    Returns:
+        The event at ``position``, or an :class:`UndecodableEvent` when ``raw`` does not
+        decode.
+    """
+    try:
+        return StoredEvent(position, decode_event(raw))  # type: ignore[arg-type]
+    except InvalidEventError as exc:
+        return undecodable(position, raw, str(exc))
+
+
+def undecodable(position: Position, raw: bytes | str | None, error: str) -> UndecodableEvent:
+    """The :class:`UndecodableEvent` of the entry ``raw`` at ``position``."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw or b""
+    stand_in = TaskEvent(
+        task_id=f"undecodable:{position}",
+        event_type="UNDECODABLE",
+        timestamp=_EPOCH,
+        details={"error": error[:1000], "position": str(position)},
+        event_id=f"undecodable:{position}",
+    )
+    return UndecodableEvent(position, stand_in, bytes(data), error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +137,9 @@ class Health:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An event that a handler kept failing on, skipped after the retries ran out."""
+    """An event that a handler kept failing on, skipped after the retries ran out; or an
+    entry that did not decode (``handler`` ``"(decode)"``, ``attempts`` 0, ``raw`` its
+    bytes as stored and ``event`` a stand-in, see :class:`UndecodableEvent`)."""
 
     group: str
     handler: str
@@ -95,6 +147,21 @@ class DeadLetter:
     attempts: int
     event: TaskEvent
     position: Position
+    raw: bytes | None = None
+
+    @property
+    def body(self) -> bytes:
+        """What a backend stores for it: the raw bytes, else the event's wire form."""
+        return self.raw if self.raw is not None else encode_event(self.event)
+
+
+def read_dead_letter(
+    group: str, handler: str, error: str, attempts: int, position: Position, body: bytes | str
+) -> DeadLetter:
+    """A :class:`DeadLetter` from what a backend stored (``body`` as :attr:`DeadLetter.body`)."""
+    stored = decode_stored(position, body)
+    raw = stored.raw if isinstance(stored, UndecodableEvent) else None
+    return DeadLetter(group, handler, error, attempts, stored.event, position, raw)
 
 
 class BaseEventStorage(abc.ABC):

@@ -68,9 +68,10 @@ from omniq_observe.backend.base import (
     Position,
     StoredEvent,
     as_utc,
+    read_dead_letter,
 )
 from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.models.event import TaskEvent, decode_event, encode_event
+from omniq_observe.models.event import TaskEvent, decode_event
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 
@@ -284,7 +285,7 @@ class PostgresBackend(BaseEventStorage):
     # -- dead letters --------------------------------------------------------------------
     async def record_dead_letter(self, dead: DeadLetter) -> None:
         args = (dead.group, dead.handler, dead.error, dead.attempts, int(dead.position),
-                encode_event(dead.event).decode())
+                dead.body.decode("utf-8", "replace"))
 
         async def insert(conn: Any) -> None:
             await conn.execute(
@@ -302,8 +303,7 @@ class PostgresBackend(BaseEventStorage):
             sql += " WHERE grp = %s"
             args = (group,)
         rows = await self._db.fetch("reading dead letters", sql + " ORDER BY id", args)
-        return [DeadLetter(g, h, err, n, decode_event(body), int(pos))
-                for g, h, err, n, pos, body in rows]
+        return [read_dead_letter(g, h, err, n, int(pos), body) for g, h, err, n, pos, body in rows]
 
     # -- queries -------------------------------------------------------------------------
     async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:

@@ -63,6 +63,7 @@ from omniq_observe.backend.base import (
     Position,
     StoredEvent,
     as_utc,
+    read_dead_letter,
 )
 from omniq_observe.exceptions import (
     BackendUnavailableError,
@@ -314,7 +315,7 @@ class RedisBackend(BaseEventStorage):
             "err": dead.error,
             "n": str(dead.attempts),
             "p": id_str(dead.position),
-            "e": encode_event(dead.event),
+            "e": dead.body,
         }
         with self._errors("recording a dead letter"):
             await self.client().xadd(self._dead_key, fields)
@@ -327,8 +328,8 @@ class RedisBackend(BaseEventStorage):
             g = f[b"g"].decode()
             if group is None or g == group:
                 found.append(
-                    DeadLetter(g, f[b"h"].decode(), f[b"err"].decode(), int(f[b"n"]),
-                               decode_event(f[b"e"]), f[b"p"].decode())
+                    read_dead_letter(g, f[b"h"].decode(), f[b"err"].decode(), int(f[b"n"]),
+                                     f[b"p"].decode(), f[b"e"])
                 )
         return found
 

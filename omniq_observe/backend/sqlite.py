@@ -19,31 +19,36 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from omniq_observe.backend._sqlite_groups import (
+    GROUP_SCHEMA,
+    Groups,
+    set_group_position,
+)
 from omniq_observe.backend._sqlite_prune import (
-    PRUNE_CHUNK,
     keep_newest_from,
-    next_prune_chunk,
+    prune_in_chunks,
     prune_older,
     prune_through,
 )
-from omniq_observe.backend._sqlite_sql import SCHEMA as _SCHEMA
 from omniq_observe.backend._sqlite_sql import (
     committed_position,
+    connect,
     health_probe,
     insert_events,
+    prepare,
     query_rows,
     quick_check,
     select_after,
 )
-from omniq_observe.backend._sqlite_writer import JOURNAL_SIZE_LIMIT, GroupWriter, WriteFn
+from omniq_observe.backend._sqlite_writer import GroupWriter, WriteFn
 from omniq_observe.backend._sqlite_writer import WriteItem as _Item
 from omniq_observe.backend.base import (
     BaseEventStorage,
@@ -55,14 +60,16 @@ from omniq_observe.backend.base import (
     StoredEvent,
     as_utc,
     check_prune_limit,
+    decode_stored,
     epoch_us,
+    read_dead_letter,
 )
 from omniq_observe.exceptions import ConfigurationError, StorageError
-from omniq_observe.models.event import TaskEvent, decode_event, encode_event
+from omniq_observe.models.event import TaskEvent, decode_event
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _T = TypeVar("_T")
 
 
@@ -74,6 +81,9 @@ class SQLiteBackend(BaseEventStorage):
         synchronous: SQLite's ``synchronous`` pragma, ``"NORMAL"`` or ``"FULL"``.
         busy_timeout: seconds to wait for another process's write lock.
         max_batch: the most events one group-commit transaction takes.
+        lease_seconds: how long a processor holds its partitions of a group without
+            renewing them (it renews at every batch); a killed processor's partitions
+            go to the other members of its group after this long.
 
     Raises:
         ConfigurationError: a setting is invalid.
@@ -81,7 +91,6 @@ class SQLiteBackend(BaseEventStorage):
 
     backend_name = "sqlite"
     poll_interval = 0.01
-    read_ahead = True
 
     def __init__(
         self,
@@ -90,6 +99,7 @@ class SQLiteBackend(BaseEventStorage):
         synchronous: str = "NORMAL",
         busy_timeout: float = 5.0,
         max_batch: int = 5000,
+        lease_seconds: float = 30.0,
     ) -> None:
         if str(synchronous).upper() not in {"NORMAL", "FULL"}:
             msg = f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}"
@@ -100,10 +110,21 @@ class SQLiteBackend(BaseEventStorage):
         if not isinstance(max_batch, int) or max_batch < 1:
             msg = f"max_batch must be a positive integer, got {max_batch!r}"
             raise ConfigurationError(msg, setting="max_batch", value=max_batch)
+        if (
+            not isinstance(lease_seconds, (int, float))
+            or isinstance(lease_seconds, bool)
+            or not 0 < lease_seconds < float("inf")
+        ):
+            msg = f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}"
+            raise ConfigurationError(msg, setting="lease_seconds", value=lease_seconds)
         self.path = Path(path)
         self.synchronous = str(synchronous).upper()
         self.busy_timeout = busy_timeout
         self.max_batch = max_batch
+        self.lease_seconds = float(lease_seconds)
+        self._groups = Groups(self.lease_seconds)
+        # True while this instance's processors each hold their whole group alone.
+        self.read_ahead = False
         # ``_transaction`` is looked up at each commit (tests patch it to count commits).
         self._group = GroupWriter(
             self.path, max_batch, self._connect, lambda conn, items: _transaction(conn, items)
@@ -116,18 +137,7 @@ class SQLiteBackend(BaseEventStorage):
     # -- connections and threads ---------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         """Open and set up a connection; one that fails its setup is closed at once."""
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA cache_size=-65536")
-            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return connect(self.path, self.busy_timeout, self.synchronous)
 
     def _ensure_started(self) -> None:
         if self._group.started and not self._closed:
@@ -144,13 +154,7 @@ class SQLiteBackend(BaseEventStorage):
                 msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
                 raise StorageError(msg) from exc
             try:
-                conn.executescript(_SCHEMA)
-                # Checkpoints are run by GroupWriter (by WAL size), not at commits.
-                conn.execute("PRAGMA wal_autocheckpoint=0")
-                conn.execute(
-                    "INSERT OR IGNORE INTO omniq_meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
+                prepare(conn, GROUP_SCHEMA, SCHEMA_VERSION)
             except sqlite3.Error as exc:
                 conn.close()
                 msg = f"cannot open SQLite database {str(self.path)!r}: {exc}"
@@ -208,19 +212,34 @@ class SQLiteBackend(BaseEventStorage):
         after = -1 if position is None else int(position)
         return await self._read(lambda c: select_after(c, after, limit))
 
+    # -- processor groups (see _sqlite_groups) -------------------------------------------
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
-        def claim(conn: sqlite3.Connection) -> list[StoredEvent]:
-            return select_after(conn, committed_position(conn, consumer.group), limit)
+        """Take this member's share of the group's partitions; read their next events."""
+        groups = self._groups
+        batch: list[StoredEvent] = await self._write(
+            lambda c: groups.claim(c, consumer, limit, _now_us())
+        )
+        self.read_ahead = groups.read_ahead
+        return batch
 
-        return await self._read(claim)
+    async def ack(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
+        """Move the member's partitions (and the group's position) past ``batch``."""
+        if batch:
+            groups = self._groups
+            await self._write(lambda c: groups.ack(c, consumer, batch, _now_us()))
+            self.read_ahead = groups.read_ahead
+
+    async def renew(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
+        await self._write(lambda c: self._groups.renew(c, consumer, _now_us()))
+
+    async def release(self, consumer: Consumer) -> None:
+        """Leave the group: the other members take this one's partitions at once."""
+        if not self._closed:
+            await self._write(lambda c: self._groups.release(c, consumer))
+            self.read_ahead = self._groups.read_ahead
 
     async def has_events_for(self, consumer: Consumer) -> bool:
-        def check(conn: sqlite3.Connection) -> bool:
-            after = committed_position(conn, consumer.group)
-            sql = "SELECT 1 FROM omniq_events WHERE position > ? LIMIT 1"
-            return conn.execute(sql, (after,)).fetchone() is not None
-
-        return await self._read(check)
+        return await self._read(lambda c: self._groups.has_events_for(c, consumer, _now_us()))
 
     async def last_position(self) -> Position | None:
         row = await self._read(
@@ -229,25 +248,12 @@ class SQLiteBackend(BaseEventStorage):
         return None if row[0] is None else int(row[0])
 
     async def commit_position(self, group: str, position: Position) -> None:
-        now = epoch_us(datetime.now().astimezone())
-
-        def commit(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO omniq_positions (grp, position, updated_us) VALUES (?, ?, ?) "
-                "ON CONFLICT (grp) DO UPDATE SET position = excluded.position, "
-                "updated_us = excluded.updated_us",
-                (group, int(position), now),
-            )
-
-        await self._write(commit)
+        """Set the group's position (and every partition's): an explicit move, either way."""
+        await self._write(lambda c: set_group_position(c, group, int(position), _now_us()))
 
     async def get_position(self, group: str) -> Position | None:
-        def get(conn: sqlite3.Connection) -> int | None:
-            sql = "SELECT position FROM omniq_positions WHERE grp = ?"
-            row = conn.execute(sql, (group,)).fetchone()
-            return None if row is None else int(row[0])
-
-        return await self._read(get)
+        position = await self._read(lambda c: committed_position(c, group))
+        return None if position < 0 else position
 
     async def positions(self) -> dict[str, Position]:
         rows = await self._read(
@@ -258,7 +264,7 @@ class SQLiteBackend(BaseEventStorage):
     # -- dead letters --------------------------------------------------------------------
     async def record_dead_letter(self, dead: DeadLetter) -> None:
         row = (dead.group, dead.handler, dead.error, dead.attempts, int(dead.position))
-        body = encode_event(dead.event)
+        body = dead.body
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -276,10 +282,7 @@ class SQLiteBackend(BaseEventStorage):
             sql += " WHERE grp = ?"
             args = (group,)
         rows = await self._read(lambda c: c.execute(sql + " ORDER BY id", args).fetchall())
-        return [
-            DeadLetter(g, h, err, n, decode_event(body), int(pos))
-            for g, h, err, n, pos, body in rows
-        ]
+        return [read_dead_letter(g, h, err, n, int(pos), body) for g, h, err, n, pos, body in rows]
 
     # -- queries -------------------------------------------------------------------------
     async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
@@ -303,7 +306,7 @@ class SQLiteBackend(BaseEventStorage):
         )
         start = None if after is None else int(after)
         rows = await self._read(lambda c: query_rows(c, types, window, start, limit + 1))
-        events = [StoredEvent(pos, decode_event(body)) for pos, body in rows[:limit]]
+        events = [decode_stored(pos, body) for pos, body in rows[:limit]]
         more = len(rows) > limit
         return Page(events, events[-1].position if more and events else None)
 
@@ -320,27 +323,14 @@ class SQLiteBackend(BaseEventStorage):
         deleted = 0
         if older_than is not None:
             cutoff = epoch_us(as_utc(older_than))
-            deleted += await self._prune_chunks(lambda c, n: prune_older(c, cutoff, n))
+            deleted += await prune_in_chunks(self._write, lambda c, n: prune_older(c, cutoff, n))
         if max_events is not None:
             last = await self._read(lambda c: keep_newest_from(c, max_events))
             if last is not None:
-                deleted += await self._prune_chunks(lambda c, n: prune_through(c, last, n))
+                deleted += await prune_in_chunks(
+                    self._write, lambda c, n: prune_through(c, last, n)
+                )
         return deleted
-
-    async def _prune_chunks(self, chunk: Callable[[sqlite3.Connection, int], int]) -> int:
-        deleted, size = 0, PRUNE_CHUNK
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            count: int = await self._write(functools.partial(chunk_of, chunk, size))
-            took = loop.time() - started
-            deleted += count
-            if count < size:
-                return deleted
-            # Keep each transaction short (the write lock is held for its length), and
-            # leave the lock free for about as long as it was held.
-            size = next_prune_chunk(size, took)
-            await asyncio.sleep(min(max(took, 0.01), 0.05))
 
     async def health(self) -> Health:
         """A cheap real read: the schema version and both ends of the log and its indexes.
@@ -394,11 +384,8 @@ class SQLiteBackend(BaseEventStorage):
             reader.shutdown(wait=True)
 
 
-def chunk_of(
-    chunk: Callable[[sqlite3.Connection, int], int], size: int, conn: sqlite3.Connection
-) -> int:
-    """``chunk(conn, size)``, for ``functools.partial``."""
-    return chunk(conn, size)
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def _transaction(conn: sqlite3.Connection, items: list[_Item]) -> list[Any]:

@@ -19,6 +19,7 @@ from omniq_observe.cli._run import (
     make_console,
     open_storage,
     print_table,
+    require_existing_store,
     run_until_signal,
     safe_url,
 )
@@ -139,6 +140,7 @@ async def _integrity(url: str) -> list[str] | None:
     try:
         if not isinstance(storage, SQLiteBackend):
             return None
+        require_existing_store(storage)  # checking never creates a store
         return await storage.integrity_problems()
     finally:
         await storage.close()

@@ -5,6 +5,10 @@ handler that raises is tried again up to the processor's ``max_handler_attempts`
 failed attempt is logged (``omniq.handler_failed``) and counted in
 ``stats.handler_errors``, then the event is dead-lettered for that handler and the next
 handler runs. Handler failures never propagate.
+
+A stored entry that did not decode (an :class:`UndecodableEvent` in the batch) reaches no
+handler: it is logged (``omniq.undecodable_event``), counted in ``stats.undecodable`` and
+dead-lettered with its raw bytes, and the batch goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from omniq_observe.backend.base import DeadLetter, StoredEvent
+from omniq_observe.backend.base import DeadLetter, StoredEvent, UndecodableEvent
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
 
@@ -99,6 +103,9 @@ class Dispatcher:
         """Run the handlers on every event of ``batch`` in order; never raises for them."""
         handlers = self.registrations
         for stored in batch:
+            if type(stored) is UndecodableEvent:
+                await self._dead_letter_undecodable(stored)
+                continue
             event = stored.event
             event_type = event.event_type
             for reg in handlers:
@@ -163,6 +170,26 @@ class Dispatcher:
             event=stored.event,
             position=stored.position,
         )
+        await self._record(dead)
+
+    async def _dead_letter_undecodable(self, stored: UndecodableEvent) -> None:
+        processor = self._processor
+        processor.stats.undecodable += 1
+        self._log.error(
+            "omniq.undecodable_event",
+            processor=processor.name,
+            position=stored.position,
+            error=stored.error,
+            raw=stored.raw[:200],
+        )
+        error = f"undecodable: {stored.error}"
+        await self._record(
+            DeadLetter(processor.name, "(decode)", error, 0, stored.event, stored.position,
+                       stored.raw)
+        )
+
+    async def _record(self, dead: DeadLetter) -> None:
+        processor = self._processor
         processor.stats.dead_lettered += 1
         try:
             await processor.event_storage.record_dead_letter(dead)

@@ -4,12 +4,18 @@ Storage-failure policy:
 
 * ``on_storage_error="raise"`` (the default): ``log_event`` raises
   :class:`~omniq_observe.exceptions.StorageError` carrying the cause; nothing is buffered.
-* ``on_storage_error="buffer"``: a failed event goes into a bounded in-memory buffer
-  (``buffer_size`` events) and ``log_event`` returns. A background task retries with
-  backoff and drains the buffer, in order, once storage is back; while the buffer holds
-  events, new ones queue behind them so that order is kept. When the buffer is full the
-  new event is dropped and counted in ``stats.dropped``. Buffered events are lost if the
-  process dies. ``flush()`` waits for the buffer to drain; nothing ever waits unbounded.
+* ``on_storage_error="buffer"``: an event whose write failed for a transient reason
+  (:class:`~omniq_observe.exceptions.BackendUnavailableError`: connection lost, timeout,
+  database locked or full) goes into a bounded in-memory buffer (``buffer_size`` events)
+  and ``log_event`` returns. Any other failure is not retried: an event storage refuses
+  raises :class:`~omniq_observe.exceptions.InvalidEventError` at once, other errors raise
+  as under ``"raise"``, so that one bad event never blocks the events after it. A
+  background task retries with backoff and drains the buffer, in order, once storage is
+  back; while the buffer holds events, new ones queue behind them so that order is kept
+  (an event among them that storage refuses is dropped, counted in ``stats.dropped`` and
+  logged). When the buffer is full the new event is dropped and counted in
+  ``stats.dropped``. Buffered events are lost if the process dies. ``flush()`` waits for
+  the buffer to drain; nothing ever waits unbounded.
 
 Batching (``batch=True``): ``log_event`` checks the event, writes the span event and takes
 the trace context in the caller, as always, then puts it on a bounded queue and returns
@@ -52,8 +58,13 @@ from omniq_observe.events._batch import AsyncBatcher, BatchSettings, ThreadBatch
 from omniq_observe.events._log_events import OTelEventWriter
 from omniq_observe.events._spans import current_trace_context
 from omniq_observe.events._sync import LoopThread
-from omniq_observe.exceptions import ConfigurationError, InvalidEventError, StorageError
-from omniq_observe.models.event import EventType, TaskEvent
+from omniq_observe.exceptions import (
+    BackendUnavailableError,
+    ConfigurationError,
+    InvalidEventError,
+    StorageError,
+)
+from omniq_observe.models.event import EventType, TaskEvent, encode_event
 
 __all__ = ["AsyncEventLogger", "EventLogger", "LoggerStats"]
 
@@ -246,8 +257,10 @@ class AsyncEventLogger:
         With ``batch=True``, return once it is queued for the background writer.
 
         Raises:
-            InvalidEventError: ``event`` is not a TaskEvent.
-            StorageError: storage failed and the policy is ``"raise"`` (not batching).
+            InvalidEventError: ``event`` is not a TaskEvent, or storage refuses it (it was
+                changed after it was made); never buffered.
+            StorageError: storage failed and the policy is ``"raise"`` (not batching), or
+                it failed for a reason that is not transient.
         """
         await self._submit([self.prepare(event)])
 
@@ -276,9 +289,17 @@ class AsyncEventLogger:
         self.stats.logged += len(events)
 
     async def _store_failed(self, events: list[TaskEvent], exc: Exception) -> None:
-        """Apply the storage-failure policy to ``events`` that ``append`` failed to store."""
+        """Apply the storage-failure policy to ``events`` that ``append`` failed to store:
+        only a transient failure is buffered (under ``"buffer"``). Events storage refuses
+        are left out, the others of the batch stored, then the refusal raised."""
         self.stats.storage_errors += 1
-        if self.on_storage_error == "raise":
+        if self.on_storage_error == "raise" or not isinstance(exc, BackendUnavailableError):
+            invalid = _find_invalid(events)
+            if invalid is not None:
+                rest = [e for e in events if _find_invalid([e]) is None]
+                if rest:
+                    await self.store(rest)
+                raise invalid from exc
             if isinstance(exc, StorageError):
                 raise exc
             msg = f"storing {len(events)} event(s) failed: {type(exc).__name__}: {exc}"
@@ -306,6 +327,8 @@ class AsyncEventLogger:
                 await self.event_storage.append(batch)
             except Exception as exc:
                 self.stats.storage_errors += 1
+                if not isinstance(exc, BackendUnavailableError) and self._drop_invalid(batch):
+                    continue  # the rest of the batch goes again at once
                 _log.debug("omniq-observe retry failed: %s", exc)
                 await asyncio.sleep(delay)
                 # A smaller batch may fit where a large one does not (a nearly full disk):
@@ -319,6 +342,19 @@ class AsyncEventLogger:
                 self._buffer.popleft()
             self.stats.logged += len(batch)
             delay, size = self.retry_interval, min(size * 2, _DRAIN_BATCH)
+
+    def _drop_invalid(self, batch: list[TaskEvent]) -> bool:
+        """Drop the events of ``batch`` that can never be stored (changed after they were
+        made, say); return whether there were any."""
+        bad = {id(event) for event in batch if _find_invalid([event]) is not None}
+        if not bad:
+            return False
+        kept = [event for event in self._buffer if id(event) not in bad]
+        dropped = len(self._buffer) - len(kept)
+        self._buffer = collections.deque(kept)
+        self.stats.dropped += dropped
+        _log.error("omniq-observe dropped %d buffered event(s) storage refuses", dropped)
+        return True
 
     @property
     def buffered(self) -> int:
@@ -371,6 +407,21 @@ class AsyncEventLogger:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _find_invalid(events: Sequence[TaskEvent]) -> InvalidEventError | None:
+    """The error of the first of ``events`` that construction or the wire form now refuses
+    (an event whose fields were changed after it was made), or ``None``."""
+    for event in events:
+        try:
+            TaskEvent(**{name: getattr(event, name) for name in event.__struct_fields__})
+            encode_event(event)
+        except InvalidEventError as exc:
+            return exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            msg = f"event {event.event_id!r:.100} cannot be encoded: {type(exc).__name__}: {exc}"
+            return InvalidEventError(msg, field="event", value=event)
+    return None
 
 
 class EventLogger:

@@ -27,7 +27,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from omniq_observe.backend.base import BaseEventStorage, Consumer, StoredEvent
+from omniq_observe.backend.base import (
+    BaseEventStorage,
+    Consumer,
+    StoredEvent,
+    UndecodableEvent,
+)
 from omniq_observe.events._dispatch import Dispatcher
 from omniq_observe.events._leases import LeaseRenewal
 from omniq_observe.events._sync import LoopThread
@@ -53,9 +58,11 @@ class Handler(Protocol):
 class ProcessorStats:
     """What a processor has done, for self-metrics and health checks.
 
-    ``last_event_timestamp`` is the event time (epoch seconds) of the newest event handled;
-    ``caught_up`` is True when the last read found nothing more to read; ``heartbeat`` is
-    the ``time.monotonic()`` of the loop's last sign of life.
+    ``last_event_timestamp`` is the event time (epoch seconds) of the last event handled;
+    ``caught_up`` is True once a read came back short (nothing more to read), and False
+    from the start and while full batches come in (a backlog); ``heartbeat`` is the
+    ``time.monotonic()`` of the loop's last sign of life; ``undecodable`` counts stored
+    entries that did not decode (dead-lettered with their raw bytes, then skipped).
     """
 
     processed: int = 0
@@ -63,14 +70,16 @@ class ProcessorStats:
     handler_errors: Counter[str] = field(default_factory=Counter)
     dead_lettered: int = 0
     storage_errors: int = 0
+    undecodable: int = 0
     last_event_timestamp: float | None = None
-    caught_up: bool = True
+    caught_up: bool = False
     running: bool = False
     heartbeat: float = field(default_factory=time.monotonic)
 
     def lag_seconds(self, now: float | None = None) -> float:
-        """Seconds the processor is behind: 0 when caught up, else now minus the event
-        time of the last handled event."""
+        """Seconds the processor is behind: 0 when caught up (or before it handled any
+        event), else now minus the event time of the last handled event, so a catch-up
+        of old events shows as lag until the processor has read everything."""
         if self.caught_up or self.last_event_timestamp is None:
             return 0.0
         return max(0.0, (time.time() if now is None else now) - self.last_event_timestamp)
@@ -193,17 +202,18 @@ class AsyncEventProcessor:
                     self._dispatch.run_released(self.pairings.values(), time.time())
                 return total
             full = len(batch) >= limit and (stopping is None or not stopping.is_set())
+            if full:
+                stats.caught_up = False  # more may follow: a backlog until a short read
             ahead: asyncio.Future[list[StoredEvent]] | None = None
             if full and storage.read_ahead:
                 ahead = asyncio.ensure_future(storage.read_after(batch[-1].position, limit))
             try:
-                await self._handle_batch(batch)
+                total += await self._handle_batch(batch)
             except BaseException:
                 if ahead is not None:
                     ahead.cancel()
                     await asyncio.gather(ahead, return_exceptions=True)
                 raise
-            total += len(batch)
             if not full:
                 stats.caught_up = len(batch) < limit
                 if stats.caught_up and self.pairings:
@@ -222,22 +232,32 @@ class AsyncEventProcessor:
             for shared in self.pairings.values():
                 shared.pairing.resume()
 
-    async def _handle_batch(self, batch: list[StoredEvent]) -> None:
-        """Run the handlers on every event of ``batch`` in order, then acknowledge it.
+    async def _handle_batch(self, batch: list[StoredEvent]) -> int:
+        """Run the handlers on every event of ``batch`` in order, then acknowledge it;
+        return how many events the handlers saw (undecodable entries are skipped).
 
         On backends with leases the batch's lease is renewed while the handlers run.
         """
+        stats = self.stats
+        undecodable = stats.undecodable
         if self.event_storage.lease_seconds is None:
             await self._dispatch.run(batch)
         else:
             with LeaseRenewal(self.event_storage, self.consumer, batch, self._renew_failed):
                 await self._dispatch.run(batch)
         await self.event_storage.ack(self.consumer, batch)
-        stats = self.stats
-        stats.processed += len(batch)
+        handled = len(batch) - (stats.undecodable - undecodable)
+        stats.processed += handled
         stats.batches += 1
-        stats.last_event_timestamp = batch[-1].event.timestamp.timestamp()
+        if type(batch[-1]) is not UndecodableEvent:
+            stats.last_event_timestamp = batch[-1].event.timestamp.timestamp()
+        else:  # a stand-in's time (1970) is no event time: take the last real event's
+            for stored in reversed(batch):
+                if type(stored) is not UndecodableEvent:
+                    stats.last_event_timestamp = stored.event.timestamp.timestamp()
+                    break
         stats.heartbeat = time.monotonic()
+        return handled
 
     def _renew_failed(self, exc: Exception) -> None:
         self.stats.storage_errors += 1

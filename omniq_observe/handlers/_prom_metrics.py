@@ -223,6 +223,9 @@ class Metrics:
         self.retries = make(Counter, f"{p}_task_retries", "RETRIED events.", ("queue",))
         self.processed = make(Counter, f"{p}_observe_events_processed",
                               "Events the processor handled.", ("processor",))
+        self.undecodable = make(Counter, f"{p}_observe_undecodable_events",
+                                "Stored entries that did not decode (dead-lettered, skipped).",
+                                ("processor",))
         self.handler_errors = make(Counter, f"{p}_observe_handler_errors",
                                    "Handler failures (each failed try).", ("handler",))
         self.lag = make(Gauge, f"{p}_observe_processor_lag_seconds",

@@ -147,6 +147,8 @@ class PrometheusHandler(PairedHandler):
         self._stats: Any = None
         self._synced_batches = -1
         self._synced_processed = 0
+        self._synced_undecodable = 0
+        self._undecodable_child: Any = None
         self._synced_errors: dict[str, int] = {}
         self._processed_child: Any = None
         self._lag_child: Any = None
@@ -165,6 +167,7 @@ class PrometheusHandler(PairedHandler):
             extra = self.metrics.static_values
             self._processed_child = self.metrics.processed.labels(label, *extra)
             self._lag_child = self.metrics.lag.labels(label, *extra)
+            self._undecodable_child = self.metrics.undecodable.labels(label, *extra)
         self.refresh()
 
     def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
@@ -328,6 +331,10 @@ class PrometheusHandler(PairedHandler):
                     self._processed_child.inc(delta)
                     self._synced_processed = stats.processed
                 self._lag_child.set(stats.lag_seconds())
+                undecodable = getattr(stats, "undecodable", 0)
+                if undecodable > self._synced_undecodable:
+                    self._undecodable_child.inc(undecodable - self._synced_undecodable)
+                    self._synced_undecodable = undecodable
             names = getattr(self._processor, "handler_names", ())
             for name in (*names, *stats.handler_errors):
                 child = self._error_children.get(name)

@@ -2,48 +2,64 @@
 
 Normalisation and validation rules:
 
-* ``task_id`` must be a non-empty string.
-* ``event_type`` is an :class:`EventType` or any non-empty string; it is stripped and
-  upper-cased, so ``"completed"`` and ``EventType.COMPLETED`` both become ``"COMPLETED"``
-  and a custom type such as ``"expired"`` becomes ``"EXPIRED"``.
+* ``task_id`` must be a non-empty string of at most ``MAX_ID_LENGTH`` (512) characters.
+* ``event_type`` is an :class:`EventType` or any non-empty string; every surrounding
+  whitespace character (spaces, tabs, newlines) is stripped and the rest upper-cased, so
+  ``"completed"``, ``" COMPLETED"``, ``"COMPLETED\\n"`` and ``EventType.COMPLETED`` all become
+  ``"COMPLETED"`` and a custom type such as ``"expired"`` becomes ``"EXPIRED"``. Nothing left
+  after the strip is an error; at most 512 characters.
 * ``timestamp`` must be a ``datetime``: a naive one is taken as UTC (the seed passes
   ``datetime.utcnow()``), an aware one is converted to UTC; the stored value is always an
-  aware UTC datetime, microseconds kept. Defaults to now.
+  aware UTC datetime, microseconds kept. Defaults to now. A time that does not exist in
+  UTC (year 1 at +14:00) is an error.
 * ``details`` must be a mapping with string keys whose values are JSON values: ``str``,
   ``int``, finite ``float``, ``bool``, ``None``, and lists, tuples and string-keyed mappings
-  of those. Tuples come back as lists and other mappings as dicts; nothing else is coerced.
-  Non-finite floats (``nan``, ``inf``) are **rejected**, not stored as ``null``: JSON cannot
-  hold them and a silent ``null`` would lose data. Anything else (a socket, bytes, a
-  datetime, a set, ...) is rejected too; the error names the key path and the type.
+  of those, nested at most ``MAX_DETAILS_DEPTH`` (64) deep. Subclasses of ``str``, ``int``
+  and ``float`` (enums, say) are stored as their plain value, other mappings as dicts;
+  tuples come back as lists. Non-finite floats (``nan``, ``inf``) are **rejected**, not
+  stored as ``null``: JSON cannot hold them and a silent ``null`` would lose data. Strings
+  with a lone surrogate (UTF-8 cannot encode them) and anything else (a socket, bytes, a
+  datetime, a set, ...) are rejected too; the error names the key path and the type.
 * ``event_id`` defaults to a new UUIDv7 string: unique, and in this process strictly
-  increasing, so ids sort by creation time.
+  increasing, so ids sort by creation time. At most 512 characters.
 
 Every invalid field raises :class:`~omniq_observe.exceptions.InvalidEventError` (a
-``ValueError``) naming the field and the value.
+``ValueError``) naming the field and the value. What construction accepts, the wire form
+carries exactly.
 
 The wire form is versioned JSON (``{"v": 1, "task_id": ..., ...}``), see
-:func:`encode_event` / :func:`decode_event`; a round trip is lossless.
+:func:`encode_event` / :func:`decode_event`; a round trip is lossless. Decoding checks
+exactly what construction checks and refuses what construction would have changed (a
+missing ``v``, a lower-case or padded ``event_type``, a naive or non-UTC timestamp).
 """
 
 from __future__ import annotations
 
 import enum
-import math
 import random
 import threading
 import time
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import msgspec
 
 from omniq_observe.exceptions import InvalidEventError
+from omniq_observe.models._wire_values import (
+    MAX_DETAILS_DEPTH,
+    MAX_ID_LENGTH,
+    check_decoded_details,
+    check_text,
+    clean_details,
+    has_surrogate,
+)
 
 __all__ = [
     "FAILED_TYPES",
     "FINAL_TYPES",
     "FINISHED_TYPES",
+    "MAX_DETAILS_DEPTH",
+    "MAX_ID_LENGTH",
     "QUEUEING_TYPES",
     "TERMINAL_STATUS",
     "TERMINAL_TYPES",
@@ -125,74 +141,53 @@ def _utcnow() -> datetime:
 
 
 def _normalize_type(value: Any) -> str:
+    """Return ``value`` stripped of surrounding whitespace and upper-cased.
+
+    Raises:
+        InvalidEventError: it is not a string, or nothing is left after the strip.
+    """
     if isinstance(value, EventType):
         return value.value
-    if not isinstance(value, str) or not value.strip():
-        msg = f"event_type must be a non-empty string or EventType, got {value!r}"
-        raise InvalidEventError(msg, field="event_type", value=value)
-    return value.strip().upper()
+    if isinstance(value, str):
+        normalized = str.__str__(value).strip().upper().strip()
+        if normalized:
+            return check_text(normalized, "event_type")
+    msg = f"event_type must be a non-empty string or EventType, got {value!r:.200}"
+    raise InvalidEventError(msg, field="event_type", value=value)
 
 
-def _find_unstorable(value: Any, path: str) -> tuple[str, Any, str] | None:
-    """Return (key path, value, problem) of the first value in ``value`` JSON cannot hold."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return None
-    if kind is float:
-        return None if math.isfinite(value) else (path, value, "not finite")
-    if kind is dict or isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return (f"{path}[{key!r}]", key, "key")
-            found = _find_unstorable(item, f"{path}[{key!r}]")
-            if found is not None:
-                return found
-        return None
-    if kind is list or kind is tuple:
-        for index, item in enumerate(value):
-            found = _find_unstorable(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, (str, int)) and not isinstance(value, enum.Flag):
-        return None  # subclasses such as str enums are stored as their plain value
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path, value, "not finite")
-    return (path, value, "type")
+def _is_canonical_type(value: str) -> bool:
+    """Whether a decoded ``event_type`` is what construction would have made of it."""
+    if value and value.isupper() and not value[0].isspace() and not value[-1].isspace():
+        return len(value) <= MAX_ID_LENGTH
+    try:
+        return _normalize_type(value) == value
+    except InvalidEventError:
+        return False
 
 
-_PLAIN = frozenset({str, int, bool, type(None)})
+def _utc_timestamp(value: Any) -> datetime:
+    """Return ``ts`` as a plain aware UTC datetime (naive means UTC).
 
-
-def _check_details(value: Any) -> dict[str, Any]:
-    """Validate that ``details`` is storable; return it as a plain dict."""
-    details: dict[str, Any] = value
-    if type(value) is not dict:
-        if not isinstance(value, Mapping):
-            msg = (
-                f"details must be a mapping with string keys, got "
-                f"{type(value).__name__} {value!r:.200}"
-            )
-            raise InvalidEventError(msg, field="details", value=value)
-        details = dict(value)
-    plain = _PLAIN
-    for key, item in details.items():  # the common case: flat details of plain values
-        if type(key) is not str or type(item) not in plain:
-            break
-    else:
-        return details
-    found = _find_unstorable(details, "details")
-    if found is None:
-        return details
-    path, bad, problem = found
-    kind = type(bad).__name__
-    if problem == "key":
-        msg = f"{path}: key {bad!r} is a {kind}; details keys must be strings"
-    elif problem == "not finite":
-        msg = f"{path} is {bad!r}; details floats must be finite (JSON has no {bad!r})"
-    else:
-        msg = f"{path} is a {kind} ({bad!r:.100}); details must be JSON values"
-    raise InvalidEventError(msg, field=path, value=bad)
+    Raises:
+        InvalidEventError: it is not a datetime, or not representable in UTC.
+    """
+    if not isinstance(value, datetime):
+        msg = f"timestamp must be a datetime, got {type(value).__name__} {value!r:.200}"
+        raise InvalidEventError(msg, field="timestamp", value=value)
+    ts: datetime = value
+    if type(ts) is not datetime:  # a subclass (pendulum, pandas): keep the plain value
+        ts = datetime(
+            ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, ts.microsecond,
+            ts.tzinfo, fold=ts.fold,
+        )
+    try:
+        if ts.utcoffset() is None:
+            return ts.replace(tzinfo=_UTC)
+        return ts.astimezone(_UTC)
+    except (OverflowError, ValueError) as exc:
+        msg = f"timestamp {ts!r} is not representable in UTC ({exc})"
+        raise InvalidEventError(msg, field="timestamp", value=ts) from exc
 
 
 # Set while decode_event runs in this thread: stored data was validated when it was made,
@@ -202,6 +197,7 @@ class _DecodingFlag(threading.local):
 
 
 _decoding = _DecodingFlag()
+_CONTAINERS = frozenset({dict, list})
 
 
 # gc=False: an event refers only to strings, a datetime and (validated) JSON values, never
@@ -231,38 +227,73 @@ class TaskEvent(msgspec.Struct, kw_only=True, tag_field="v", tag=WIRE_VERSION, g
     trace_context: dict[str, str] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        task_id = self.task_id
-        if type(task_id) is not str or not task_id:
-            if not isinstance(task_id, str) or not task_id:
-                msg = f"task_id must be a non-empty string, got {task_id!r}"
-                raise InvalidEventError(msg, field="task_id", value=task_id)
-            self.task_id = str(task_id)
         if _decoding.active:
+            # the cheap test of every decoded event; the full one only when it may fail
+            task_id, event_type, event_id = self.task_id, self.event_type, self.event_id
+            if (
+                not task_id
+                or len(task_id) > MAX_ID_LENGTH
+                or not event_type.isupper()
+                or event_type.strip() is not event_type  # CPython: the same str if unstripped
+                or len(event_type) > MAX_ID_LENGTH
+                or self.timestamp.tzinfo is not _UTC
+                or not event_id
+                or len(event_id) > MAX_ID_LENGTH
+                or (self.details and not _CONTAINERS.isdisjoint(map(type, self.details.values())))
+            ):
+                self._check_decoded()
             return
+        task_id = self.task_id
+        if type(task_id) is not str or not task_id.isascii() or len(task_id) > MAX_ID_LENGTH:
+            self.task_id = check_text(task_id, "task_id")
+        elif not task_id:
+            check_text(task_id, "task_id")
         event_type = self.event_type
-        if type(event_type) is not str or not event_type.isupper() or event_type[-1] == " ":
+        if (
+            type(event_type) is not str
+            or not event_type.isupper()
+            or event_type[0].isspace()
+            or event_type[-1].isspace()
+            or not event_type.isascii()
+            or len(event_type) > MAX_ID_LENGTH
+        ):
             self.event_type = _normalize_type(event_type)
         ts = self.timestamp
-        if not isinstance(ts, datetime):
-            msg = f"timestamp must be a datetime, got {type(ts).__name__} {ts!r}"
-            raise InvalidEventError(msg, field="timestamp", value=ts)
-        if ts.tzinfo is None:
-            self.timestamp = ts.replace(tzinfo=_UTC)
-        elif ts.tzinfo is not _UTC:
-            self.timestamp = ts.astimezone(_UTC)
+        if type(ts) is not datetime or ts.tzinfo is not _UTC:
+            self.timestamp = _utc_timestamp(ts)
         details = self.details
         if details or type(details) is not dict:
-            self.details = _check_details(details)
+            self.details = clean_details(details)
         event_id = self.event_id
-        if type(event_id) is not str or not event_id:
-            msg = f"event_id must be a non-empty string, got {event_id!r}"
-            raise InvalidEventError(msg, field="event_id", value=event_id)
+        if type(event_id) is not str or not event_id.isascii() or len(event_id) > MAX_ID_LENGTH:
+            self.event_id = check_text(event_id, "event_id")
+        elif not event_id:
+            check_text(event_id, "event_id")
         context = self.trace_context
         if type(context) is not dict or (
-            context and not all(type(k) is str and type(v) is str for k, v in context.items())
+            context
+            and not all(
+                type(k) is str and type(v) is str and not has_surrogate(k + v)
+                for k, v in context.items()
+            )
         ):
-            msg = f"trace_context must be a dict of strings, got {context!r}"
+            msg = f"trace_context must be a dict of strings, got {context!r:.200}"
             raise InvalidEventError(msg, field="trace_context", value=context)
+
+    def _check_decoded(self) -> None:
+        """Refuse a decoded event that construction would have refused or changed."""
+        if not self.task_id or len(self.task_id) > MAX_ID_LENGTH:
+            check_text(self.task_id, "task_id")
+        if not _is_canonical_type(self.event_type):
+            msg = f"event_type {self.event_type!r:.200} is not stripped and upper-case"
+            raise InvalidEventError(msg, field="event_type", value=self.event_type)
+        if self.timestamp.tzinfo is not _UTC:
+            msg = f"timestamp {self.timestamp.isoformat()} is not UTC"
+            raise InvalidEventError(msg, field="timestamp", value=self.timestamp)
+        if self.details:
+            check_decoded_details(self.details)
+        if not self.event_id or len(self.event_id) > MAX_ID_LENGTH:
+            check_text(self.event_id, "event_id")
 
     @property
     def timestamp_ns(self) -> int:
@@ -286,8 +317,14 @@ def epoch_us(ts: datetime) -> int:
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(TaskEvent)
-_list_decoder = msgspec.json.Decoder(list[TaskEvent])
+
+
+class _OtherVersion(msgspec.Struct, tag_field="v", tag=0):
+    """Makes ``v`` required: msgspec checks the tag of a union's members only."""
+
+
+_decoder = msgspec.json.Decoder(TaskEvent | _OtherVersion)
+_list_decoder = msgspec.json.Decoder(list[TaskEvent | _OtherVersion])
 
 
 def encode_event(event: TaskEvent) -> bytes:
@@ -301,7 +338,11 @@ def decode_event(data: bytes | str) -> TaskEvent:
     Raises:
         InvalidEventError: the data is not a valid wire form of a known version.
     """
-    return decode_wire(_decoder, data)
+    event = decode_wire(_decoder, data)
+    if type(event) is not TaskEvent:
+        error = msgspec.ValidationError(f"unknown wire version, v{WIRE_VERSION} expected")
+        raise _wire_error(error, data)
+    return event
 
 
 def decode_events(array: bytes | str) -> list[TaskEvent]:
@@ -310,7 +351,12 @@ def decode_events(array: bytes | str) -> list[TaskEvent]:
     Raises:
         InvalidEventError: an element is not a valid wire form of a known version.
     """
-    return decode_wire(_list_decoder, array)
+    events = decode_wire(_list_decoder, array)
+    for event in events:
+        if type(event) is not TaskEvent:
+            error = msgspec.ValidationError(f"unknown wire version, v{WIRE_VERSION} expected")
+            raise _wire_error(error, array)
+    return events  # type: ignore[return-value]  # checked just above
 
 
 def decode_wire(decoder: msgspec.json.Decoder[_T], data: bytes | str) -> _T:
@@ -325,6 +371,10 @@ def decode_wire(decoder: msgspec.json.Decoder[_T], data: bytes | str) -> _T:
         return decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise _wire_error(exc, data) from exc
+    except (TypeError, RecursionError, OverflowError, ValueError) as exc:
+        # not bytes or str (None, say), nested deeper than the decoder goes, or a date
+        # out of range: still an invalid wire form
+        raise _wire_error(msgspec.ValidationError(f"{type(exc).__name__}: {exc}"), data) from exc
     finally:
         _decoding.active = False
 
@@ -334,4 +384,5 @@ def _wire_error(exc: Exception, data: bytes | str) -> InvalidEventError:
         msg = f"stored event is not a valid wire form (v{WIRE_VERSION}): {exc}"
     else:
         msg = f"stored event is not valid JSON: {exc}"
-    return InvalidEventError(msg, field="wire", value=data[:200])
+    value = data[:200] if isinstance(data, (bytes, str)) else data
+    return InvalidEventError(msg, field="wire", value=value)

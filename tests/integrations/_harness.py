@@ -299,8 +299,12 @@ def check_details(
     retried = [e for e in events if e.task_id == ids["retry"] and e.event_type == "RETRIED"]
     assert len(retried) == 1
     eta = retried[0].details.get("eta")
-    if retry_eta:  # a retry with a backoff is due later than it was re-queued
-        assert eta is not None and datetime.fromisoformat(eta) > retried[0].timestamp, eta
+    if retry_eta:  # a retry with a backoff: due after the first attempt began, and the
+        # second attempt did not start before it was due
+        starts = sorted(e.timestamp for e in events
+                        if e.task_id == ids["retry"] and e.event_type == "STARTED")
+        assert eta is not None and starts[0] < datetime.fromisoformat(eta) <= starts[1], (
+            eta, starts)
     else:
         assert eta is None
 
