@@ -35,6 +35,13 @@ def machine() -> str:
     )
 
 
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def write_markdown(
     path: Path, header: Sequence[str], rows: Sequence[Sequence[str]], argv: Sequence[str]
 ) -> None:
@@ -46,6 +53,7 @@ def write_markdown(
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine()}",
         f"- Command: `{command}`",
+        f"- Load average at the end (1, 5, 15 min): {_load()}",
         "",
         "Each row runs our code and a raw baseline (what you would write by hand with the same",
         "libraries), interleaved in the same run; the figures are medians of the repeats and",

@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 _TMP = Path(tempfile.mkdtemp(prefix="omniq-bench-integ-"))
 atexit.register(shutil.rmtree, _TMP, True)
 PRODUCERS = 4
+REPEATS = 3  # per worker row
 
 
 def _db() -> Path:
@@ -136,10 +137,12 @@ def _worker_cmd(framework: str, queue: str) -> list[str]:
 
 
 class WorkerRig:
-    """One running worker (started on first use, stopped at exit) and its producer."""
+    """One running worker and its producer: started on first use, stopped after the
+    row's last run (``calls``: the warm-up and the repeats) or at exit."""
 
-    def __init__(self, framework: str, observe: bool) -> None:
+    def __init__(self, framework: str, observe: bool, calls: int = 1 + REPEATS) -> None:
         self.framework = framework
+        self.calls = calls
         queue = f"omniq-bench-{framework}-{'obs' if observe else 'raw'}-{os.urandom(3).hex()}"
         self.env = dict(os.environ, OMNIQ_BENCH_QUEUE=queue,
                         OMNIQ_BENCH_OBSERVE="1" if observe else "",
@@ -153,8 +156,15 @@ class WorkerRig:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, start_new_session=True)
             atexit.register(self.stop)
-        done = subprocess.run([sys.executable, str(HERE / "workers" / f"wb_{self.framework}.py"),
-                               str(n)], env=self.env, capture_output=True, check=True)
+        try:
+            done = subprocess.run(
+                [sys.executable, str(HERE / "workers" / f"wb_{self.framework}.py"), str(n)],
+                env=self.env, capture_output=True, check=True,
+            )
+        finally:
+            self.calls -= 1
+            if self.calls <= 0:
+                self.stop()
         return float(done.stdout.decode().split()[0])
 
     def stop(self) -> None:
@@ -183,6 +193,6 @@ def benchmarks() -> list[Bench]:
         rows.append(Bench(
             f"integrations: {framework} worker no-op tasks, instrumented", tasks,
             WorkerRig(framework, True), WorkerRig(framework, False),
-            f"{framework} worker without the integration", target_ratio=0.9, repeats=3,
+            f"{framework} worker without the integration", target_ratio=0.9, repeats=REPEATS,
         ))
     return rows

@@ -34,6 +34,7 @@ __all__ = [
     "QueueLive",
     "QueueResolver",
     "Summary",
+    "nearest_rank",
     "quantile",
 ]
 
@@ -45,9 +46,13 @@ History = Callable[[str], Awaitable[list[TaskEvent]]]
 
 def quantile(samples: Sequence[float], q: float) -> float | None:
     """Return the nearest-rank ``q`` quantile of ``samples`` (None when empty)."""
-    if not samples:
+    return nearest_rank(sorted(samples), q)
+
+
+def nearest_rank(ordered: Sequence[float], q: float) -> float | None:
+    """Return the nearest-rank ``q`` quantile of samples already sorted (None when empty)."""
+    if not ordered:
         return None
-    ordered = sorted(samples)
     rank = max(1, math.ceil(q * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
 

@@ -22,6 +22,7 @@ def test_markdown_file_has_the_date_the_machine_and_the_table(tmp_path: Path) ->
     assert lines[0] == "# Benchmark results"
     assert lines[2].startswith(f"- Date: {datetime.now(timezone.utc):%Y-%m-%d} ")
     assert lines[3].startswith("- Machine: ") and " cores" in lines[3]
+    assert lines[5].startswith("- Load average at the end (1, 5, 15 min): ")
     assert lines[4] == (
         f"- Command: `python bench/run.py --only 'no such row' --markdown {out}`"
     )

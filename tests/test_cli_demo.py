@@ -202,10 +202,11 @@ def test_demo_serve_runs_until_sigterm_and_exports_its_events(tmp_path: Path) ->
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        wait_until(lambda: any("/metrics" in line for line in lines), timeout=60,
-                   what="demo to say where /metrics is")
+        wait_until(lambda: any("Web view" in line for line in lines), timeout=60,
+                   what="demo to say where /metrics and the web view are")
         report = json.loads(lines[0])
         assert f"Serving http://127.0.0.1:{port}/metrics" in "\n".join(lines)
+        assert f"Web view: http://127.0.0.1:{port}/" in lines
         wait_until(lambda: _scrape_when_up(port) == _expected(report), timeout=60,
                    what="the processor to catch up")
         proc.send_signal(signal.SIGTERM)

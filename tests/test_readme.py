@@ -103,3 +103,15 @@ def test_the_prometheus_command_is_safe_to_paste_and_runs(tmp_path: Path) -> Non
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_the_start_fresh_command_removes_every_file_of_the_demo_store(tmp_path: Path) -> None:
+    text = README.read_text(encoding="utf-8")
+    [command] = re.findall(r"`(rm -f omniq-events\.db[^`]*)`", text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_OBSERVE_")}
+    wrote = subprocess.run([sys.executable, "-m", "omniq_observe", "demo", "--tasks", "5"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert wrote.returncode == 0, wrote.stderr
+    assert (tmp_path / "omniq-events.db").exists()
+    subprocess.run(["bash", "-c", command], cwd=tmp_path, check=True, timeout=30)
+    assert list(tmp_path.iterdir()) == []

@@ -17,7 +17,7 @@ from omniq_observe.backend import Consumer, DeadLetter, from_url
 from omniq_observe.backend.redis import RedisBackend
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import ConfigurationError, InvalidURLError
-from omniq_observe.models.event import TaskEvent
+from omniq_observe.models.event import TaskEvent, encode_event
 
 
 @pytest.fixture
@@ -282,6 +282,25 @@ async def test_under_max_len_the_late_index_stays_bounded() -> None:
                                         timestamp=hour_ago + timedelta(seconds=i))
                               for i in range(8)])
         assert await admin.zcard(f"{storage.prefix}:late") == 5
+    finally:
+        await admin.aclose()
+        await storage.close()
+
+
+async def test_a_version_1_stream_is_read_and_appended_to() -> None:
+    """Version 1 wrote ``XADD * e <body>`` (append-time ids, no ``t``)."""
+    storage = make_redis()
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        old = _events(3)
+        for event in old:
+            entry_id = await admin.xadd(f"{storage.prefix}:events", {"e": encode_event(event)})
+            await admin.rpush(f"{storage.prefix}:task:{event.task_id}", entry_id)
+        new = TaskEvent(task_id="t0", event_type="STARTED")
+        await storage.append([new])
+        assert [s.event for s in await storage.read_after(None, 10)] == [*old, new]
+        assert await storage.task_history("t0") == [old[0], new]
+        assert [s.event for s in await storage.claim(Consumer("g"), 10)] == [*old, new]
     finally:
         await admin.aclose()
         await storage.close()

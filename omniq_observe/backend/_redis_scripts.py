@@ -57,13 +57,18 @@ for i = 6, #ARGV, 4 do
       and redis.call('SISMEMBER', older, event_id) == 0 then
     local time = tonumber(ARGV[i + 2])
     local ms = math.max(0, math.min(time, now + margin))
-    local spec = '*'
-    if ms >= last then spec = string.format('%d-*', ms) end
-    local id
-    if maxlen > 0 then
-      id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, spec, 'e', ARGV[i + 3], 't', ARGV[i])
-    else
-      id = redis.call('XADD', stream, spec, 'e', ARGV[i + 3], 't', ARGV[i])
+    local args = {stream}
+    if maxlen > 0 then args = {stream, 'MAXLEN', '~', maxlen} end
+    local at = #args + 1
+    args[at] = '*'
+    if ms >= last then args[at] = string.format('%d-*', ms) end
+    for _, value in ipairs({'e', ARGV[i + 3], 't', ARGV[i]}) do args[#args + 1] = value end
+    local id = redis.pcall('XADD', unpack(args))
+    if type(id) == 'table' and id.err and args[at] ~= '*' then
+      args[at] = '*'  -- Redis before 7.0 takes no '<ms>-*': the id is the append time
+      id = redis.call('XADD', unpack(args))
+    elseif type(id) == 'table' and id.err then
+      return redis.error_reply(id.err)
     end
     last = tonumber(string.match(id, '^(%d+)'))
     if last - time > margin then

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from rich.console import Console, RenderableType
 
-from omniq_observe.backend import BaseEventStorage, Position, SQLiteBackend, from_url
+from omniq_observe.backend import BaseEventStorage, SQLiteBackend, from_url
 from omniq_observe.backend._url import safe_url
 from omniq_observe.cli._common import CommandError, stdout_is_terminal
 from omniq_observe.exceptions import BackendUnavailableError
@@ -22,7 +22,6 @@ __all__ = [
     "check_reachable",
     "format_age",
     "format_time",
-    "later_position",
     "make_console",
     "open_storage",
     "print_table",
@@ -194,17 +193,3 @@ def print_table(console: Console, renderable: RenderableType) -> None:
         console.print(renderable)
     lines = capture.get().splitlines()
     console.file.write("".join(line.rstrip() + "\n" for line in lines))
-
-
-def later_position(a: Position | None, b: Position | None) -> Position | None:
-    """The later of two log positions (ints, or Redis ``ms-seq`` stream ids)."""
-    if a is None or b is None:
-        return b if a is None else a
-    if isinstance(a, int) and isinstance(b, int):
-        return max(a, b)
-    return b if _stream_key(str(b)) > _stream_key(str(a)) else a
-
-
-def _stream_key(position: str) -> tuple[int, int]:
-    ms, _, seq = position.partition("-")
-    return int(ms), int(seq or 0)

@@ -271,6 +271,7 @@ async def _serve(
         live = f"{args.rate:g} new tasks per second" if args.rate else "no new tasks (--rate 0)"
         console.print(
             f"\nServing http://{args.host}:{port}/metrics (health: /healthz); writing {live}.\n"
+            f"Web view: http://{args.host}:{port}/\n"
             f"In another terminal: omniq-observe top --storage {safe_url(args.storage)}\n"
             "Press Ctrl-C to stop.",
             soft_wrap=True,

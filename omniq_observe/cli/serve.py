@@ -28,6 +28,7 @@ from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exporter import ProcessorHealth, start_http_server
 from omniq_observe.handlers.logs import StructlogHandler
 from omniq_observe.handlers.prometheus import PrometheusHandler
+from omniq_observe.web import WebState, WebView
 
 __all__ = ["DEFAULT_PORT", "register", "run", "run_server"]
 
@@ -100,6 +101,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-lag", type=float, default=float(env_default("max_lag", "60")),
                         help="/healthz is 503 above this lag, seconds (env "
                         "OMNIQ_OBSERVE_MAX_LAG; default 60)")
+    parser.add_argument("--no-web", action="store_true",
+                        default=env_default("no_web", "") not in ("", "0", "false"),
+                        help="serve /metrics only, without the web view at / "
+                             "(env OMNIQ_OBSERVE_NO_WEB=1; default off: the web view is on)")
+    parser.add_argument("--trace-url", default=env_default("trace_url"),
+                        help="link trace ids on task pages to a trace UI, e.g. "
+                             "http://127.0.0.1:16686/trace/{trace_id} "
+                             "(env OMNIQ_OBSERVE_TRACE_URL; default none: no links)")
     parser.set_defaults(func=run)
 
 
@@ -118,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             args.storage, host=args.host, port=int(args.port), name=args.name,
             log_format=args.log_format, log_level=args.log_level, certfile=args.certfile,
             keyfile=args.keyfile, basic_auth=basic_auth, max_lag=args.max_lag,
-            log_events=args.log_events,
+            log_events=args.log_events, web=not args.no_web, trace_url=args.trace_url,
         )
     )
     return 0
@@ -165,6 +174,8 @@ async def run_server(
     basic_auth: tuple[str, str] | None = None,
     max_lag: float = 60.0,
     log_events: bool = False,
+    web: bool = True,
+    trace_url: str | None = None,
 ) -> None:
     """Process events from ``storage`` with Prometheus and structlog handlers and serve
     /metrics and /healthz until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
@@ -184,8 +195,11 @@ async def run_server(
         max_lag: /healthz answers 503 above this many seconds of lag.
         log_events: log one line per task event; also on when ``log_level`` is debug.
             Off, only the server's lifecycle and problems are logged.
+        web: serve the web view (``/``, ``/failures``, ``/tasks/<id>``, ``/api/...``).
+        trace_url: a trace UI link template holding ``{trace_id}``, for task pages.
 
     Raises:
+        ConfigurationError: ``trace_url`` is not an http(s) URL holding ``{trace_id}``.
         InvalidURLError: the URL is malformed.
         BackendUnavailableError: the backend cannot be reached.
         OSError: the address cannot be bound (an ``AddressError`` naming it and what to
@@ -205,23 +219,31 @@ async def run_server(
         processor.register_handler(metrics)
         if log_events or log_level.lower() == "debug":
             processor.register_handler(StructlogHandler())
+        view = WebView(WebState(backend), asyncio.get_running_loop(), trace_url) if web else None
         try:
             server = start_http_server(
                 port, host, registry, health=ProcessorHealth(processor.stats, max_lag=max_lag),
                 certfile=certfile, keyfile=keyfile, basic_auth=basic_auth,
+                routes=None if view is None else view.routes(),
             )
         except OSError as exc:
             if exc.filename is not None or isinstance(exc, ssl.SSLError):
                 raise  # a certificate or key file, not the address
             raise address_error(host, port, exc) from exc
         log.info("omniq.serve_started", url=f"{server.url}/metrics", storage=url,
-                 processor=name)
+                 processor=name, web=f"{server.url}/" if web else None)
         if stop is None:
             stop = asyncio.Event()
             _on_signals(stop)
         if ready is not None:
             ready(server.port)
-        await _run_until(processor, stop)
+        following = None if view is None else asyncio.ensure_future(view.state.run(stop))
+        try:
+            await _run_until(processor, stop)
+        finally:
+            if following is not None:  # read-only: stopped at once, even mid-load
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
         log.info("omniq.serve_stopped", processor=name, processed=processor.stats.processed)
     finally:
         if server is not None:

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from omniq_observe._follow import later_position
 from omniq_observe._semantics import truncate
 from omniq_observe._summary import QueueResolver
 from omniq_observe.backend import BaseEventStorage, Position
@@ -22,7 +23,6 @@ from omniq_observe.cli._common import add_storage_argument, duration_type
 from omniq_observe.cli._lookup import MIN_PREFIX, check_event_types, resolve_task
 from omniq_observe.cli._run import (
     format_time,
-    later_position,
     make_console,
     open_storage,
     run_until_signal,

@@ -16,12 +16,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from omniq_observe._follow import StorageFollower
 from omniq_observe._summary import QueueLive, Summary
 from omniq_observe.backend import BaseEventStorage, Position
 from omniq_observe.cli._common import add_storage_argument, duration_type
 from omniq_observe.cli._run import (
     format_age,
-    later_position,
     make_console,
     open_storage,
     print_table,
@@ -93,33 +93,22 @@ class TopView:
     def __init__(self, storage: BaseEventStorage, window: float) -> None:
         self.storage = storage
         self.summary = Summary(storage.task_history, window=window)
-        self.position: Position | None = None
+        self.follower = StorageFollower(storage, self.summary.add_all, _PAGE)
+
+    @property
+    def position(self) -> Position | None:
+        """Where the next poll reads from."""
+        return self.follower.position
 
     async def load(self, since: datetime) -> None:
         """Read the history from ``since``, then remember where the log ends."""
-        start = await self.storage.last_position()
-        after: Position | None = None
-        while True:
-            page = await self.storage.query(since=since, limit=_PAGE, after=after)
-            await self.summary.add_all(stored.event for stored in page.events)
-            if page.events:
-                start = later_position(start, page.events[-1].position)
-            if page.next_cursor is None:
-                break
-            after = page.next_cursor
-        self.position = start
+        await self.follower.load(since)
 
     async def poll(self) -> int:
         """Read every event stored since the last call; return how many."""
-        read = 0
-        while True:
-            batch = await self.storage.read_after(self.position, _PAGE)
-            if not batch:
-                self.summary.finish(time.time())  # caught up: what waited for the window
-                return read
-            self.position = batch[-1].position
-            await self.summary.add_all(stored.event for stored in batch)
-            read += len(batch)
+        read = await self.follower.poll()
+        self.summary.finish(time.time())  # caught up: decide what waited for the window
+        return read
 
     def rows(self, now: float) -> list[QueueLive]:
         """The table rows at ``now`` (epoch seconds)."""
