@@ -4,7 +4,8 @@ Events go through :class:`~omniq_observe.pairing.TaskPairing` and are counted by
 same rules as ``stats`` and ``top`` (:mod:`omniq_observe._summary`): an event's queue is
 its task's queue; a duration is one attempt (STARTED to its terminal event, retried
 attempts excluded); a queue wait runs from ENQUEUED or RETRIED to the next STARTED;
-"failed" is FAILED + TIMEOUT; the success ratio is COMPLETED over all terminal events.
+"failed" is FAILED + TIMEOUT; the success ratio is COMPLETED over COMPLETED + FAILED +
+TIMEOUT (``FINISHED_TYPES``: the one definition of ``stats``, ``top`` and the rules).
 
 Samples land in 5-second buckets of event time. Each window (5 min, 1 h, 24 h) keeps
 running per-queue counts: a bucket is added as its events arrive and subtracted when it
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omniq_observe._summary import FAILED_TYPES, nearest_rank, quantile
-from omniq_observe.models.event import TERMINAL_TYPES, TaskEvent
+from omniq_observe.models.event import FINISHED_TYPES, TaskEvent
 from omniq_observe.pairing import History, Observation, TaskPairing
 
 __all__ = ["BUCKET_SECONDS", "WINDOWS", "LiveFigures"]
@@ -353,7 +354,7 @@ def _row(
     """One overview row, by the definitions of ``top`` (rates over the window)."""
     events = sum(counts.values())
     failed = sum(counts[t] for t in FAILED_TYPES)
-    ended = sum(counts[t] for t in TERMINAL_TYPES)
+    ended = sum(counts[t] for t in FINISHED_TYPES)
     oldest_task, oldest_age = None, None
     if running:
         oldest_task, start = min(running.items(), key=lambda item: item[1])
