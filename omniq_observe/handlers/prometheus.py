@@ -70,7 +70,7 @@ class _Refresh(Collector):
 
 
 class PrometheusHandler(PairedHandler):
-    """Turns task events into Prometheus metrics (names in CONTRACT.md).
+    """Turns task events into Prometheus metrics (names in docs/reference.md).
 
     Args:
         registry: where the metrics are registered; ``None``: ``prometheus_client.REGISTRY``.
