@@ -65,6 +65,11 @@ def env_default(name: str, default: Any = None) -> Any:
     return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
 
 
+def env_flag(name: str) -> bool:
+    """Return whether ``OMNIQ_OBSERVE_<NAME>`` is set to something other than empty, 0 or false."""
+    return str(env_default(name, "")).strip().lower() not in ("", "0", "false")
+
+
 def add_storage_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--storage URL`` (env ``OMNIQ_OBSERVE_STORAGE``, default the SQLite file)."""
     parser.add_argument(

@@ -22,6 +22,7 @@ from omniq_observe.cli._common import (
     add_storage_argument,
     address_error,
     env_default,
+    env_flag,
 )
 from omniq_observe.cli._run import check_reachable
 from omniq_observe.events import AsyncEventProcessor
@@ -89,7 +90,7 @@ def register(subparsers: Any) -> None:
                         help="lowest level logged; debug adds one line per task event "
                         "(env OMNIQ_OBSERVE_LOG_LEVEL; default info)")
     parser.add_argument("--log-events", action="store_true",
-                        default=env_default("log_events", "") not in ("", "0", "false"),
+                        default=env_flag("log_events"),
                         help="log one line per task event (env OMNIQ_OBSERVE_LOG_EVENTS; "
                         "default off: lifecycle and problems only)")
     parser.add_argument("--certfile", default=env_default("certfile"),
@@ -102,7 +103,7 @@ def register(subparsers: Any) -> None:
                         help="/healthz is 503 above this lag, seconds (env "
                         "OMNIQ_OBSERVE_MAX_LAG; default 60)")
     parser.add_argument("--no-web", action="store_true",
-                        default=env_default("no_web", "") not in ("", "0", "false"),
+                        default=env_flag("no_web"),
                         help="serve /metrics only, without the web view at / "
                              "(env OMNIQ_OBSERVE_NO_WEB=1; default off: the web view is on)")
     parser.add_argument("--trace-url", default=env_default("trace_url"),
