@@ -1,13 +1,14 @@
 """Per-queue figures computed from events: the model behind ``stats``, ``top`` and the web view.
 
-Events are paired with :class:`~omniq_observe._pairing.TaskPairing`, the same rules the
+Events are paired with :class:`~omniq_observe.pairing.TaskPairing`, the same rules the
 Prometheus handler uses, so queues, durations and queue waits agree with ``/metrics``:
 
 * the queue of an event is its task's queue (from the task's ENQUEUED);
 * a duration is one attempt, STARTED to its terminal event (COMPLETED, FAILED, TIMEOUT,
   CANCELLED); a queue wait is ENQUEUED (or RETRIED) to the next STARTED;
-* "failed" counts FAILED and TIMEOUT events; the success ratio is COMPLETED over all
-  terminal events (per attempt);
+* "failed" counts FAILED and TIMEOUT events; the success ratio is COMPLETED over
+  COMPLETED + FAILED + TIMEOUT (per attempt; CANCELLED is left out), as in the recording
+  rules and dashboards (``omniq_observe.models.event.FINISHED_TYPES``);
 * quantiles are exact, nearest rank, over the samples kept.
 
 With ``window`` set (``top``), rates and quantiles cover the last ``window`` seconds of
@@ -22,9 +23,9 @@ from array import array
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from omniq_observe._pairing import UNKNOWN_QUEUE, Observation, TaskPairing
 from omniq_observe._semantics import queue_of
-from omniq_observe.models.event import TERMINAL_TYPES, EventType, TaskEvent
+from omniq_observe.models.event import FAILED_TYPES, FINISHED_TYPES, EventType, TaskEvent
+from omniq_observe.pairing import UNKNOWN_QUEUE, Observation, TaskPairing
 
 __all__ = [
     "EVENT_TYPES",
@@ -39,8 +40,6 @@ __all__ = [
 
 #: The well-known types in lifecycle order (the columns of ``stats`` and ``demo``).
 EVENT_TYPES = tuple(t.value for t in EventType)
-#: Terminal types that count as a failed attempt.
-FAILED_TYPES = frozenset({"FAILED", "TIMEOUT"})
 
 History = Callable[[str], Awaitable[list[TaskEvent]]]
 
@@ -74,8 +73,8 @@ class QueueFigures:
 
     @property
     def success_ratio(self) -> float | None:
-        """COMPLETED over all terminal events; None before any attempt ended."""
-        ended = sum(self.counts[t] for t in TERMINAL_TYPES)
+        """COMPLETED over COMPLETED + FAILED + TIMEOUT; None before any attempt finished."""
+        ended = sum(self.counts[t] for t in FINISHED_TYPES)
         return None if ended == 0 else self.counts["COMPLETED"] / ended
 
 
@@ -129,8 +128,15 @@ class Summary:
     async def add(self, event: TaskEvent) -> Observation:
         """Observe one event (reading its task's history when pairing needs it)."""
         obs = await self.pairing.observe(event)
-        self._record(obs)
+        for each in obs.all():
+            self._record(each)
         return obs
+
+    def finish(self, now: float = math.inf) -> None:
+        """Decide what waited for the reorder window, at wall-clock ``now`` (the default:
+        no more events are coming)."""
+        for obs in self.pairing.release(now):
+            self._record(obs)
 
     async def add_all(self, events: Iterable[TaskEvent]) -> None:
         """Observe events in order."""
@@ -140,26 +146,28 @@ class Summary:
     def add_now(self, event: TaskEvent) -> Observation:
         """Observe one event without reading storage."""
         obs = self.pairing.observe_now(event)
-        self._record(obs)
+        for each in obs.all():
+            self._record(each)
         return obs
 
     def _record(self, obs: Observation) -> None:
         if obs.duplicate:
             return
-        self.observed += 1
         event = obs.event
         ts = event.timestamp.timestamp()
-        if self.newest is None or ts > self.newest:
-            self.newest = ts
         queue = obs.queue
         figures = self.figures.get(queue)
         if figures is None:
             figures = self.figures[queue] = QueueFigures(queue)
-        figures.counts[event.event_type] += 1
         recent = self._recent_of(queue)
         windowed = self.window is not None
-        if windowed:
-            recent.events.append((ts, event.event_type))
+        if obs.counted:
+            self.observed += 1
+            if self.newest is None or ts > self.newest:
+                self.newest = ts
+            figures.counts[event.event_type] += 1
+            if windowed:
+                recent.events.append((ts, event.event_type))
         if obs.queue_wait is not None:
             figures.waits.append(obs.queue_wait)
             if windowed:

@@ -30,6 +30,7 @@ DEFAULT_PORT = 9464
 ALERTS = [
     "OmniqTaskFailureRatioHigh",
     "OmniqQueueWaitHigh",
+    "OmniqQueueBacklogGrowing",
     "OmniqTasksStuckInProgress",
     "OmniqProcessorLagHigh",
     "OmniqObserveDown",
@@ -42,6 +43,7 @@ CONTRACT_METRICS = frozenset(
         "omniq_task_duration_seconds_bucket",
         "omniq_task_queue_wait_seconds_bucket",
         "omniq_tasks_in_progress",
+        "omniq_tasks_waiting",
         "omniq_task_failures_total",
         "omniq_task_retries_total",
         "omniq_observe_handler_errors_total",
@@ -102,7 +104,7 @@ def test_prometheus_config_scrapes_serve_under_the_job_the_alerts_expect() -> No
 
 def test_rules_file_is_valid() -> None:
     records, alerts = rules_by_kind()
-    assert (len(records), len(alerts)) == (10, len(ALERTS))
+    assert (len(records), len(alerts)) == (12, len(ALERTS))
     result = run_promtool("check", "rules", "omniq-rules.yml", cwd=PROM_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(records) + len(alerts)} rules found" in result.stdout
@@ -120,7 +122,7 @@ def test_recording_rules_follow_the_naming_convention() -> None:
         level, metric, operations = rule["record"].split(":")
         assert re.fullmatch(r"queue(_event_type|_error_type)?", level), rule["record"]
         assert metric.startswith("omniq_") and not metric.endswith("_total"), rule["record"]
-        assert re.fullmatch(r"(rate|ratio_rate|p\d\d_)5m", operations), rule["record"]
+        assert re.fullmatch(r"(rate|ratio_rate|p\d\d_)5m|sum|deriv15m", operations), rule["record"]
         for label in level.split("_", 1)[1:]:
             assert f", {label})" in rule["expr"], rule["record"]
         assert "by (job, instance, " in rule["expr"], rule["record"]

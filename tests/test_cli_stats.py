@@ -30,7 +30,7 @@ def test_stats_table_is_exact(tmp_path: Path) -> None:
         "reports         3        2          0       0        0          1        1      7  "
         "   0.0%  10.0s  10.0s  10.0s      1.0s      2.0s",
         "total           5        5          2       1        1          1        1     16  "
-        "  40.0%   2.0s  10.0s  10.0s      1.0s      2.0s",
+        "  50.0%   2.0s  10.0s  10.0s      1.0s      2.0s",
     ]
 
 
@@ -69,7 +69,7 @@ def test_stats_json_since_leaves_older_events_out(tmp_path: Path) -> None:
     assert reports["duration_seconds"] == {"p50": 10.0, "p95": 10.0, "p99": 10.0}
     assert reports["queue_wait_seconds"] == {"p50": 1.0, "p95": 2.0}
     assert recent["total"]["total"] == 16
-    assert recent["total"]["success_ratio"] == 2 / 5
+    assert recent["total"]["success_ratio"] == 2 / 4  # CANCELLED is not a finished attempt
 
 
 def test_stats_custom_type_gets_a_column(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ CONTRACT_METRICS = frozenset(
         "omniq_task_duration_seconds",
         "omniq_task_queue_wait_seconds",
         "omniq_tasks_in_progress",
+        "omniq_tasks_waiting",
         "omniq_task_failures_total",
         "omniq_task_retries_total",
         "omniq_observe_events_processed_total",

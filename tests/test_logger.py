@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -341,3 +342,19 @@ async def test_no_producer_span_inside_the_callers_span() -> None:
     with provider.get_tracer("app").start_as_current_span("request"):
         await logger.log_event(TaskEvent(task_id="t1", event_type="ENQUEUED"))
     assert [s.name for s in exporter.get_finished_spans()] == ["request"]
+
+
+async def test_a_type_one_edit_from_a_known_one_is_stored_and_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = MemoryBackend()
+    logger = AsyncEventLogger(storage)
+    with caplog.at_level(logging.WARNING, logger="omniq_observe.logger"):
+        for kind in ("COMPLTED", "COMPLTED", "STRATED", "PROGRESS", "COMPLETED"):
+            await logger.log_event(TaskEvent(task_id="t", event_type=kind))
+    stored = [s.event.event_type for s in await storage.read_after(None, 10)]
+    assert stored == ["COMPLTED", "COMPLTED", "STRATED", "PROGRESS", "COMPLETED"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "unknown event type 'COMPLTED'; did you mean COMPLETED?",
+        "unknown event type 'STRATED'; did you mean STARTED?",
+    ]

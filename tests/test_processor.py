@@ -184,9 +184,11 @@ async def test_handler_that_recovers_on_retry_is_not_dead_lettered(
     assert await backend.dead_letters() == []
 
 
-async def test_start_wakes_within_50ms_of_a_new_event(backend: BaseEventStorage) -> None:
+async def test_start_wakes_on_a_new_event_instead_of_polling(backend: BaseEventStorage) -> None:
+    # the idle poll is 60 s: an event handled within a second was a wake-up, not a poll
+    # (the wake-up latency itself is a bench figure, not a timed test)
     arrived: list[float] = []
-    processor = AsyncEventProcessor(event_storage=backend, idle_timeout=5.0)
+    processor = AsyncEventProcessor(event_storage=backend, idle_timeout=60.0)
     processor.register_handler(lambda e: arrived.append(time.monotonic()))
     runner = asyncio.ensure_future(processor.start())
     await async_wait_until(lambda: processor.stats.running, what="processor running")
@@ -199,7 +201,7 @@ async def test_start_wakes_within_50ms_of_a_new_event(backend: BaseEventStorage)
         latencies.append(arrived[-1] - stored_at)
     await processor.stop()
     await runner
-    assert max(latencies) < 0.05, latencies
+    assert max(latencies) < 1.0, latencies
     assert processor.stats.running is False
 
 

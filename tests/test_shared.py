@@ -14,10 +14,10 @@ from omniq_observe.backend import MemoryBackend
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers import PrometheusHandler, StructlogHandler
-from omniq_observe.handlers._shared import shared_pairing
 from omniq_observe.handlers.otel_metrics import OTelMetricsHandler
 from omniq_observe.handlers.tracing import TracingHandler
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing._shared import shared_pairing
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -29,9 +29,12 @@ def ev(task: str, kind: str, at: float, **details: Any) -> TaskEvent:
 
 
 class Processor:
-    """Just enough of a processor: a weak-referenceable key with a storage."""
+    """Just enough of a processor: a storage and the pairings it owns."""
 
     event_storage = None
+
+    def __init__(self) -> None:
+        self.pairings: dict[Any, Any] = {}
 
 
 def test_handlers_of_one_processor_share_one_pairing_per_ttl() -> None:
@@ -40,6 +43,19 @@ def test_handlers_of_one_processor_share_one_pairing_per_ttl() -> None:
     assert shared_pairing(processor, 60.0, "b") is first
     assert shared_pairing(processor, 30.0, "c") is not first
     assert shared_pairing(Processor(), 60.0, "a") is not first
+    assert shared_pairing(processor, 60.0, "d", reorder_window=0.0) is not first
+    assert list(processor.pairings) == [(60.0, 10.0), (30.0, 10.0), (60.0, 0.0)]
+
+
+def test_the_processor_owns_the_pairings_its_handlers_share() -> None:
+    processor = AsyncEventProcessor(MemoryBackend(), "owner")
+    prometheus = PrometheusHandler(registry=CollectorRegistry())
+    tracing = TracingHandler(TracerProvider())
+    processor.register_handler(prometheus)
+    processor.register_handler(tracing)
+    (shared,) = processor.pairings.values()
+    assert prometheus.pairing is tracing.pairing is shared.pairing
+    assert shared.handlers == [prometheus, tracing]
 
 
 def test_a_handler_joining_mid_event_gets_the_event_the_sole_handler_took() -> None:

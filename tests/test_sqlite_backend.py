@@ -100,16 +100,19 @@ async def test_event_loop_keeps_running_during_big_writes_and_reads(
     gc.disable()  # a full collection of the test session's heap is not what is measured
     try:
         tick = asyncio.ensure_future(ticker())
+        began = time.perf_counter()
         await sqlite_backend.append(batch)
         read = await sqlite_backend.read_after(None, 20_001)
+        took = time.perf_counter() - began
         stop.set()
         await tick
     finally:
         gc.enable()
     assert len(read) == 20_001
-    # the 20k-row insert and read take far longer than this; the loop ticked throughout
+    # work done on the loop's thread would stall it for about the whole write and read;
+    # the loop ticked throughout instead (relative, so a loaded machine does not fail it)
     assert len(gaps) >= 5
-    assert max(gaps) < 0.1
+    assert max(gaps) < took / 4, (max(gaps), took)
 
 
 def test_append_blocking_from_sync_code(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from omniq_observe._task_table import TaskTable
+from omniq_observe.pairing._table import TaskTable
 
 
 def check(table: TaskTable, model: dict[str, int], gone: set[str]) -> None:

@@ -31,8 +31,9 @@ examples:
   omniq-observe stats --since 1h          the last hour (by event time)
   omniq-observe stats --json | jq '.queues.emails.success_ratio'
 
-Columns: events per type; success = COMPLETED / (COMPLETED + FAILED + TIMEOUT +
-CANCELLED), per attempt; p50/p95/p99 = attempt durations (STARTED to its end);
+Columns: events per type; success = COMPLETED / (COMPLETED + FAILED + TIMEOUT), per
+attempt (CANCELLED is left out, as in the recording rules and dashboards); p50/p95/p99 =
+attempt durations (STARTED to its end);
 wait = queue wait (ENQUEUED or RETRIED to STARTED). Quantiles are exact (nearest rank).
 Queues and pairing follow the same rules as the Prometheus metrics of `serve`.
 """
@@ -70,6 +71,7 @@ async def collect(storage: BaseEventStorage, since: datetime | None) -> Summary:
         page = await storage.query(since=since, limit=_PAGE, after=after)
         await summary.add_all(stored.event for stored in page.events)
         if page.next_cursor is None:
+            summary.finish()
             return summary
         after = page.next_cursor
 

@@ -106,7 +106,9 @@ class TopView:
 
     async def poll(self) -> int:
         """Read every event stored since the last call; return how many."""
-        return await self.follower.poll()
+        read = await self.follower.poll()
+        self.summary.finish(time.time())  # caught up: decide what waited for the window
+        return read
 
     def rows(self, now: float) -> list[QueueLive]:
         """The table rows at ``now`` (epoch seconds)."""

@@ -121,6 +121,22 @@ class Dispatcher:
                 except Exception as exc:
                     await self._retry_or_dead_letter(reg, stored, exc)
 
+    def run_released(self, pairings: Iterable[Any], now: float) -> None:
+        """Hand what the shared pairings decide at wall-clock ``now`` (the processor has
+        caught up) to their handlers; never raises for them."""
+        names = {id(reg.handler): reg.name for reg in self.registrations}
+        for shared in pairings:
+            released = shared.release(now)
+            for handler in shared.handlers if released else ():
+                try:
+                    for obs in released:
+                        handler.handle(obs)
+                except Exception as exc:
+                    name = names.get(id(handler), _handler_name(handler))
+                    self._processor.stats.handler_errors[name] += 1
+                    self._log.error("omniq.handler_failed", processor=self._processor.name,
+                                    handler=name, error=f"{type(exc).__name__}: {exc}")
+
     async def _retry_or_dead_letter(
         self, reg: Registration, stored: StoredEvent, first_error: Exception
     ) -> None:

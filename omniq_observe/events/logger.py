@@ -64,11 +64,26 @@ from omniq_observe.exceptions import (
     InvalidEventError,
     StorageError,
 )
-from omniq_observe.models.event import TaskEvent, encode_event
+from omniq_observe.models.event import EventType, TaskEvent, encode_event
 
 __all__ = ["AsyncEventLogger", "EventLogger", "LoggerStats"]
 
 _log = logging.getLogger("omniq_observe.logger")
+_KNOWN_TYPES = frozenset(t.value for t in EventType)
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """True when ``a`` becomes ``b`` by one inserted, deleted or replaced character, or
+    two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    if len(a) == len(b):
+        swapped = a[i + 1 : i + 2] + a[i : i + 1] + a[i + 2 :] == b[i:]
+        return a[i + 1 :] == b[i + 1 :] or swapped
+    return a[i + 1 :] == b[i:] if len(a) > len(b) else a[i:] == b[i + 1 :]
 _POLICIES = ("raise", "buffer")
 # The retry buffer drains in batches of up to this many events (halved after a failure).
 _DRAIN_BATCH = 1000
@@ -151,6 +166,7 @@ class AsyncEventLogger:
         self._drain_task: asyncio.Task[None] | None = None
         self.retry_interval = 0.05
         self.max_retry_interval = 2.0
+        self._warned_types: set[str] = set()  # unknown event types warned about
         self.batch_settings = (
             BatchSettings(flush_interval, max_batch, max_queue, overflow) if batch else None
         )
@@ -189,6 +205,8 @@ class AsyncEventLogger:
         if not isinstance(event, TaskEvent):
             msg = f"event must be a TaskEvent, got {type(event).__name__}"
             raise InvalidEventError(msg, field="event", value=event)
+        if event.event_type not in _KNOWN_TYPES and event.event_type not in self._warned_types:
+            self._warn_unknown(event.event_type)
         ctx = context.get_current()
         if self._producer_tracer is not None and event.event_type == "ENQUEUED":
             ctx = self._producer_context(event, ctx)
@@ -198,6 +216,15 @@ class AsyncEventLogger:
             if carrier:
                 event.trace_context = carrier
         return event
+
+    def _warn_unknown(self, kind: str) -> None:
+        """Warn once per type about a custom event type one edit away from a known one
+        (it is stored and counted as it is)."""
+        if len(self._warned_types) < 1000:
+            self._warned_types.add(kind)
+        known = next((k for k in sorted(_KNOWN_TYPES) if _one_edit_apart(kind, k)), None)
+        if known is not None:
+            _log.warning("unknown event type %r; did you mean %s?", kind, known)
 
     def _producer_context(self, event: TaskEvent, ctx: Context) -> Context:
         """Start and end a ``send <queue>`` PRODUCER span for an ENQUEUED logged outside

@@ -15,6 +15,7 @@ async. Optional extras a handler object may have:
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import time
@@ -132,6 +133,9 @@ class AsyncEventProcessor:
         self.idle_timeout = idle_timeout
         self.consumer = Consumer(name, member or f"{socket.gethostname()}-{os.getpid()}")
         self.stats = ProcessorStats()
+        #: The task pairings this processor's handlers share, by (ttl, reorder window).
+        self.pairings: dict[tuple[float, float], Any] = {}
+        self._resume_checked = False
         self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
         self._dispatch = Dispatcher(self, self._log)
         self._stopping: asyncio.Event | None = None
@@ -169,10 +173,16 @@ class AsyncEventProcessor:
     async def process_events_once(self) -> int:
         """Handle every event after the committed position, commit, and return the count.
 
+        A one-shot run: when it returns, the pairs that waited for the reorder window are
+        decided (as when :meth:`start` stops), since no more events come in this run.
+
         Raises:
             StorageError: reading or committing failed (handler failures never raise).
         """
-        return await self._run_batches(None)
+        count = await self._run_batches(None)
+        if self.pairings:
+            self._dispatch.run_released(self.pairings.values(), math.inf)
+        return count
 
     async def _run_batches(self, stopping: asyncio.Event | None) -> int:
         """Handle batches until one comes back short (or ``stopping`` is set).
@@ -181,11 +191,15 @@ class AsyncEventProcessor:
         """
         storage, limit, stats = self.event_storage, self.batch_size, self.stats
         total = 0
+        if not self._resume_checked:
+            await self._check_resumed()
         batch = await storage.claim(self.consumer, limit)
         while True:
             stats.heartbeat = time.monotonic()
             if not batch:
                 stats.caught_up = True
+                if self.pairings:
+                    self._dispatch.run_released(self.pairings.values(), time.time())
                 return total
             full = len(batch) >= limit and (stopping is None or not stopping.is_set())
             if full:
@@ -202,11 +216,21 @@ class AsyncEventProcessor:
                 raise
             if not full:
                 stats.caught_up = len(batch) < limit
+                if stats.caught_up and self.pairings:
+                    self._dispatch.run_released(self.pairings.values(), time.time())
                 return total
             if ahead is not None:
                 batch = await ahead
             else:
                 batch = await storage.claim(self.consumer, limit)
+
+    async def _check_resumed(self) -> None:
+        """Tell the shared pairings when a previous run committed a position (a restart):
+        tasks begun before it read their history."""
+        self._resume_checked = True
+        if await self.event_storage.get_position(self.name) is not None:
+            for shared in self.pairings.values():
+                shared.pairing.resume()
 
     async def _handle_batch(self, batch: list[StoredEvent]) -> int:
         """Run the handlers on every event of ``batch`` in order, then acknowledge it;
@@ -281,6 +305,8 @@ class AsyncEventProcessor:
                     self.stats.heartbeat = time.monotonic()
         finally:
             self.stats.running = False
+            if self.pairings:  # what waits for the reorder window is decided now
+                self._dispatch.run_released(self.pairings.values(), math.inf)
             try:
                 await self.event_storage.release(self.consumer)
             except Exception as exc:

@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.models.event import TERMINAL_STATUS, EventType
 
 __all__ = [
     "DEFAULT_DURATION_BUCKETS",
@@ -38,11 +39,9 @@ DEFAULT_QUEUE_WAIT_BUCKETS = (
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     1800.0, 3600.0,
 )
-KNOWN_EVENT_TYPES = (
-    "ENQUEUED", "STARTED", "COMPLETED", "FAILED", "RETRIED", "CANCELLED", "TIMEOUT",
-)
-STATUSES = ("completed", "failed", "timeout", "cancelled")
-UNPAIRED_REASONS = ("clock_skew", "duplicate", "expired", "no_start", "superseded")
+KNOWN_EVENT_TYPES = tuple(t.value for t in EventType)
+STATUSES = tuple(TERMINAL_STATUS.values())
+UNPAIRED_REASONS = ("clock_skew", "duplicate", "expired", "late", "no_start", "superseded")
 CAPPED_LABELS = ("queue", "event_type", "error_type", "processor", "handler")
 OVERFLOW = "__overflow__"
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -138,7 +137,8 @@ SERIES_FAMILIES = {
 class QueueSeries:
     """The label children of one queue, created at zero when the queue is first seen."""
 
-    __slots__ = ("duration", "events", "failures", "in_progress", "queue", "retries", "wait")
+    __slots__ = ("duration", "events", "failures", "in_progress", "queue", "retries", "wait",
+                 "waiting")
 
     def __init__(self, metrics: Metrics, queue: str) -> None:
         extra = metrics.static_values
@@ -150,6 +150,7 @@ class QueueSeries:
         self.duration["retried"] = self.duration["failed"]  # a retry ends a failed attempt
         self.wait = metrics.queue_wait.labels(queue, *extra)
         self.in_progress = metrics.in_progress.labels(queue, *extra)
+        self.waiting = metrics.waiting.labels(queue, *extra)
         self.retries = metrics.retries.labels(queue, *extra)
         self.failures: dict[str, Any] = {}
 
@@ -214,6 +215,9 @@ class Metrics:
         self.in_progress = make(Gauge, f"{p}_tasks_in_progress",
                                 "Attempts started and not ended.", ("queue",),
                                 multiprocess_mode="livesum")
+        self.waiting = make(Gauge, f"{p}_tasks_waiting",
+                            "Tasks enqueued (or re-enqueued by RETRIED) and not yet started.",
+                            ("queue",), multiprocess_mode="livesum")
         self.failures = make(Counter, f"{p}_task_failures", "FAILED events by error type.",
                              ("queue", "error_type"))
         self.retries = make(Counter, f"{p}_task_retries", "RETRIED events.", ("queue",))

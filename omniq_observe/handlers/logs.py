@@ -20,7 +20,6 @@ from typing import Any
 
 import structlog
 
-from omniq_observe._pairing import Observation
 from omniq_observe._semantics import (
     DEFAULT_REDACT_KEYS,
     REDACTED,
@@ -29,8 +28,8 @@ from omniq_observe._semantics import (
     truncate,
 )
 from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.handlers._shared import SharedPairing, checked_ttl, shared_pairing
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing import Observation, PairedHandler
 
 __all__ = ["DEFAULT_LEVELS", "StructlogHandler", "capture_task_logs"]
 
@@ -49,7 +48,7 @@ _PROMOTED = frozenset(
 _PROMOTED_KEY, _SENSITIVE_KEY, _PLAIN_KEY = "promoted", "sensitive", "plain"
 
 
-class StructlogHandler:
+class StructlogHandler(PairedHandler):
     """Logs one structured line per task event.
 
     Args:
@@ -59,6 +58,7 @@ class StructlogHandler:
         max_traceback: the most characters of ``details["traceback"]`` logged.
         max_value_length: the most characters of any other string detail logged.
         ttl: seconds (event time) after which a start that never ended is forgotten.
+        reorder_window: seconds of event time an event may arrive late and pair exactly.
 
     Raises:
         ConfigurationError: a level name or a limit is invalid.
@@ -75,6 +75,7 @@ class StructlogHandler:
         max_traceback: int = 4096,
         max_value_length: int = 1024,
         ttl: float = 3600.0,
+        reorder_window: float = 10.0,
     ) -> None:
         merged = {**DEFAULT_LEVELS}
         for kind, level in (levels or {}).items():
@@ -93,29 +94,23 @@ class StructlogHandler:
         self.levels = merged
         self.max_traceback = max_traceback
         self.max_value_length = max_value_length
-        self.ttl = checked_ttl(ttl)
         self._redactor = Redactor(redact)
         self._names: dict[str, tuple[str, str]] = {}  # event type -> (event name, level)
         self._key_classes: dict[str, str] = {}  # details key -> _PROMOTED_KEY, ...
-        self._pairing = SharedPairing(None, self.ttl)
-        self._pairing.join(self)
-
-    def attach(self, processor: Any) -> None:
-        """Called by ``register_handler``: share the processor's task pairing."""
-        self._pairing = shared_pairing(processor, self.ttl, self)
+        super().__init__(ttl=ttl, reorder_window=reorder_window)
 
     def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
         """Log one event; returns an awaitable only when storage must be read."""
         obs = self._pairing.try_observe(event, self)
         if obs is None:
-            return self._log_later(event)
-        if not obs.duplicate:  # _log, inlined: this runs for every event
+            return self._handle_later(event)
+        if obs.counted and not obs.duplicate:  # handle, inlined: this runs for every event
             level, name, fields = self.fields(obs)
             getattr(self.logger, level)(name, **fields)
+        if obs.released:
+            for other in obs.released:
+                self.handle(other)
         return None
-
-    async def _log_later(self, event: TaskEvent) -> None:
-        self._log(await self._pairing.observe(event, self))
 
     def fields(self, obs: Observation) -> tuple[str, str, dict[str, Any]]:
         """Return (level, event name, key/values) of the line for one observation."""
@@ -134,10 +129,7 @@ class StructlogHandler:
         attempt = details.get("attempt")
         closed = obs.closed
         if closed is not None:
-            end, start = closed.end, closed.start  # Attempt.duration, inlined
-            fields["duration_s"] = (
-                round(end - start, 6) if end is not None and end > start else 0.0
-            )
+            fields["duration_s"] = round(closed.duration, 6)
             worker = worker if worker is not None else closed.worker_id
             attempt = attempt if attempt is not None else closed.attempt
         elif attempt is None:
@@ -197,8 +189,10 @@ class StructlogHandler:
             self._key_classes[key] = known
         return known
 
-    def _log(self, obs: Observation) -> None:
-        if obs.duplicate:
+    def handle(self, obs: Observation) -> None:
+        """Log the line of one observation (one line per event: decisions made later,
+        such as an attempt's end released by the reorder window, log nothing more)."""
+        if obs.duplicate or not obs.counted:
             return
         level, name, fields = self.fields(obs)
         getattr(self.logger, level)(name, **fields)

@@ -17,7 +17,7 @@ cancelled: the Prometheus ``status`` label's values; an attempt ended by RETRIED
 ``failed``, with ``error.type`` from its details or ``"retried"``).
 
 Pairing (durations, queue wait, duplicates, restarts) is the Prometheus handler's: on one
-processor both read the same shared :class:`~omniq_observe._pairing.TaskPairing`, so
+processor both read the same shared :class:`~omniq_observe.pairing.TaskPairing`, so
 their counts and sums agree and each event is paired once.
 """
 
@@ -30,10 +30,9 @@ from opentelemetry import metrics
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.util.types import AttributeValue
 
-from omniq_observe._pairing import Attempt, Observation, TaskPairing
 from omniq_observe._semantics import error_type_of, truncate
-from omniq_observe.handlers._shared import SharedPairing, checked_ttl, shared_pairing
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing import Attempt, Observation, PairedHandler
 from omniq_observe.propagation import INSTRUMENTATION_NAME, MESSAGING_SYSTEM, SCHEMA_URL, _version
 
 __all__ = ["DURATION_BUCKETS", "QUEUE_WAIT_BUCKETS", "OTelMetricsHandler"]
@@ -47,13 +46,14 @@ _Attrs = dict[str, AttributeValue]
 _MAX_CACHED = 10_000
 
 
-class OTelMetricsHandler:
+class OTelMetricsHandler(PairedHandler):
     """Records task metrics on a MeterProvider's instruments; see the module docstring.
 
     Args:
         meter_provider: the provider to use; the global one when ``None`` (this handler
             never sets a global).
         ttl: seconds (event time) an attempt may stay open before it is given up.
+        reorder_window: seconds of event time an event may arrive late and pair exactly.
         max_attribute_length: queue names and error types are cut to this length.
 
     Raises:
@@ -67,12 +67,11 @@ class OTelMetricsHandler:
         meter_provider: MeterProvider | None = None,
         *,
         ttl: float = 3600.0,
+        reorder_window: float = 10.0,
         max_attribute_length: int = 256,
     ) -> None:
         self.max_attribute_length = max_attribute_length
-        self.ttl = checked_ttl(ttl)
-        self._pairing = SharedPairing(None, self.ttl)
-        self._pairing.join(self)
+        super().__init__(ttl=ttl, reorder_window=reorder_window)
         meter = metrics.get_meter(INSTRUMENTATION_NAME, _version(), meter_provider, SCHEMA_URL)
         self._duration = meter.create_histogram(
             "messaging.process.duration",
@@ -100,25 +99,20 @@ class OTelMetricsHandler:
         self._by_type: dict[tuple[str, str, str], _Attrs] = {}
         self._by_status: dict[tuple[str, str, str], _Attrs] = {}
 
-    @property
-    def pairing(self) -> TaskPairing:
-        """The task pairing this handler reads (shared with the processor's other handlers)."""
-        return self._pairing.pairing
-
-    def attach(self, processor: Any) -> None:
-        """Share the processor's pairing (which reads storage history after a restart)."""
-        self._pairing = shared_pairing(processor, self.ttl, self)
-
     def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
         """Record one event; returns an awaitable only when storage must be read."""
         obs = self._pairing.try_observe(event, self)
         if obs is None:
-            return self._record_with_history(event)
+            return self._handle_later(event)
         self._record(obs)
+        if obs.released:
+            for other in obs.released:
+                self._record(other)
         return None
 
-    async def _record_with_history(self, event: TaskEvent) -> None:
-        self._record(await self._pairing.observe(event, self))
+    def handle(self, obs: Observation) -> None:
+        """Record one observation."""
+        self._record(obs)
 
     def _record(self, obs: Observation) -> None:
         if obs.duplicate:
@@ -133,19 +127,21 @@ class OTelMetricsHandler:
             error_type = "timeout"
         # Each attribute set is looked up here and built by the _*_attrs method on a miss:
         # this runs for every event.
-        attrs = self._by_type.get((queue, kind, error_type))
-        self._events.add(1, attrs or self._event_attrs(queue, kind, error_type))
+        counted = obs.counted
+        if counted:
+            attrs = self._by_type.get((queue, kind, error_type))
+            self._events.add(1, attrs or self._event_attrs(queue, kind, error_type))
         wait = obs.queue_wait
-        if kind == "STARTED" or wait is not None:
+        if (counted and kind == "STARTED") or wait is not None:
             base = self._base.get(queue) or self._base_attrs(queue)
-            if kind == "STARTED":
+            if counted and kind == "STARTED":
                 self._consumed.add(1, base)
             if wait is not None:
                 self._queue_wait.record(wait, base)
         closed = obs.closed
         if closed is not None:
             start, end = closed.start, closed.end
-            if start == start:  # not NaN: it has a start
+            if start is not None:
                 status = closed.status
                 attrs = None
                 if status == "completed" or status == "cancelled":

@@ -1,7 +1,7 @@
 """Prometheus metrics from task events: :class:`PrometheusHandler`.
 
 Register it on a processor like any handler; it pairs events per task (see
-:mod:`omniq_observe._pairing`) and keeps counters, duration and queue-wait histograms and
+:mod:`omniq_observe.pairing`) and keeps counters, duration and queue-wait histograms and
 an in-progress gauge, plus self-metrics of the processor it is attached to. Serve the
 registry with :mod:`omniq_observe.exporter`.
 
@@ -32,7 +32,6 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
-from omniq_observe._pairing import Attempt, Observation
 from omniq_observe._semantics import error_type_of
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._prom_metrics import (
@@ -49,8 +48,9 @@ from omniq_observe.handlers._prom_metrics import (
     QueueSeries,
     SeriesCap,
 )
-from omniq_observe.handlers._shared import SharedPairing, checked_ttl, shared_pairing
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing import Attempt, Observation, PairedHandler
+from omniq_observe.pairing._shared import checked_ttl
 
 __all__ = ["DEFAULT_DURATION_BUCKETS", "DEFAULT_QUEUE_WAIT_BUCKETS", "PrometheusHandler"]
 
@@ -69,8 +69,8 @@ class _Refresh(Collector):
         return ()
 
 
-class PrometheusHandler:
-    """Turns task events into Prometheus metrics (names in CONTRACT.md).
+class PrometheusHandler(PairedHandler):
+    """Turns task events into Prometheus metrics (names in docs/reference.md).
 
     Args:
         registry: where the metrics are registered; ``None``: ``prometheus_client.REGISTRY``.
@@ -84,6 +84,8 @@ class PrometheusHandler:
             would make more are recorded with every label ``__overflow__`` and counted in
             ``<prefix>_observe_label_overflow_total{label="series:<family>"}``.
         ttl: seconds (event time) after which a start that never ended expires.
+        reorder_window: seconds of event time an event may arrive late and still pair
+            exactly (see :mod:`omniq_observe.pairing`).
 
     Raises:
         ConfigurationError: a setting is invalid or the metrics are already registered.
@@ -102,6 +104,7 @@ class PrometheusHandler:
         *,
         max_series: int = 10_000,
         ttl: float = 3600.0,
+        reorder_window: float = 10.0,
     ) -> None:
         for setting, limit in (("max_label_values", max_label_values), ("max_series", max_series)):
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
@@ -139,8 +142,7 @@ class PrometheusHandler:
         }
         self._all_overflow: dict[str, Any] = {}
         self._series: dict[str, QueueSeries] = {}  # by queue name as the pairing gives it
-        self._pairing = SharedPairing(None, self.ttl)
-        self._pairing.join(self)
+        super().__init__(ttl=ttl, reorder_window=reorder_window)
         self._processor: Any = None
         self._stats: Any = None
         self._synced_batches = -1
@@ -157,7 +159,7 @@ class PrometheusHandler:
         """Called by ``register_handler``: recover pairs from the processor's storage and
         export its stats."""
         self._processor = processor
-        self._pairing = shared_pairing(processor, self.ttl, self)
+        super().attach(processor)
         self._stats = getattr(processor, "stats", None)
         name = getattr(processor, "name", None)
         if isinstance(name, str):
@@ -172,15 +174,19 @@ class PrometheusHandler:
         """Record one event; returns an awaitable only when storage must be read."""
         obs = self._pairing.try_observe(event, self)
         if obs is None:
-            return self._record_later(event)
+            return self._handle_later(event)
         self._record(obs)
+        if obs.released:
+            for other in obs.released:
+                self._record(other)
         stats = self._stats
         if stats is not None and stats.batches != self._synced_batches:
             self.refresh()
         return None
 
-    async def _record_later(self, event: TaskEvent) -> None:
-        self._record(await self._pairing.observe(event, self))
+    def handle(self, obs: Observation) -> None:
+        """Record one observation."""
+        self._record(obs)
 
     def close(self) -> None:
         """Unregister every metric of this handler from its registry."""
@@ -198,28 +204,32 @@ class PrometheusHandler:
         if series is None:
             series = self._new_series(obs.queue)
         kind = event.event_type
-        child = series.events.get(kind)
-        if child is None:
-            child = self._event_child(series, kind)
-        child.inc()
+        counted = obs.counted
+        if counted:
+            child = series.events.get(kind)
+            if child is None:
+                child = self._event_child(series, kind)
+            child.inc()
+        if obs.waiting:
+            series.waiting.inc(obs.waiting)
         if obs.queue_wait is not None:
             series.wait.observe(obs.queue_wait)
         if obs.opened:
             series.in_progress.inc()
         closed = obs.closed
         if closed is not None:
-            if closed.queue == obs.queue and closed.end is not None:  # _end, inlined
+            end, start = closed.end, closed.start
+            if closed.queue == obs.queue and end is not None and start is not None:  # _end
                 duration = series.duration.get(closed.status)
                 if duration is not None:
-                    end = closed.end
-                    duration.observe(end - closed.start if end > closed.start else 0.0)
+                    duration.observe(end - start if end > start else 0.0)
                 if closed.was_open:
                     series.in_progress.dec()
             else:
                 self._end(closed, None)
-        if kind == "FAILED":
+        if counted and kind == "FAILED":
             self._failure(series, event)
-        elif kind == "RETRIED":
+        elif counted and kind == "RETRIED":
             series.retries.inc()
         if obs.unpaired:
             unpaired = self._unpaired

@@ -3,7 +3,8 @@
 The span is made when the attempt ends, with the exact start (STARTED) and end (the
 terminal event) timestamps, so an uninstrumented worker's tasks still show up, in the
 enqueuer's trace. Nothing is held open: a worker that dies leaves no half-made span,
-and the memory per open attempt is the pairing's (~160 bytes), bounded by its TTL.
+and the memory per open attempt is the pairing's (its trace context kept as three
+integers in the pairing's typed arrays: 25 bytes), bounded by its TTL.
 
 How each case is drawn:
 
@@ -40,21 +41,28 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TracerProvider,
+)
 from opentelemetry.util.types import AttributeValue
 
-from omniq_observe._pairing import Attempt, Observation, TaskPairing
 from omniq_observe._semantics import error_type_of, truncate
 from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.handlers._shared import SharedPairing, checked_ttl, shared_pairing
 from omniq_observe.handlers._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing import Attempt, Observation, PairedHandler, TraceContext
 from omniq_observe.propagation import (
     MESSAGING_SYSTEM,
     _check_link_mode,
     _get_tracer,
     _process_attributes,
-    extract_trace_context,
 )
 
 __all__ = ["TracingHandler", "TracingStats"]
@@ -107,7 +115,7 @@ def _tail(value: str, limit: int) -> str:
     return "…" + value[len(value) - limit + 1 :]
 
 
-class TracingHandler:
+class TracingHandler(PairedHandler):
     """Turns task events into OpenTelemetry spans: one ``process <queue>`` span per attempt.
 
     Register it on a processor; see the module docstring for how each case is drawn.
@@ -120,6 +128,7 @@ class TracingHandler:
         producer_spans: make a ``send <queue>`` PRODUCER span for an ENQUEUED stored
             without trace context, as the root of the task's trace.
         ttl: seconds (event time) an attempt may stay open before it is given up.
+        reorder_window: seconds of event time an event may arrive late and pair exactly.
         max_attribute_length: string attributes and descriptions are cut to this length.
 
     Raises:
@@ -135,6 +144,7 @@ class TracingHandler:
         *,
         producer_spans: bool = True,
         ttl: float = 3600.0,
+        reorder_window: float = 10.0,
         max_attribute_length: int = 1024,
     ) -> None:
         if not isinstance(max_attribute_length, int) or max_attribute_length < 1:
@@ -144,29 +154,22 @@ class TracingHandler:
         self.link_mode = _check_link_mode(link_mode)
         self.producer_spans = producer_spans
         self.max_attribute_length = max_attribute_length
-        self.ttl = checked_ttl(ttl)
-        self._pairing = SharedPairing(None, self.ttl)
-        self._pairing.join(self)
+        super().__init__(ttl=ttl, reorder_window=reorder_window)
         self._pairing.pairing.keep_context = True
         self.stats = TracingStats()
         self._tracer = _get_tracer(tracer_provider)
         self._notes: collections.OrderedDict[str, _RetryNote] = collections.OrderedDict()
         # Trace contexts of the producer spans made here, until the task's attempts use them.
-        self._produced: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
+        self._produced: collections.OrderedDict[str, TraceContext] = collections.OrderedDict()
         self._names: dict[_NameKey, tuple[str, dict[str, AttributeValue]]] = {}
         self._made = TaskSpans()  # the processor's, once attached (OTelLogsHandler reads it)
-
-    @property
-    def pairing(self) -> TaskPairing:
-        """The task pairing this handler reads (shared with the processor's other handlers)."""
-        return self._pairing.pairing
 
     def attach(self, processor: Any) -> None:
         """Share the processor's pairing (which reads storage history after a restart).
 
         The shared pairing is told to keep each ENQUEUED's trace context.
         """
-        self._pairing = shared_pairing(processor, self.ttl, self)
+        super().attach(processor)
         self._pairing.pairing.keep_context = True
         self._made = task_spans(processor)
 
@@ -174,11 +177,11 @@ class TracingHandler:
         """Handle one event; returns an awaitable only when storage must be read."""
         obs = self._pairing.try_observe(event, self)
         if obs is None:
-            return self._handle_with_history(event)
+            return self._handle_later(event)
         # _handle's common cases, inlined: an attempt ended, or nothing to draw (a STARTED
         # that opened an attempt, an ENQUEUED needing no producer span)
         closed = obs.closed
-        if obs.expired or obs.duplicate:
+        if obs.expired or obs.duplicate or obs.released:
             self._handle(obs)
         elif closed is not None:
             self._attempt_span(closed)
@@ -188,7 +191,11 @@ class TracingHandler:
             self._handle(obs)
         return None
 
-    async def _handle_with_history(self, event: TaskEvent) -> None:
+    def handle(self, obs: Observation) -> None:
+        """Draw what one observation ends (and what it released)."""
+        self._handle(obs)
+
+    async def _handle_later(self, event: TaskEvent) -> None:
         self._handle(await self._pairing.observe(event, self))
 
     # -- one observation -------------------------------------------------------------
@@ -203,11 +210,15 @@ class TracingHandler:
         closed = obs.closed
         if closed is not None:
             self._attempt_span(closed)
+        elif not obs.counted:
+            pass
         elif kind == "ENQUEUED":
             if self.producer_spans and not event.trace_context:
                 self._producer_span(event, obs.queue)
         elif kind == "RETRIED":
             self._note(event.task_id).retried = event
+        for other in obs.released:
+            self._handle(other)
 
     def _producer_span(self, event: TaskEvent, queue: str) -> None:
         limit = self.max_attribute_length
@@ -232,16 +243,13 @@ class TracingHandler:
             self._made.made(event.event_id, ctx)
         if ctx.is_valid:
             produced = self._produced
-            produced[event.task_id] = {
-                "traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-"
-                               f"{int(ctx.trace_flags):02x}"
-            }
+            produced[event.task_id] = (ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
             if len(produced) > _MAX_REMEMBERED:
                 produced.popitem(last=False)
 
     def _attempt_span(self, attempt: Attempt) -> None:
         end = attempt.end_event
-        if end is None or attempt.start != attempt.start:  # NaN: the STARTED never came
+        if end is None or attempt.start is None:  # the STARTED never came
             self.stats.unpaired += 1
             return
         note = self._notes.pop(attempt.task_id, None) if self._notes else None
@@ -260,7 +268,7 @@ class TracingHandler:
         details = end.details
         end_ns = end.timestamp_ns
         limit = self.max_attribute_length
-        if note is not None and note.retried is not None:
+        if note is not None and note.retried is not None and note.retried is not end:
             self._retried_event(span, note.retried)
         if status == "failed":
             error_type = error_type_of(details)
@@ -301,7 +309,7 @@ class TracingHandler:
             self._produced.pop(attempt.task_id, None)
 
     def _expired(self, attempt: Attempt, obs: Observation) -> None:
-        if attempt.start != attempt.start:  # a terminal event whose STARTED never came
+        if attempt.start is None:  # a terminal event whose STARTED never came
             self.stats.unpaired += 1
             return
         self.stats.expired += 1
@@ -331,15 +339,16 @@ class TracingHandler:
         )
         links: list[Link] | None = None
         context = _EMPTY
-        carrier = attempt.context or (self._produced.get(task_id) if self._produced else None)
+        carrier = attempt.trace_context or (
+            self._produced.get(task_id) if self._produced else None
+        )
         if carrier:
-            stored = extract_trace_context(carrier)
+            trace_id, span_id, flags = carrier
+            parent = SpanContext(trace_id, span_id, True, TraceFlags(flags))
             if self.link_mode == "parent":
-                context = stored
+                context = trace.set_span_in_context(NonRecordingSpan(parent), _EMPTY)
             else:
-                parent = trace.get_current_span(stored).get_span_context()
-                if parent.is_valid:
-                    links = [Link(parent)]
+                links = [Link(parent)]
         if note is not None and note.previous is not None:
             links = links or []
             links.append(Link(note.previous, {"omniq.link.reason": "previous_attempt"}))
@@ -349,7 +358,7 @@ class TracingHandler:
             kind=_CONSUMER,
             attributes=attrs,
             links=links,
-            start_time=_floor(attempt.start * 1e6 + 0.5) * 1000,  # _ns, inlined
+            start_time=_floor((attempt.start or 0.0) * 1e6 + 0.5) * 1000,  # _ns, inlined
         )
 
     def _named(self, key: _NameKey) -> tuple[str, dict[str, AttributeValue]]:

@@ -55,8 +55,13 @@ from omniq_observe.models._wire_values import (
 )
 
 __all__ = [
+    "FAILED_TYPES",
+    "FINAL_TYPES",
+    "FINISHED_TYPES",
     "MAX_DETAILS_DEPTH",
     "MAX_ID_LENGTH",
+    "QUEUEING_TYPES",
+    "TERMINAL_STATUS",
     "TERMINAL_TYPES",
     "WIRE_VERSION",
     "EventType",
@@ -91,6 +96,18 @@ class EventType(str, enum.Enum):
 
 #: The event types that end one attempt of a task.
 TERMINAL_TYPES = frozenset({"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"})
+#: The ``status`` an attempt ended by each terminal type gets (RETRIED gives "retried").
+TERMINAL_STATUS = {"COMPLETED": "completed", "FAILED": "failed", "TIMEOUT": "timeout",
+                   "CANCELLED": "cancelled"}
+#: Terminal types after which a task is not retried: its lifecycle is over.
+FINAL_TYPES = frozenset({"COMPLETED", "CANCELLED"})
+#: Terminal types that count as a failed attempt.
+FAILED_TYPES = frozenset({"FAILED", "TIMEOUT"})
+#: The attempts the success ratio counts: success = COMPLETED / (COMPLETED + FAILED +
+#: TIMEOUT). CANCELLED is left out: a cancellation is the caller's decision.
+FINISHED_TYPES = frozenset({"COMPLETED", "FAILED", "TIMEOUT"})
+#: Event types that make a task wait in its queue (the wait runs to the next STARTED).
+QUEUEING_TYPES = frozenset({"ENQUEUED", "RETRIED"})
 
 _rand = random.getrandbits  # the random module reseeds itself in forked children
 _last_stamp = 0  # (milliseconds << 12 | counter) of the last id made in this process

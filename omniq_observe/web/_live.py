@@ -1,10 +1,11 @@
 """The overview's figures, kept up to date event by event for three windows.
 
-Events go through :class:`~omniq_observe._pairing.TaskPairing` and are counted by the
+Events go through :class:`~omniq_observe.pairing.TaskPairing` and are counted by the
 same rules as ``stats`` and ``top`` (:mod:`omniq_observe._summary`): an event's queue is
 its task's queue; a duration is one attempt (STARTED to its terminal event, retried
 attempts excluded); a queue wait runs from ENQUEUED or RETRIED to the next STARTED;
-"failed" is FAILED + TIMEOUT; the success ratio is COMPLETED over all terminal events.
+"failed" is FAILED + TIMEOUT; the success ratio is COMPLETED over COMPLETED + FAILED +
+TIMEOUT (``FINISHED_TYPES``: the one definition of ``stats``, ``top`` and the rules).
 
 Samples land in 5-second buckets of event time. Each window (5 min, 1 h, 24 h) keeps
 running per-queue counts: a bucket is added as its events arrive and subtracted when it
@@ -25,9 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from omniq_observe._pairing import History, Observation, TaskPairing
 from omniq_observe._summary import FAILED_TYPES, nearest_rank, quantile
-from omniq_observe.models.event import TERMINAL_TYPES, TaskEvent
+from omniq_observe.models.event import FINISHED_TYPES, TaskEvent
+from omniq_observe.pairing import History, Observation, TaskPairing
 
 __all__ = ["BUCKET_SECONDS", "WINDOWS", "LiveFigures"]
 
@@ -150,7 +151,8 @@ class LiveFigures:
     async def add(self, event: TaskEvent) -> Observation:
         """Pair and count one event."""
         obs = await self.pairing.observe(event)
-        self.record(obs)
+        for each in obs.all():
+            self.record(each)
         return obs
 
     def record(self, obs: Observation) -> None:
@@ -171,8 +173,10 @@ class LiveFigures:
         bucket = self._buckets.get(index)
         if bucket is None:
             bucket = self._buckets[index] = _Bucket()
-        bucket.events += 1
-        _count(bucket.counts, bucket.failures, queue, event_type, error_type)
+        counted = obs.counted  # False: a decision about an event counted already
+        if counted:
+            bucket.events += 1
+            _count(bucket.counts, bucket.failures, queue, event_type, error_type)
         wait = obs.queue_wait
         if wait is not None:
             bucket.waits.setdefault(queue, []).append(wait)
@@ -183,7 +187,8 @@ class LiveFigures:
             bucket.durations.setdefault(queue, []).append(duration)
         for window in self._windows.values():
             if index >= window.low:
-                window.add(queue, event_type, error_type)
+                if counted:
+                    window.add(queue, event_type, error_type)
                 if wait is not None:
                     _insert(window.waits, queue, wait)
                 if duration is not None:
@@ -349,7 +354,7 @@ def _row(
     """One overview row, by the definitions of ``top`` (rates over the window)."""
     events = sum(counts.values())
     failed = sum(counts[t] for t in FAILED_TYPES)
-    ended = sum(counts[t] for t in TERMINAL_TYPES)
+    ended = sum(counts[t] for t in FINISHED_TYPES)
     oldest_task, oldest_age = None, None
     if running:
         oldest_task, start = min(running.items(), key=lambda item: item[1])

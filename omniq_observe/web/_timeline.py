@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from typing import Any
 
-from omniq_observe._pairing import Attempt, TaskPairing
 from omniq_observe._semantics import Redactor, error_type_of, truncate
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.pairing import Attempt, Observation, TaskPairing
 
 __all__ = ["MAX_TEXT", "task_timeline", "trace_id_of", "traceback_head"]
 
@@ -55,10 +56,11 @@ def _attempt(attempt: Attempt, now: float) -> dict[str, Any]:
     return {
         "attempt": attempt.attempt,
         "worker_id": attempt.worker_id,
-        "start": iso(attempt.start),
+        "start": None if attempt.start is None else iso(attempt.start),
         "end": None if end is None else iso(end),
         "status": attempt.status,
-        "duration_seconds": attempt.duration if end is not None else max(0.0, now - attempt.start),
+        "duration_seconds": attempt.duration if end is not None
+        else max(0.0, now - (attempt.start or now)),
     }
 
 
@@ -76,8 +78,13 @@ def task_timeline(task_id: str, events: list[TaskEvent], now: float) -> dict[str
     rows: list[dict[str, Any]] = []
     running: dict[int, TaskEvent] = {}  # attempt number -> its STARTED
     queue = None
+    seen: list[Observation] = []
     for event in events:
-        obs = pairing.observe_now(event)
+        seen += pairing.observe_now(event).all()
+        rows.append(_event_row(event))
+    seen += pairing.release(math.inf)  # every event is here: decide what waited
+    for obs in seen:
+        event = obs.event
         queue = obs.queue
         ts = event.timestamp.timestamp()
         if obs.queue_wait is not None:
@@ -88,7 +95,6 @@ def task_timeline(task_id: str, events: list[TaskEvent], now: float) -> dict[str
         if obs.closed is not None:
             running.pop(obs.closed.attempt, None)
             attempts.append(_attempt(obs.closed, now))
-        rows.append(_event_row(event))
     for number, started in running.items():
         worker = started.details.get("worker_id")
         attempts.append(_attempt(Attempt(

@@ -1,4 +1,4 @@
-"""Compact per-task state for :mod:`omniq_observe._pairing`: no Python object per task.
+"""Compact per-task state for :mod:`omniq_observe.pairing`: no Python object per task.
 
 A plain ``dict[str, int]`` costs ~70 bytes per task before any state (its entry plus one
 ``int`` object per slot index). :class:`TaskTable` keeps the task ids in an open-addressing
@@ -32,7 +32,8 @@ class TaskTable:
     one position at a time, as :meth:`find` does; :attr:`slots` holds the slot of the key
     at the same position. State per slot: ``t_enq``, ``t_start``, ``t_touch`` (epoch
     seconds, NaN when unset), ``attempt``, ``queue`` and ``worker`` (interned name numbers,
-    0 = none).
+    0 = none); after :meth:`keep_contexts`, a trace context too (``ctx_hi``/``ctx_lo``:
+    the trace id's halves, ``ctx_span``, ``ctx_flags``; 25 bytes, all 0 = none).
 
     Args:
         bucket_width: seconds of event time per expiry bucket.
@@ -48,6 +49,10 @@ class TaskTable:
         "_shrink_below",
         "attempt",
         "bucket_width",
+        "ctx_flags",
+        "ctx_hi",
+        "ctx_lo",
+        "ctx_span",
         "ids",
         "keys",
         "mask",
@@ -77,6 +82,10 @@ class TaskTable:
         self.attempt = array("H")
         self.queue = array("H")
         self.worker = array("H")
+        self.ctx_hi: array[int] | None = None
+        self.ctx_lo: array[int] | None = None
+        self.ctx_span: array[int] | None = None
+        self.ctx_flags: array[int] | None = None
         self._buckets: dict[int, array[int]] = {}
         # The bucket _place used last (as the float ts // bucket_width), and its entries.
         self._last_bucket = NAN
@@ -84,6 +93,32 @@ class TaskTable:
 
     def __len__(self) -> int:
         return self.used
+
+    def keep_contexts(self) -> None:
+        """Give every slot a trace context (all zero: none) from now on."""
+        if self.ctx_hi is None:
+            size = len(self.ids)
+            self.ctx_hi, self.ctx_lo = array("Q", bytes(8 * size)), array("Q", bytes(8 * size))
+            self.ctx_span, self.ctx_flags = array("Q", bytes(8 * size)), array("B", bytes(size))
+
+    def set_context(self, slot: int, context: tuple[int, int, int] | None) -> None:
+        """Store ``slot``'s trace context (None: none); contexts must be kept."""
+        if self.ctx_hi is None or self.ctx_lo is None or self.ctx_span is None:
+            return
+        assert self.ctx_flags is not None
+        trace_id, span_id, flags = context or (0, 0, 0)
+        self.ctx_hi[slot], self.ctx_lo[slot] = trace_id >> 64, trace_id & 0xFFFFFFFFFFFFFFFF
+        self.ctx_span[slot], self.ctx_flags[slot] = span_id, flags & 0xFF
+
+    def context(self, slot: int) -> tuple[int, int, int] | None:
+        """``slot``'s trace context, or None."""
+        if self.ctx_hi is None or self.ctx_lo is None or self.ctx_span is None:
+            return None
+        assert self.ctx_flags is not None
+        span_id = self.ctx_span[slot]
+        if not span_id:
+            return None
+        return (self.ctx_hi[slot] << 64) | self.ctx_lo[slot], span_id, self.ctx_flags[slot]
 
     def find(self, task_id: str) -> int:
         """Return the slot of ``task_id``, or -1."""
@@ -110,6 +145,8 @@ class TaskTable:
             self.t_enq[slot] = self.t_start[slot] = NAN
             self.t_touch[slot] = ts
             self.attempt[slot] = self.queue[slot] = self.worker[slot] = 0
+            if self.ctx_span is not None:
+                self.ctx_span[slot] = 0
         else:
             slot = len(self.ids)
             self.ids.append(task_id)
@@ -120,6 +157,8 @@ class TaskTable:
             self.attempt.append(0)
             self.queue.append(0)
             self.worker.append(0)
+            if self.ctx_hi is not None:
+                self._grow_contexts()
         keys = self.keys
         if position < 0 or keys[position] is not None:
             mask = self.mask
@@ -198,6 +237,14 @@ class TaskTable:
         self._last_bucket = NAN
 
     # -- internals ----------------------------------------------------------------------
+    def _grow_contexts(self) -> None:
+        assert self.ctx_hi is not None and self.ctx_lo is not None
+        assert self.ctx_span is not None and self.ctx_flags is not None
+        self.ctx_hi.append(0)
+        self.ctx_lo.append(0)
+        self.ctx_span.append(0)
+        self.ctx_flags.append(0)
+
     def _place(self, slot: int, ts: float) -> None:
         number = ts // self.bucket_width
         if number - number != 0.0:  # not finite: the first bucket
