@@ -41,33 +41,31 @@ local prefix, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local window, margin = tonumber(ARGV[4]), tonumber(ARGV[5])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local last = 0
-if redis.call('EXISTS', stream) == 1 then
-  local info = redis.call('XINFO', 'STREAM', stream)
-  for j = 1, #info, 2 do
-    if info[j] == 'last-generated-id' then
-      last = tonumber(string.match(info[j + 1], '^(%d+)'))
-    end
+local last = 0  -- the stream's last id (ms) as far as known: an older id is refused
+local function xadd(spec, body, task)
+  if maxlen > 0 then
+    return redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, spec, 'e', body, 't', task)
   end
+  return redis.pcall('XADD', stream, spec, 'e', body, 't', task)
 end
 local written, lates = 0, 0
 for i = 6, #ARGV, 4 do
   local event_id = ARGV[i + 1]
-  if redis.call('SISMEMBER', recent, event_id) == 0
-      and redis.call('SISMEMBER', older, event_id) == 0 then
+  if redis.call('SISMEMBER', older, event_id) == 0
+      and redis.call('SADD', recent, event_id) == 1 then
     local time = tonumber(ARGV[i + 2])
     local ms = math.max(0, math.min(time, now + margin))
-    local args = {stream}
-    if maxlen > 0 then args = {stream, 'MAXLEN', '~', maxlen} end
-    local at = #args + 1
-    args[at] = '*'
-    if ms >= last then args[at] = string.format('%d-*', ms) end
-    for _, value in ipairs({'e', ARGV[i + 3], 't', ARGV[i]}) do args[#args + 1] = value end
-    local id = redis.pcall('XADD', unpack(args))
-    if type(id) == 'table' and id.err and args[at] ~= '*' then
-      args[at] = '*'  -- Redis before 7.0 takes no '<ms>-*': the id is the append time
-      id = redis.call('XADD', unpack(args))
-    elseif type(id) == 'table' and id.err then
+    local body, task = ARGV[i + 3], ARGV[i]
+    local spec = '*'
+    if ms >= last then spec = string.format('%d-*', ms) end
+    local id = xadd(spec, body, task)
+    if type(id) == 'table' and id.err and spec ~= '*' then
+      -- older than the stream's last id (or Redis before 7.0, which takes no '<ms>-*'):
+      -- the next id
+      id = xadd('*', body, task)
+    end
+    if type(id) == 'table' and id.err then
+      redis.call('SREM', recent, event_id)  -- not stored: a retry must not be skipped
       return redis.error_reply(id.err)
     end
     last = tonumber(string.match(id, '^(%d+)'))
@@ -75,8 +73,7 @@ for i = 6, #ARGV, 4 do
       redis.call('ZADD', late, time, id)
       lates = lates + 1
     end
-    redis.call('SADD', recent, event_id)
-    local key = prefix .. ARGV[i]
+    local key = prefix .. task
     redis.call('RPUSH', key, id)
     redis.call('PEXPIRE', key, ttl)
     written = written + 1
