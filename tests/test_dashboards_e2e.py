@@ -422,6 +422,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         phase1_total = sum(events.values()) / PHASES
         final_total = sum(events.values())
         selector = f'omniq_task_events_total{{job="{JOB}"}}'
+        unpaired = f'omniq_observe_unpaired_events_total{{job="{JOB}"}}'
 
         log_phase(storage, 1)
         poll(
@@ -437,9 +438,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             == 2 * 1,
             serve,
         )
+        # A scrape taken after the decision, not one between the events and the decision.
         poll(
-            "Prometheus to scrape phase 1",
-            lambda: p.value(f"sum({selector})") == phase1_total,
+            "Prometheus to scrape phase 1 and its decided superseded start",
+            lambda: p.value(f"sum({selector})") == phase1_total
+            and p.value(f"sum({unpaired})") == 2 * 1,
             serve,
             prom,
         )
@@ -461,9 +464,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
             == 2 * 2,
             serve,
         )
+        # A scrape taken after the decision, not one between the events and the decision.
         poll(
-            "Prometheus to scrape phase 2",
-            lambda: p.value(f"sum({selector})") == final_total,
+            "Prometheus to scrape phase 2 and its decided superseded start",
+            lambda: p.value(f"sum({selector})") == final_total
+            and p.value(f"sum({unpaired})") == 2 * 2,
             serve,
             prom,
         )
