@@ -424,54 +424,35 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         selector = f'omniq_task_events_total{{job="{JOB}"}}'
         unpaired = f'omniq_observe_unpaired_events_total{{job="{JOB}"}}'
 
-        log_phase(storage, 1)
-        poll(
-            "serve to process phase 1",
-            lambda: serve_samples(serve_port).get("omniq_task_events_total") == phase1_total,
-            serve,
-        )
-        # A superseded start waits for the reorder window (10 s of event time, by the
-        # wall clock once serve has caught up) before it is decided.
-        poll(
-            "serve to decide phase 1's superseded start",
-            lambda: serve_samples(serve_port).get("omniq_observe_unpaired_events_total")
-            == 2 * 1,
-            serve,
-        )
-        # A scrape taken after the decision, not one between the events and the decision.
-        poll(
-            "Prometheus to scrape phase 1 and its decided superseded start",
-            lambda: p.value(f"sum({selector})") == phase1_total
-            and p.value(f"sum({unpaired})") == 2 * 1,
-            serve,
-            prom,
-        )
+        def log_and_settle(phase: int, total: float) -> None:
+            """Log ``phase``, then wait for serve to process it and decide its superseded
+            start (it waits for the reorder window: 10 s of event time, by the wall clock
+            once serve has caught up), and for a Prometheus scrape taken after that."""
+            log_phase(storage, phase)
+            poll(
+                f"serve to process phase {phase}",
+                lambda: serve_samples(serve_port).get("omniq_task_events_total") == total,
+                serve,
+            )
+            poll(
+                f"serve to decide phase {phase}'s superseded start",
+                lambda: serve_samples(serve_port).get("omniq_observe_unpaired_events_total")
+                == 2 * phase,
+                serve,
+            )
+            poll(
+                f"Prometheus to scrape phase {phase} and its decided superseded start",
+                lambda: p.value(f"sum({selector})") == total
+                and p.value(f"sum({unpaired})") == 2 * phase,
+                serve,
+                prom,
+            )
+
+        log_and_settle(1, phase1_total)
         # A scrape that saw all of phase 1 and none of phase 2: windows starting there
         # see phase 2 alone, whatever a scrape taken during phase 1 saw.
         p.phase1_complete_at = float(p.value(f"min(timestamp({selector}))") or 0.0)
-
-        log_phase(storage, 2)
-        poll(
-            "serve to process phase 2",
-            lambda: serve_samples(serve_port).get("omniq_task_events_total") == final_total,
-            serve,
-        )
-        # A superseded start waits for the reorder window (10 s of event time, by the
-        # wall clock once serve has caught up) before it is decided.
-        poll(
-            "serve to decide phase 2's superseded start",
-            lambda: serve_samples(serve_port).get("omniq_observe_unpaired_events_total")
-            == 2 * 2,
-            serve,
-        )
-        # A scrape taken after the decision, not one between the events and the decision.
-        poll(
-            "Prometheus to scrape phase 2 and its decided superseded start",
-            lambda: p.value(f"sum({selector})") == final_total
-            and p.value(f"sum({unpaired})") == 2 * 2,
-            serve,
-            prom,
-        )
+        log_and_settle(2, final_total)
         scraped_at = float(p.value(f"min(timestamp({selector}))") or 0.0)
         poll(
             "a few scrapes",
