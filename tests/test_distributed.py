@@ -298,6 +298,7 @@ async def test_a_member_pairs_an_end_with_a_start_another_member_handled(
     a, b = member("a"), member("b")
     await server_backend.append([enq, start])
     assert await a.process_events_once() == 2
+    await server_backend.release(a.consumer)  # a leaves: its tasks move to b
     await server_backend.append([end])
     assert await b.process_events_once() == 1
     assert seen == {"a": ["ENQUEUED", "STARTED"], "b": ["COMPLETED"]}

@@ -20,7 +20,7 @@ from conftest import async_wait_until, wait_until
 from prometheus_client import CollectorRegistry
 from test_distributed import _caught_up, _events, _Workers
 
-from omniq_observe.backend import SQLiteBackend
+from omniq_observe.backend import BaseEventStorage, SQLiteBackend
 from omniq_observe.backend._partitions import PARTITIONS, partition_of
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.handlers import PrometheusHandler
@@ -71,11 +71,16 @@ def _spread(path: Path, group: str) -> bool:
 
 async def _single(path: Path, events_total: int) -> dict[str, float]:
     """The samples of one processor (its own group) over the same file."""
-    registry = CollectorRegistry()
     async with SQLiteBackend(path) as storage:
-        processor = AsyncEventProcessor(storage, "single", batch_size=500)
-        processor.register_handler(PrometheusHandler(registry=registry, prefix="omniq"))
-        assert await processor.process_events_once() == events_total
+        return await single_samples(storage, events_total)
+
+
+async def single_samples(storage: BaseEventStorage, events_total: int) -> dict[str, float]:
+    """The samples of one processor (its own group) over ``storage``."""
+    registry = CollectorRegistry()
+    processor = AsyncEventProcessor(storage, "single", batch_size=500)
+    processor.register_handler(PrometheusHandler(registry=registry, prefix="omniq"))
+    assert await processor.process_events_once() == events_total
     found: dict[str, float] = {}
     for metric in registry.collect():
         for sample in metric.samples:
@@ -88,6 +93,35 @@ def _task_numbers(samples: dict[str, float]) -> dict[str, float]:
     """The task metrics per label set (not the processor's own, nor creation times)."""
     return {k: v for k, v in samples.items()
             if k.startswith("omniq_task") and "{" in k and "_created" not in k}
+
+
+def check_group_results(
+    results: dict[str, dict[str, Any]], events: list[TaskEvent], single: dict[str, float]
+) -> None:
+    """Four members handled each event once, every task's events in one member, and their
+    Prometheus numbers add up to ``single``'s (a single processor's samples)."""
+    single = _task_numbers(single)
+    handled = [eid for r in results.values() for eid in r["handled"]]
+    assert len(handled) == len(events)  # none handled twice ...
+    assert set(handled) == {e.event_id for e in events}  # ... and every one handled
+    by_id = {e.event_id: e for e in events}
+    members_of: defaultdict[str, set[str]] = defaultdict(set)
+    for member, result in results.items():
+        for eid in result["handled"]:
+            members_of[by_id[eid].task_id].add(member)
+        assert result["stats"]["storage_errors"] == 0
+    assert {len(m) for m in members_of.values()} == {1}  # each task in one process
+    assert len({m for ms in members_of.values() for m in ms}) == 4  # all four worked
+    # The members' numbers, summed, are a single processor's: counters, histograms, gauges.
+    summed: Counter[str] = Counter()
+    for result in results.values():
+        summed.update(_task_numbers(result["prometheus"]))
+    assert single["omniq_task_duration_seconds_count{queue=q0,status=completed}"] > 0
+    summed_nonzero = {k: v for k, v in summed.items() if v or k in single}
+    assert summed_nonzero.keys() == single.keys()
+    for key, value in single.items():  # counts exactly; float sums up to their rounding
+        assert summed_nonzero[key] == (pytest.approx(value, rel=1e-9) if "_sum{" in key
+                                       else value), key
 
 
 async def test_four_processes_share_one_file_each_event_once(tmp_path: Path) -> None:
@@ -118,29 +152,8 @@ async def test_four_processes_share_one_file_each_event_once(tmp_path: Path) -> 
             results = workers.stop()
     finally:
         workers.kill_all()
-    handled = [eid for r in results.values() for eid in r["handled"]]
-    assert len(handled) == len(events)  # none handled twice ...
-    assert set(handled) == {e.event_id for e in events}  # ... and every one handled
     assert positions == sorted(positions)  # the group's position never went back
-    by_id = {e.event_id: e for e in events}
-    members_of: defaultdict[str, set[str]] = defaultdict(set)
-    for member, result in results.items():
-        for eid in result["handled"]:
-            members_of[by_id[eid].task_id].add(member)
-        assert result["stats"]["storage_errors"] == 0
-    assert {len(m) for m in members_of.values()} == {1}  # each task in one process
-    assert len({m for ms in members_of.values() for m in ms}) == 4  # all four worked
-    # The members' numbers, summed, are a single processor's: counters, histograms, gauges.
-    summed: Counter[str] = Counter()
-    for result in results.values():
-        summed.update(_task_numbers(result["prometheus"]))
-    single = _task_numbers(await _single(path, len(events)))
-    assert single["omniq_task_duration_seconds_count{queue=q0,status=completed}"] > 0
-    summed_nonzero = {k: v for k, v in summed.items() if v or k in single}
-    assert summed_nonzero.keys() == single.keys()
-    for key, value in single.items():  # counts exactly; float sums up to their rounding
-        assert summed_nonzero[key] == (pytest.approx(value, rel=1e-9) if "_sum{" in key
-                                       else value), key
+    check_group_results(results, events, await _single(path, len(events)))
 
 
 def _move_member_elsewhere(path: Path, member: str) -> None:
