@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from test_distributed import _caught_up, _events, _Workers
 
 from omniq_observe.backend import SQLiteBackend
-from omniq_observe.backend._sqlite_groups import PARTITIONS, partition_of
+from omniq_observe.backend._partitions import PARTITIONS, partition_of
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.handlers import PrometheusHandler
 from omniq_observe.models.event import TaskEvent

@@ -33,7 +33,8 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from omniq_observe.backend._sqlite_sql import PARTITIONS, partition_of, select_after
+from omniq_observe.backend._partitions import PARTITIONS, partition_of
+from omniq_observe.backend._sqlite_sql import select_after
 from omniq_observe.backend.base import Consumer, StoredEvent
 
 __all__ = ["GROUP_SCHEMA", "PARTITIONS", "Groups", "partition_of", "set_group_position"]

@@ -7,25 +7,23 @@ pages that SQLite joins into one JSON array, decoded by msgspec in one call.
 from __future__ import annotations
 
 import sqlite3
-import zlib
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from omniq_observe.backend._partitions import partition_of
 from omniq_observe.backend._sqlite_writer import JOURNAL_SIZE_LIMIT
 from omniq_observe.backend.base import StoredEvent, decode_stored, epoch_us
 from omniq_observe.exceptions import InvalidEventError
 from omniq_observe.models.event import TaskEvent, decode_wire, encode_event
 
 __all__ = [
-    "PARTITIONS",
     "SCHEMA",
     "committed_position",
     "connect",
     "health_probe",
     "insert_events",
-    "partition_of",
     "prepare",
     "query_rows",
     "quick_check",
@@ -80,15 +78,6 @@ _SELECT_AFTER = (
 _positions_decoder = msgspec.json.Decoder(list[int])
 _page_decoder = msgspec.json.Decoder(list[StoredEvent])
 _READ_PAGE = 1000
-
-
-#: The number of task partitions of a processor group (see ``_sqlite_groups``).
-PARTITIONS = 16
-
-
-def partition_of(task_id: str) -> int:
-    """The partition of ``task_id``: CRC-32 of its UTF-8 bytes modulo ``PARTITIONS``."""
-    return zlib.crc32(task_id.encode("utf-8", "surrogatepass")) % PARTITIONS
 
 
 def connect(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
