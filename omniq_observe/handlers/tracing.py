@@ -53,17 +53,27 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from omniq_observe._otel import (
+    ERROR_TYPE,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_STACKTRACE,
+    EXCEPTION_TYPE,
+    MESSAGING_MESSAGE_ID,
+    OMNIQ_EVENT_ID,
+    OMNIQ_LINK_REASON,
+    OMNIQ_TASK_ATTEMPT,
+    OMNIQ_TASK_MAX_ATTEMPTS,
+    OMNIQ_TASK_STATUS,
+    check_link_mode,
+    get_tracer,
+    process_attributes,
+    start_producer_span,
+)
 from omniq_observe._semantics import error_type_of, truncate
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, PairedHandler, TraceContext
-from omniq_observe.propagation import (
-    MESSAGING_SYSTEM,
-    _check_link_mode,
-    _get_tracer,
-    _process_attributes,
-)
 
 __all__ = ["TracingHandler", "TracingStats"]
 
@@ -109,7 +119,7 @@ def _without_type(error: str, error_type: str) -> str:
 
 def _set_timed_out(span: trace.Span, details: Mapping[str, Any]) -> None:
     """ERROR status and ``error.type="timeout"``, with the timeout when the details give it."""
-    span.set_attribute("error.type", "timeout")
+    span.set_attribute(ERROR_TYPE, "timeout")
     seconds = details.get("timeout_seconds")
     description = (
         f"timed out after {seconds}s" if isinstance(seconds, (int, float)) else "timed out"
@@ -160,13 +170,13 @@ class TracingHandler(PairedHandler):
             value = max_attribute_length
             msg = f"max_attribute_length must be a positive integer, got {value!r}"
             raise ConfigurationError(msg, setting="max_attribute_length", value=value)
-        self.link_mode = _check_link_mode(link_mode)
+        self.link_mode = check_link_mode(link_mode)
         self.producer_spans = producer_spans
         self.max_attribute_length = max_attribute_length
         super().__init__(ttl=ttl, reorder_window=reorder_window)
         self._pairing.pairing.keep_context = True
         self.stats = TracingStats()
-        self._tracer = _get_tracer(tracer_provider)
+        self._tracer = get_tracer(tracer_provider)
         self._notes: collections.OrderedDict[str, _RetryNote] = collections.OrderedDict()
         # Trace contexts of the producer spans made here, until the task's attempts use them.
         self._produced: collections.OrderedDict[str, TraceContext] = collections.OrderedDict()
@@ -202,22 +212,10 @@ class TracingHandler(PairedHandler):
             self._note(event.task_id).retried = event
 
     def _producer_span(self, event: TaskEvent, queue: str) -> None:
-        limit = self.max_attribute_length
-        at = event.timestamp_ns
-        span = self._tracer.start_span(
-            f"send {truncate(queue, limit)}",
-            context=_EMPTY,
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": MESSAGING_SYSTEM,
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "send",
-                "messaging.destination.name": truncate(queue, limit),
-                "messaging.message.id": truncate(event.task_id, limit),
-            },
-            start_time=at,
+        span = start_producer_span(
+            self._tracer, event, queue, _EMPTY, self.max_attribute_length
         )
-        span.end(end_time=at)
+        span.end(end_time=event.timestamp_ns)
         self.stats.producer_spans += 1
         ctx = span.get_span_context()
         if self._made.wanted:
@@ -261,14 +259,14 @@ class TracingHandler(PairedHandler):
         error_type = error_type_of(details)
         error = details.get("error")
         text = error if isinstance(error, str) else ("" if error is None else str(error))
-        span.set_attribute("error.type", truncate(error_type, limit))
+        span.set_attribute(ERROR_TYPE, truncate(error_type, limit))
         exception: dict[str, AttributeValue] = {
-            "exception.type": truncate(error_type, limit),
-            "exception.message": truncate(_without_type(text, error_type), limit),
+            EXCEPTION_TYPE: truncate(error_type, limit),
+            EXCEPTION_MESSAGE: truncate(_without_type(text, error_type), limit),
         }
         stacktrace = details.get("traceback")
         if isinstance(stacktrace, str) and stacktrace:
-            exception["exception.stacktrace"] = _tail(stacktrace, limit)
+            exception[EXCEPTION_STACKTRACE] = _tail(stacktrace, limit)
         span.add_event("exception", exception, timestamp=end_ns)
         span.set_status(Status(StatusCode.ERROR, truncate(text, limit) or None))
 
@@ -277,7 +275,7 @@ class TracingHandler(PairedHandler):
         details = retried.details
         given = "error" in details or "error_type" in details
         error_type = truncate(error_type_of(details), self.max_attribute_length)
-        span.set_attribute("error.type", error_type if given else "retried")
+        span.set_attribute(ERROR_TYPE, error_type if given else "retried")
         self._retried_event(span, retried)
         span.set_status(Status(StatusCode.ERROR, "retried"))
 
@@ -291,7 +289,7 @@ class TracingHandler(PairedHandler):
         superseded = event.task_id == attempt.task_id and event.event_type == "STARTED"
         end_ns = max(start_ns, event.timestamp_ns) if superseded else start_ns
         span = self._start(attempt, self._notes.pop(attempt.task_id, None))
-        span.set_attribute("error.type", "expired")
+        span.set_attribute(ERROR_TYPE, "expired")
         reason = "superseded by a new attempt" if superseded else "no terminal event within ttl"
         span.set_status(Status(StatusCode.ERROR, reason))
         span.end(end_time=end_ns)
@@ -307,7 +305,7 @@ class TracingHandler(PairedHandler):
             named = self._named(key)
         attrs = named[1].copy()
         limit = self.max_attribute_length
-        attrs["messaging.message.id"] = task_id if len(task_id) <= limit else truncate(
+        attrs[MESSAGING_MESSAGE_ID] = task_id if len(task_id) <= limit else truncate(
             task_id, limit
         )
         links: list[Link] | None = None
@@ -324,7 +322,7 @@ class TracingHandler(PairedHandler):
                 links = [Link(parent)]
         if note is not None and note.previous is not None:
             links = links or []
-            links.append(Link(note.previous, {"omniq.link.reason": "previous_attempt"}))
+            links.append(Link(note.previous, {OMNIQ_LINK_REASON: "previous_attempt"}))
         return self._tracer.start_span(
             named[0],
             context=context,
@@ -340,8 +338,8 @@ class TracingHandler(PairedHandler):
         per combination."""
         queue, worker_id, number, status = key
         limit = self.max_attribute_length
-        attrs = _process_attributes(queue, "", worker_id, number if number > 0 else None, limit)
-        attrs["omniq.task.status"] = status
+        attrs = process_attributes(queue, "", worker_id, number if number > 0 else None, limit)
+        attrs[OMNIQ_TASK_STATUS] = status
         named = (f"process {truncate(queue, limit)}", attrs)
         if len(self._names) >= _MAX_REMEMBERED:
             self._names.clear()  # unbounded worker names: start over rather than grow
@@ -349,9 +347,9 @@ class TracingHandler(PairedHandler):
         return named
 
     def _retried_event(self, span: trace.Span, event: TaskEvent) -> None:
-        attrs: dict[str, AttributeValue] = {"omniq.event.id": event.event_id}
-        for key, name in (("attempt", "omniq.task.attempt"),
-                          ("max_attempts", "omniq.task.max_attempts")):
+        attrs: dict[str, AttributeValue] = {OMNIQ_EVENT_ID: event.event_id}
+        for key, name in (("attempt", OMNIQ_TASK_ATTEMPT),
+                          ("max_attempts", OMNIQ_TASK_MAX_ATTEMPTS)):
             value = event.details.get(key)
             if isinstance(value, int) and not isinstance(value, bool):
                 attrs[name] = value
