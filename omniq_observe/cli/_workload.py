@@ -339,27 +339,20 @@ async def backfill(
     return tally
 
 
+@dataclass
 class _Backfill:
     """Makes tasks in arrival order and writes their events once due, each batch
     committing while the next one is made."""
 
-    def __init__(
-        self,
-        logger: AsyncEventLogger,
-        workload: Workload,
-        tally: Tally,
-        batch_size: int,
-        on_progress: Callable[[int], None] | None,
-    ) -> None:
-        self.logger = logger
-        self.workload = workload
-        self.tally = tally
-        self.batch_size = batch_size
-        self.on_progress = on_progress
-        self.timeline = Timeline()
-        self.pending: list[tuple[str, TaskEvent]] = []  # due, not yet written
-        self.made = 0  # tasks made since the last progress report
-        self._writing: asyncio.Task[None] | None = None
+    logger: AsyncEventLogger
+    workload: Workload
+    tally: Tally
+    batch_size: int
+    on_progress: Callable[[int], None] | None
+    timeline: Timeline = field(default_factory=Timeline)
+    pending: list[tuple[str, TaskEvent]] = field(default_factory=list)  # due, not yet written
+    made: int = 0  # tasks made since the last progress report
+    _writing: asyncio.Task[None] | None = None
 
     async def make(
         self, start: float, spacing: float, count: int, stop: asyncio.Event | None
