@@ -19,8 +19,6 @@ Workers that are not instrumented need none of this: the processor's
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,22 +35,17 @@ from opentelemetry.trace import (
     SpanContext,
     SpanKind,
     TraceFlags,
-    Tracer,
     TracerProvider,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from omniq_observe._semantics import queue_of, truncate
-from omniq_observe.exceptions import ConfigurationError
+from omniq_observe._details import queue_of, truncate
+from omniq_observe._otel import check_link_mode, get_tracer, process_attributes
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["extract_trace_context", "inject_trace_context", "task_span"]
 
-MESSAGING_SYSTEM = "omniq"
-INSTRUMENTATION_NAME = "omniq_observe"
-SCHEMA_URL = "https://opentelemetry.io/schemas/1.27.0"  # messaging.operation.type's first
-LINK_MODES = ("parent", "link")
 _W3C = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 _TRACEPARENT_00 = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _EMPTY = Context()
@@ -103,49 +96,6 @@ def extract_trace_context(carrier: TaskEvent | Mapping[str, str]) -> Context:
     return trace.set_span_in_context(NonRecordingSpan(span_context), _EMPTY)
 
 
-def _get_tracer(tracer_provider: TracerProvider | None) -> Tracer:
-    """Return omniq-observe's tracer from ``tracer_provider`` (the global one when ``None``)."""
-    return trace.get_tracer(INSTRUMENTATION_NAME, _version(), tracer_provider, SCHEMA_URL)
-
-
-@functools.cache
-def _version() -> str:
-    try:
-        return importlib.metadata.version("omniq-observe")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
-
-
-def _check_link_mode(link_mode: str) -> str:
-    """Return ``link_mode`` if valid.
-
-    Raises:
-        ConfigurationError: it is neither ``"parent"`` nor ``"link"``.
-    """
-    if link_mode not in LINK_MODES:
-        msg = f"link_mode must be one of {LINK_MODES}, got {link_mode!r}"
-        raise ConfigurationError(msg, setting="link_mode", value=link_mode)
-    return link_mode
-
-
-def _process_attributes(
-    queue: str, task_id: str, worker_id: str | None, attempt: int | None, limit: int
-) -> dict[str, AttributeValue]:
-    """The attributes of a ``process <queue>`` span (primitive values, strings cut)."""
-    attrs: dict[str, AttributeValue] = {
-        "messaging.system": MESSAGING_SYSTEM,
-        "messaging.operation.type": "process",
-        "messaging.operation.name": "process",
-        "messaging.destination.name": truncate(queue, limit),
-        "messaging.message.id": truncate(task_id, limit),
-    }
-    if worker_id is not None:
-        attrs["omniq.worker.id"] = truncate(worker_id, limit)
-    if attempt is not None and attempt > 0:
-        attrs["omniq.task.attempt"] = attempt
-    return attrs
-
-
 @contextmanager
 def task_span(
     event: TaskEvent,
@@ -183,30 +133,14 @@ def task_span(
     Raises:
         ConfigurationError: ``link_mode`` is invalid.
     """
-    _check_link_mode(link_mode)
+    check_link_mode(link_mode)
     stored = extract_trace_context(event)
-    details: dict[str, Any] = event.details
-    worker = details.get("worker_id")
-    attempt = details.get("attempt")
-    queue = queue_of(details) or "default"
-    attrs = _process_attributes(
-        queue,
-        event.task_id,
-        worker if isinstance(worker, str) else None,
-        attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
-        max_attribute_length,
-    )
+    queue = queue_of(event.details) or "default"
+    attrs = _task_attributes(event, queue, max_attribute_length)
     if attributes:
         attrs.update(attributes)
-    parent_span = trace.get_current_span(stored)
-    links: list[Link] = []
-    parent = stored
-    if link_mode == "link":
-        if parent_span.get_span_context().is_valid:
-            links.append(Link(parent_span.get_span_context()))
-        parent = trace.set_span_in_context(trace.INVALID_SPAN, stored)  # keep the baggage
-    tracer = _get_tracer(tracer_provider)
-    span = tracer.start_span(
+    parent, links = _parent_and_links(stored, link_mode)
+    span = get_tracer(tracer_provider).start_span(
         f"process {truncate(queue, max_attribute_length)}",
         context=parent,
         kind=SpanKind.CONSUMER,
@@ -221,3 +155,31 @@ def task_span(
             yield span
     finally:
         context_api.detach(token)
+
+
+def _task_attributes(event: TaskEvent, queue: str, limit: int) -> dict[str, AttributeValue]:
+    """The ``process <queue>`` attributes of a STARTED event: its worker id and attempt
+    number when its details hold them with the right types."""
+    details: dict[str, Any] = event.details
+    worker = details.get("worker_id")
+    attempt = details.get("attempt")
+    return process_attributes(
+        queue,
+        event.task_id,
+        worker if isinstance(worker, str) else None,
+        attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
+        limit,
+    )
+
+
+def _parent_and_links(stored: Context, link_mode: str) -> tuple[Context, list[Link]]:
+    """The context a task span starts in, and its links, for ``link_mode``.
+
+    ``"parent"``: the stored context itself. ``"link"``: the stored span becomes a link and
+    the span starts a new trace, in a context that keeps the stored baggage.
+    """
+    if link_mode != "link":
+        return stored, []
+    stored_span = trace.get_current_span(stored).get_span_context()
+    links = [Link(stored_span)] if stored_span.is_valid else []
+    return trace.set_span_in_context(trace.INVALID_SPAN, stored), links

@@ -9,15 +9,15 @@ or both (``otel_events="span" | "log" | "both"``).
 from __future__ import annotations
 
 from opentelemetry import context
-from opentelemetry._logs import LoggerProvider, LogRecord, SeverityNumber, get_logger_provider
+from opentelemetry._logs import LoggerProvider, LogRecord, SeverityNumber
 from opentelemetry.context import Context
 from opentelemetry.util.types import AttributeValue
 
-from omniq_observe._semantics import Redactor
+from omniq_observe._details import Redactor
+from omniq_observe._otel import event_name, get_logger
 from omniq_observe.events._spans import SpanEventWriter
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
-from omniq_observe.propagation import INSTRUMENTATION_NAME, SCHEMA_URL, _version
 
 __all__ = ["OTEL_EVENT_MODES", "LogEventWriter", "OTelEventWriter", "checked_mode"]
 
@@ -50,8 +50,7 @@ class LogEventWriter:
     """
 
     def __init__(self, logger_provider: LoggerProvider | None = None) -> None:
-        provider = get_logger_provider() if logger_provider is None else logger_provider
-        self.logger = provider.get_logger(INSTRUMENTATION_NAME, _version(), SCHEMA_URL)
+        self.logger = get_logger(logger_provider)
         self._kinds: dict[str, tuple[str, SeverityNumber, str]] = {}
 
     def write(
@@ -75,7 +74,7 @@ class LogEventWriter:
     def _kind(self, event_type: str) -> tuple[str, SeverityNumber, str]:
         """The event name and severity of an event type (cached)."""
         severity, text = _WARN if event_type in _WARN_TYPES else _INFO
-        kind = (f"omniq.task.{event_type.lower()}", severity, text)
+        kind = (event_name(event_type), severity, text)
         if len(self._kinds) < 1000:
             self._kinds[event_type] = kind
         return kind

@@ -7,7 +7,18 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.util.types import AttributeValue
 
-from omniq_observe._semantics import Redactor, error_type_of, queue_of, truncate
+from omniq_observe._details import Redactor, error_type_of, queue_of, truncate
+from omniq_observe._otel import (
+    ERROR_TYPE,
+    MESSAGING_DESTINATION_NAME,
+    OMNIQ_DETAILS_PREFIX,
+    OMNIQ_EVENT_ID,
+    OMNIQ_EVENT_TYPE,
+    OMNIQ_TASK_ATTEMPT,
+    OMNIQ_TASK_ID,
+    OMNIQ_WORKER_ID,
+    event_name,
+)
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["SpanEventWriter", "current_trace_context"]
@@ -75,7 +86,7 @@ class SpanEventWriter:
         if not span.is_recording():
             return
         span.add_event(
-            f"omniq.task.{event.event_type.lower()}",
+            event_name(event.event_type),
             attributes=self.attributes(event),
             timestamp=event.timestamp_ns,
         )
@@ -84,21 +95,21 @@ class SpanEventWriter:
         """Return the span-event attributes of ``event`` (primitive values only)."""
         details = event.details
         attrs: dict[str, AttributeValue] = {
-            "omniq.task.id": event.task_id,
-            "omniq.event.id": event.event_id,
-            "omniq.event.type": event.event_type,
+            OMNIQ_TASK_ID: event.task_id,
+            OMNIQ_EVENT_ID: event.event_id,
+            OMNIQ_EVENT_TYPE: event.event_type,
         }
         queue = queue_of(details)
         if queue is not None:
-            attrs["messaging.destination.name"] = queue
+            attrs[MESSAGING_DESTINATION_NAME] = queue
         worker = details.get("worker_id")
         if isinstance(worker, str):
-            attrs["omniq.worker.id"] = worker
+            attrs[OMNIQ_WORKER_ID] = worker
         attempt = details.get("attempt")
         if isinstance(attempt, int) and not isinstance(attempt, bool):
-            attrs["omniq.task.attempt"] = attempt
+            attrs[OMNIQ_TASK_ATTEMPT] = attempt
         if event.event_type in ("FAILED", "TIMEOUT") or "error" in details:
-            attrs["error.type"] = (
+            attrs[ERROR_TYPE] = (
                 "timeout" if event.event_type == "TIMEOUT" and "error" not in details
                 else error_type_of(details)
             )
@@ -119,7 +130,7 @@ class SpanEventWriter:
 
     def _name(self, key: str) -> tuple[str, bool]:
         """The attribute name of a details key and whether it is redacted (cached)."""
-        named = (f"omniq.details.{key}", self.redactor.is_sensitive(key))
+        named = (OMNIQ_DETAILS_PREFIX + key, self.redactor.is_sensitive(key))
         if len(self._names) < 10_000:
             self._names[key] = named
         return named

@@ -52,7 +52,8 @@ from opentelemetry._logs import LoggerProvider
 from opentelemetry.context import Context
 from opentelemetry.trace import TracerProvider
 
-from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor, queue_of
+from omniq_observe._details import DEFAULT_REDACT_KEYS, Redactor, queue_of
+from omniq_observe._otel import get_tracer, start_producer_span
 from omniq_observe.backend.base import BaseEventStorage
 from omniq_observe.events._batch import AsyncBatcher, BatchSettings, ThreadBatcher, reopen_storage
 from omniq_observe.events._log_events import OTelEventWriter
@@ -153,9 +154,7 @@ class AsyncEventLogger:
             raise ConfigurationError(msg, setting="buffer_size", value=buffer_size)
         self.event_storage = event_storage
         self.tracer_provider = tracer_provider
-        self._producer_tracer = (
-            None if tracer_provider is None else tracer_provider.get_tracer("omniq_observe")
-        )
+        self._producer_tracer = None if tracer_provider is None else get_tracer(tracer_provider)
         self.on_storage_error = on_storage_error
         self.buffer_size = buffer_size
         self.stats = LoggerStats()
@@ -233,18 +232,8 @@ class AsyncEventLogger:
             return ctx
         assert self._producer_tracer is not None
         queue = queue_of(event.details) or "default"
-        span = self._producer_tracer.start_span(
-            f"send {queue}",
-            context=ctx,
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "omniq",
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "send",
-                "messaging.destination.name": queue,
-                "messaging.message.id": event.task_id,
-            },
-            start_time=event.timestamp_ns,
+        span = start_producer_span(
+            self._producer_tracer, event, queue, ctx, self._spans.spans.max_attribute_length
         )
         ctx = trace.set_span_in_context(span, ctx)
         self._spans.write_span_event(event, ctx)  # the span event goes on the producer span

@@ -26,14 +26,22 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
-from opentelemetry import metrics
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.util.types import AttributeValue
 
-from omniq_observe._semantics import error_type_of, truncate
+from omniq_observe._details import error_type_of, truncate
+from omniq_observe._otel import (
+    ERROR_TYPE,
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_SYSTEM,
+    OMNIQ_EVENT_TYPE,
+    OMNIQ_TASK_STATUS,
+    SYSTEM,
+    get_meter,
+)
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, PairedHandler
-from omniq_observe.propagation import INSTRUMENTATION_NAME, MESSAGING_SYSTEM, SCHEMA_URL, _version
 
 __all__ = ["DURATION_BUCKETS", "QUEUE_WAIT_BUCKETS", "OTelMetricsHandler"]
 
@@ -72,7 +80,7 @@ class OTelMetricsHandler(PairedHandler):
     ) -> None:
         self.max_attribute_length = max_attribute_length
         super().__init__(ttl=ttl, reorder_window=reorder_window)
-        meter = metrics.get_meter(INSTRUMENTATION_NAME, _version(), meter_provider, SCHEMA_URL)
+        meter = get_meter(meter_provider)
         self._duration = meter.create_histogram(
             "messaging.process.duration",
             unit="s",
@@ -156,9 +164,9 @@ class OTelMetricsHandler(PairedHandler):
         attrs = self._base.get(queue)
         if attrs is None:
             attrs = {
-                "messaging.system": MESSAGING_SYSTEM,
-                "messaging.operation.name": "process",
-                "messaging.destination.name": truncate(queue, self.max_attribute_length),
+                MESSAGING_SYSTEM: SYSTEM,
+                MESSAGING_OPERATION_NAME: "process",
+                MESSAGING_DESTINATION_NAME: truncate(queue, self.max_attribute_length),
             }
             self._cache(self._base, queue, attrs)
         return attrs
@@ -169,11 +177,11 @@ class OTelMetricsHandler(PairedHandler):
         if attrs is None:
             attrs = {
                 **self._base_attrs(queue),
-                "messaging.operation.name": "send" if kind == "ENQUEUED" else "process",
-                "omniq.event.type": truncate(kind, self.max_attribute_length),
+                MESSAGING_OPERATION_NAME: "send" if kind == "ENQUEUED" else "process",
+                OMNIQ_EVENT_TYPE: truncate(kind, self.max_attribute_length),
             }
             if error_type:
-                attrs["error.type"] = truncate(error_type, self.max_attribute_length)
+                attrs[ERROR_TYPE] = truncate(error_type, self.max_attribute_length)
             self._cache(self._by_type, key, attrs)
         return attrs
 
@@ -192,9 +200,9 @@ class OTelMetricsHandler(PairedHandler):
         key = (attempt.queue, status, error_type)
         attrs = self._by_status.get(key)
         if attrs is None:
-            attrs = {**self._base_attrs(attempt.queue), "omniq.task.status": status}
+            attrs = {**self._base_attrs(attempt.queue), OMNIQ_TASK_STATUS: status}
             if error_type:
-                attrs["error.type"] = truncate(error_type, self.max_attribute_length)
+                attrs[ERROR_TYPE] = truncate(error_type, self.max_attribute_length)
             self._cache(self._by_status, key, attrs)
         return attrs
 
