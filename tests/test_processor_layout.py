@@ -20,7 +20,7 @@ PACKAGE = Path(omniq_observe.__file__).parent
 def _imports(package: str) -> dict[str, set[str]]:
     """Module -> the modules of the same package it imports (``TYPE_CHECKING`` ones too)."""
     folder = PACKAGE / package
-    prefix = f"omniq_observe.{package}."
+    prefix = f"omniq_observe.{package.replace('/', '.')}."
     names = {f"{prefix}{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__"}
     graph: dict[str, set[str]] = {}
     for name in names:
@@ -62,7 +62,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("package", ["events", "pairing"])
+@pytest.mark.parametrize("package", ["events", "pairing", "backend/redis"])
 def test_no_import_circles(package: str) -> None:
     graph = _imports(package)
     assert _cycle(graph) is None

@@ -89,7 +89,7 @@ async def test_a_waiting_processor_wakes_on_a_new_event_not_on_its_timeout(
     assert max(latencies) < 1.0, latencies
 
 
-async def _holders(storage: RedisBackend, group: str) -> Counter[str]:
+async def holders(storage: RedisBackend, group: str) -> Counter[str]:
     """How many partitions each member of ``group`` holds a lease on."""
     admin = aioredis.Redis.from_url(REDIS_URL)
     try:
@@ -113,13 +113,13 @@ async def test_members_divide_the_partitions_and_each_task_stays_with_one(
     first = await redis_backend.claim(a, 100)  # alone: a holds all 16 partitions
     assert [s.event for s in first] == early
     await redis_backend.ack(a, first)
-    assert await _holders(redis_backend, "g") == {"a": 16}
+    assert await holders(redis_backend, "g") == {"a": 16}
     assert await redis_backend.claim(b, 100) == []  # a's leases last: b waits its turn
 
     async def divided() -> bool:  # a gives up b's share at a renewal; b takes it then
         for member in (a, b):
             await redis_backend.ack(member, await redis_backend.claim(member, 100))
-        return await _holders(redis_backend, "g") == {"a": 8, "b": 8}
+        return await holders(redis_backend, "g") == {"a": 8, "b": 8}
 
     await async_wait_until(divided, timeout=10, what="a and b holding 8 partitions each")
     late = _tasks(400)

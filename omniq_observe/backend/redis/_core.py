@@ -14,8 +14,6 @@ made before partitions existed; a store of ``N > 1`` partitions under
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, Protocol
 
 from omniq_observe.backend._partitions import partition_of
@@ -37,43 +35,26 @@ Entry = tuple[Any, Any]
 _MAX_SEQ = 2**64 - 1
 
 
-@dataclass(frozen=True)
 class Keys:
     """The keys of one store of ``partitions`` streams under ``prefix``."""
 
-    prefix: str
-    partitions: int
+    __slots__ = ("last_id", "late", "partitions", "positions", "prefix", "streams",
+                 "task_prefix")
 
-    @cached_property
-    def streams(self) -> tuple[str, ...]:
-        """The stream of each partition, by partition number."""
-        if self.partitions == 1:
-            return (f"{self.prefix}:events",)
-        return tuple(f"{self.prefix}:events:{p}" for p in range(self.partitions))
+    def __init__(self, prefix: str, partitions: int) -> None:
+        self.prefix = prefix
+        self.partitions = partitions
+        #: The stream of each partition, by partition number.
+        self.streams = (f"{prefix}:events",) if partitions == 1 else tuple(
+            f"{prefix}:events:{p}" for p in range(partitions))
+        self.task_prefix = f"{prefix}:task:"  # task index lists: <prefix>:task:<task_id>
+        self.late = f"{prefix}:late"  # "<id>/<partition>" of late events, by event time
+        self.positions = f"{prefix}:positions"  # the groups' committed positions
+        self.last_id = f"{prefix}:last_id"  # the last entry id handed out, over all streams
 
     def stream_of(self, task_id: str) -> str:
         """The stream that holds the events of ``task_id``."""
         return self.streams[partition_of(task_id, self.partitions)]
-
-    @property
-    def task_prefix(self) -> str:
-        """The prefix of the task index lists (``<prefix>:task:<task_id>``)."""
-        return f"{self.prefix}:task:"
-
-    @property
-    def late(self) -> str:
-        """The late index: ``<id>/<partition>`` of late events, scored by event time."""
-        return f"{self.prefix}:late"
-
-    @property
-    def positions(self) -> str:
-        """The committed positions of the groups (a hash: group -> position)."""
-        return f"{self.prefix}:positions"
-
-    @property
-    def last_id(self) -> str:
-        """The last entry id handed out, over all streams."""
-        return f"{self.prefix}:last_id"
 
     def group_keys(self, group: str) -> tuple[str, str]:
         """The live members (sorted set by lease end) and partition leases of ``group``."""
