@@ -3,8 +3,9 @@
 * four processes of one group share 100,000 events with retries: each event handled once,
   every task's events in one process, and their Prometheus numbers add up exactly to a
   single processor's;
-* a SIGKILLed member's partitions, and what it held unacknowledged, are taken over once its
-  lease ended: nothing lost, nothing handled twice beyond the batch it held;
+* a SIGKILLed member's partitions, and what it held unacknowledged, are taken over at once
+  when its process on this machine is gone, else once its lease ended: nothing lost,
+  nothing handled twice beyond the batch it held;
 * a stopped member hands its partitions over at once, and a joining one gets its share.
 """
 
@@ -13,7 +14,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from _helpers import async_wait_until, wait_until
+import pytest
+import redis.asyncio as aioredis
+from _helpers import REDIS_URL, async_wait_until, wait_until
 from _server_backends import make_redis
 from test_distributed import _caught_up, _events, _url, _Workers
 from test_redis_backend import holders
@@ -52,10 +55,13 @@ async def _spread(storage: RedisBackend) -> bool:
     return sorted((await holders(storage, "scale")).values()) == [4, 4, 4, 4]
 
 
+@pytest.mark.parametrize(("lease", "remote"), [(3600.0, False), (1.0, True)])
 async def test_sigkilled_member_partitions_and_held_events_are_taken_over(
-    tmp_path: Path,
+    tmp_path: Path, lease: float, remote: bool
 ) -> None:
-    storage = make_redis(claim_idle=1.0)
+    """Its process gone from this machine: at once, even with an hour's lease. On another
+    machine: once its lease (here 1 s) ended."""
+    storage = make_redis(claim_idle=lease)
     workers = _Workers(tmp_path, _url(storage), "group")
     events = _events(10, prefix="before") + _events(1, prefix="hold") + _events(9)
     try:
@@ -68,6 +74,10 @@ async def test_sigkilled_member_partitions_and_held_events_are_taken_over(
         assert handled_by_a <= {e.event_id for e in events[:10]}
         workers.procs["a"].kill()
         assert workers.procs["a"].wait() == -9
+        if remote:  # as if it ran on another machine, whose processes we cannot see
+            admin = aioredis.Redis.from_url(REDIS_URL)
+            await admin.hset(f"{storage.prefix}:hosts:group", "a", "elsewhere 1")
+            await admin.aclose()
         workers.start("b", "--batch-size", "20")
         workers.wait_ready("b")
         wait_until(lambda: len(workers.handled_log("b")) == len(events), timeout=30,

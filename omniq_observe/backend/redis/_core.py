@@ -56,9 +56,11 @@ class Keys:
         """The stream that holds the events of ``task_id``."""
         return self.streams[partition_of(task_id, self.partitions)]
 
-    def group_keys(self, group: str) -> tuple[str, str]:
-        """The live members (sorted set by lease end) and partition leases of ``group``."""
-        return f"{self.prefix}:members:{group}", f"{self.prefix}:leases:{group}"
+    def group_keys(self, group: str) -> tuple[str, str, str]:
+        """The live members (sorted set by lease end), the partition leases and where the
+        members run (hash: member -> "<host> <pid>") of ``group``."""
+        prefix = self.prefix
+        return f"{prefix}:members:{group}", f"{prefix}:leases:{group}", f"{prefix}:hosts:{group}"
 
 
 class Owner(Protocol):

@@ -11,10 +11,13 @@ so every event of one task goes to the same member and its pairing sees whole ta
 * In the partitions it holds, a member reads new entries with ``XREADGROUP >``; they stay
   in the group's pending list until ``XACK``.
 * A member that takes a partition over (its holder left, or died: its lease ended after
-  ``claim_idle``) first moves the entries pending there to itself (``XAUTOCLAIM``) and
-  handles them, so nothing a dead member held is lost.
-* A group's position is its acknowledged watermark: just before the oldest entry of any
-  partition that is pending or not yet delivered, else the newest delivered.
+  ``claim_idle``, or at once when its process on this host is gone) first moves the entries
+  pending there to itself (``XAUTOCLAIM``) and handles them, so nothing a dead member held
+  is lost.
+* A member reads ahead in each partition (delivered to it, so pending) and hands out the
+  lowest ids of all its partitions, so a batch is in log order.
+* A group's position is its acknowledged watermark: the newest entry before the oldest
+  one of any partition that is pending or not yet delivered, else the newest delivered.
 
 Errors propagate as redis-py exceptions; the backend translates them.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -30,6 +34,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import ResponseError
 
+from omniq_observe.backend._partitions import HOST, pid_gone
 from omniq_observe.backend.base import Consumer, StoredEvent
 from omniq_observe.backend.redis._core import (
     Entry,
@@ -261,11 +266,23 @@ class StreamGroups:
     async def _lease(self, consumer: Consumer, member: _Member, mode: str) -> None:
         """Run the lease script (``claim``, ``renew`` or ``release``) for ``consumer``."""
         keys = self.owner.keys
+        group_keys = keys.group_keys(consumer.group)
+        dead = await self._dead(consumer, group_keys[2]) if mode == "claim" else []
         held, taken = await self.owner.script("lease")(
-            keys=list(keys.group_keys(consumer.group)),
-            args=[consumer.member, int(self.owner.claim_idle * 1000), keys.partitions, mode],
+            keys=list(group_keys),
+            args=[consumer.member, int(self.owner.claim_idle * 1000), keys.partitions, mode,
+                  f"{HOST} {os.getpid()}", *dead],
         )
         member.hold(tuple(int(part) for part in held), [int(part) for part in taken])
+
+    async def _dead(self, consumer: Consumer, hosts: str) -> list[str]:
+        """The other members of the group that ran on this host and whose process is gone."""
+        dead = []
+        for name, where in (await self.owner.client().hgetall(hosts)).items():
+            host, _, pid = id_str(where).rpartition(" ")
+            if host == HOST and id_str(name) != consumer.member and pid_gone(int(pid)):
+                dead.append(id_str(name))
+        return dead
 
     async def _take_over(self, consumer: Consumer, parts: list[int]) -> None:
         """Move the entries other members left pending in ``parts`` to ``consumer``."""

@@ -171,29 +171,41 @@ end
 return out
 """
 
-# KEYS: the group's live members (a sorted set: member -> lease end in ms) and its leases (a
-# hash: partition -> "<lease end> <member>"). ARGV: the member, the lease (ms), the number
-# of partitions, and the mode:
+# KEYS: the group's live members (a sorted set: member -> lease end in ms), its leases (a
+# hash: partition -> "<lease end> <member>") and where its members run (a hash: member ->
+# "<host> <pid>"). ARGV: the member, the lease (ms), the number of partitions, the mode,
+# where the member runs, then the members known dead (their process on this host is gone).
 #
-# * ``claim``: the member (re)joins; members whose lease ended are dropped. The live
-#   members, sorted by name, divide the partitions (partition ``p`` goes to member number
-#   ``p % n``). The member renews the leases of the partitions it should hold, gives up the
-#   others, and takes those it should hold that are free (never leased, released, or their
-#   lease ended: their member died).
+# * ``claim``: the member (re)joins; the dead members, and those whose lease ended, are
+#   dropped. The live members, sorted by name, divide the partitions (partition ``p`` goes
+#   to member number ``p % n``). The member renews the leases of the partitions it should
+#   hold, gives up the others, and takes those it should hold that are free (never leased,
+#   released, or their holder died: its lease ended, or it is known dead).
 # * ``renew``: the member renews its own lease and those of every partition it holds.
 # * ``release``: the member leaves and frees its partitions.
 #
 # Returns the partitions the member holds, and those of them it took just now.
 LEASE_SCRIPT = """
-local members, leases = KEYS[1], KEYS[2]
+local members, leases, hosts = KEYS[1], KEYS[2], KEYS[3]
 local me, lease, count, mode = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local ends = string.format('%d %s', now + lease, me)
+local dead = {}
+for i = 6, #ARGV do
+  dead[ARGV[i]] = true
+  redis.call('ZREM', members, ARGV[i])
+  redis.call('HDEL', hosts, ARGV[i])
+end
 if mode == 'release' then
   redis.call('ZREM', members, me)
+  redis.call('HDEL', hosts, me)
 else
   redis.call('ZADD', members, now + lease, me)
+  redis.call('HSET', hosts, me, ARGV[5])
+end
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', members, '-inf', now)) do
+  redis.call('HDEL', hosts, gone)
 end
 redis.call('ZREMRANGEBYSCORE', members, '-inf', now)
 local live = redis.call('ZRANGE', members, 0, -1)
@@ -218,7 +230,7 @@ for p = 0, count - 1 do
     else
       redis.call('HDEL', leases, p)
     end
-  elseif mode == 'claim' and mine and (holder == nil or until_ms <= now) then
+  elseif mode == 'claim' and mine and (holder == nil or until_ms <= now or dead[holder]) then
     redis.call('HSET', leases, p, ends)
     held[#held + 1] = p
     taken[#taken + 1] = p
