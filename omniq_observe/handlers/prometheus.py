@@ -30,7 +30,7 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from omniq_observe._semantics import error_type_of
+from omniq_observe._details import error_type_of
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._prom_metrics import (
     CAPPED_LABELS,

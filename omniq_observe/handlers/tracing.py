@@ -53,6 +53,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from omniq_observe._details import error_type_of, truncate
 from omniq_observe._otel import (
     ERROR_TYPE,
     EXCEPTION_MESSAGE,
@@ -69,7 +70,6 @@ from omniq_observe._otel import (
     process_attributes,
     start_producer_span,
 )
-from omniq_observe._semantics import error_type_of, truncate
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent

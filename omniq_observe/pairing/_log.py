@@ -23,7 +23,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from omniq_observe._semantics import queue_of
+from omniq_observe._details import queue_of
 from omniq_observe.models.event import FINAL_TYPES, QUEUEING_TYPES, TERMINAL_STATUS, TaskEvent
 from omniq_observe.pairing._types import (
     UNKNOWN_QUEUE,

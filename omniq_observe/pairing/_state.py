@@ -13,7 +13,7 @@ import heapq
 import math
 from collections import deque
 
-from omniq_observe._semantics import queue_of
+from omniq_observe._details import queue_of
 from omniq_observe.models.event import TERMINAL_TYPES, TaskEvent
 from omniq_observe.pairing._log import INF, TaskLog, stand_in
 from omniq_observe.pairing._table import TaskTable
