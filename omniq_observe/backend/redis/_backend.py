@@ -318,7 +318,8 @@ class RedisBackend(BaseEventStorage):
         """Store events; concurrent calls share one round trip (group commit)."""
         if not events:
             return
-        await self._open()
+        if self._keys is None:  # a coroutine call per event costs
+            await self._open()
         if self._committer is None:
             # One group: up to 10 script calls of ``max_batch`` events, pipelined.
             self._committer = GroupCommitter(self._write_events, 10 * self.max_batch)
@@ -382,13 +383,15 @@ class RedisBackend(BaseEventStorage):
 
     # -- processors (see _groups) --------------------------------------------------------
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
-        await self._open()
+        if self._keys is None:
+            await self._open()
         with self._errors(f"claiming events for {consumer.group!r}"):
             return await self._consumers.claim(consumer, limit)
 
     async def ack(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
         if batch:
-            await self._open()
+            if self._keys is None:
+                await self._open()
             with self._errors(f"acknowledging events of {consumer.group!r}"):
                 await self._consumers.ack(consumer, batch)
 

@@ -23,7 +23,7 @@ __all__ = [
     "Entry",
     "Keys",
     "Owner",
-    "delivered_entries",
+    "entry_body",
     "id_str",
     "parse_stream_id",
     "predecessor",
@@ -108,15 +108,9 @@ def stored_entries(entries: list[Entry]) -> list[StoredEvent]:
     return [decode_stored(id_str(key), fields.get(b"e")) for key, fields in entries]
 
 
-def delivered_entries(entries: list[Entry]) -> list[StoredEvent]:
-    """Entries of an ``XREADGROUP`` reply left as Redis sent it (``[id, [b"e", body,
-    ...]]``, see :func:`raw_reply`) as stored events."""
-    return [decode_stored(key.decode(), fields[1] if fields and fields[0] == b"e"
-                          else _body(fields)) for key, fields in entries]
-
-
-def _body(fields: list[bytes] | None) -> bytes | None:
-    """The ``e`` field of an entry's fields (``None``: the entry was deleted)."""
+def entry_body(fields: list[bytes] | None) -> bytes | None:
+    """The ``e`` field of an entry's fields as Redis sent them (``None``: the entry was
+    deleted, or has none)."""
     return dict(zip(fields[::2], fields[1::2], strict=True)).get(b"e") if fields else None
 
 

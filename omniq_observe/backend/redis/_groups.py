@@ -35,11 +35,11 @@ import msgspec
 from redis.exceptions import ResponseError
 
 from omniq_observe.backend._partitions import HOST, pid_gone
-from omniq_observe.backend.base import Consumer, StoredEvent
+from omniq_observe.backend.base import Consumer, StoredEvent, decode_stored
 from omniq_observe.backend.redis._core import (
     Entry,
     Owner,
-    delivered_entries,
+    entry_body,
     id_str,
     parse_stream_id,
     predecessor,
@@ -54,26 +54,37 @@ class _Partition:
     """A member's reading of one partition it holds: entries it read and did not hand out
     yet (they are pending for it, delivered), and where it reads next."""
 
-    __slots__ = ("cursor", "done", "entries", "keys", "low", "taken")
+    __slots__ = ("bodies", "cursor", "done", "ids", "keys", "low", "taken")
 
     def __init__(self) -> None:
         # "0" or an entry id: its own pending entries after that come first; ">": new ones
         self.cursor = "0"
-        self.entries: list[Entry] = []
-        self.keys: list[int] = []  # the entries' ids as numbers, to merge by
-        self.taken = 0  # how many of ``entries`` were handed out
+        # The entries read ahead, as ids, numbers to merge by and bodies: bytes and ints,
+        # which the garbage collector does not track, so that a read-ahead costs its
+        # collections nothing (decoded events would: their details are dicts).
+        self.ids: list[bytes] = []
+        self.keys: list[int] = []
+        self.bodies: list[bytes | None] = []
+        self.taken = 0  # how many were handed out
         self.done = False  # nothing more to read in this claim
         self.low = False  # read on before handing out more
 
     @property
     def ahead(self) -> int:
         """How many entries it read and did not hand out yet."""
-        return len(self.entries) - self.taken
+        return len(self.ids) - self.taken
 
-    def read(self, entries: list[Entry], count: int) -> None:
-        """Keep the ``entries`` one read of up to ``count`` brought, after those it has."""
-        self.entries = self.entries[self.taken :] + entries
-        self.keys = self.keys[self.taken :] + _keys([entry[0] for entry in entries])
+    def read(self, entries: list[Entry], count: int) -> list[Any]:
+        """Keep what one read of up to ``count`` entries brought, after what it has;
+        return the ids of pending entries whose event was pruned (to acknowledge)."""
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        live = [entry for entry in entries if entry[1]] if gone else entries
+        ids = [entry[0] for entry in live]
+        taken = self.taken
+        self.ids = self.ids[taken:] + ids
+        self.keys = self.keys[taken:] + _keys(ids)
+        self.bodies = self.bodies[taken:] + [
+            fields[1] if fields[0] == b"e" else entry_body(fields) for _, fields in live]
         self.taken = 0
         self.low = False
         if self.cursor == ">":
@@ -82,11 +93,12 @@ class _Partition:
             self.cursor = ">"  # its own pending ones read: new ones next
         else:
             self.cursor = id_str(entries[-1][0])
+        return gone
 
     def upto(self, cut: int | None) -> int:
         """Where the entries not handed out yet whose id is at most ``cut`` end."""
         if cut is None:
-            return len(self.entries)
+            return len(self.ids)
         return bisect.bisect_right(self.keys, cut, lo=self.taken)
 
 
@@ -102,7 +114,7 @@ class _Member:
         self.refresh_at = 0.0  # when (loop time) to renew the leases and rebalance
         # The batches handed out and not acknowledged yet, by the id of their last entry:
         # their size and their entry ids by partition.
-        self.batches: dict[Any, tuple[int, dict[int, list[bytes]]]] = {}
+        self.batches: dict[Any, tuple[int, dict[int, list[Any]]]] = {}
 
     def hold(self, held: tuple[int, ...], taken: Iterable[int]) -> None:
         """Hold the partitions ``held``, of which ``taken`` were taken over just now."""
@@ -306,30 +318,39 @@ class StreamGroups:
             if cut is None or sum(ends[p] - r.taken for p, r in parts.items()) >= limit:
                 break
             for part, reading in parts.items():  # too few before the cut: read on where
-                reading.low = ends[part] == len(reading.entries)  # all would be handed out
+                reading.low = ends[part] == len(reading.ids)  # all would be handed out
         for reading in parts.values():
             reading.done = False  # the next claim looks again
         keys: list[int] = []
-        entries: list[Entry] = []
+        ids: list[bytes] = []
+        bodies: list[bytes | None] = []
         owners: list[int] = []
         for part, reading in parts.items():
             keys += reading.keys[reading.taken : ends[part]]
-            entries += reading.entries[reading.taken : ends[part]]
+            ids += reading.ids[reading.taken : ends[part]]
+            bodies += reading.bodies[reading.taken : ends[part]]
             owners += [part] * (ends[part] - reading.taken)
-        if len(entries) > limit or sum(1 for p, r in parts.items() if ends[p] > r.taken) > 1:
+        if len(ids) > limit or sum(1 for p, r in parts.items() if ends[p] > r.taken) > 1:
             order = sorted(range(len(keys)), key=keys.__getitem__)[:limit]
-            entries = [entries[i] for i in order]
+            ids, bodies = [ids[i] for i in order], [bodies[i] for i in order]
             owners = [owners[i] for i in order]
-        ids: dict[int, list[bytes]] = {}
+        return self._hand_out(member, ids, bodies, owners)
+
+    @staticmethod
+    def _hand_out(member: _Member, ids: list[bytes], bodies: list[bytes | None],
+                  owners: list[int]) -> list[StoredEvent]:
+        """The chosen entries as stored events; the member remembers the batch by
+        partition for its acknowledgement."""
+        by_part: dict[int, list[Any]] = {}
         for part, taken in Counter(owners).items():
-            reading = parts[part]
-            handed = reading.entries[reading.taken : reading.taken + taken]
-            ids[part] = [entry[0] for entry in handed]
+            reading = member.parts[part]
+            by_part[part] = reading.ids[reading.taken : reading.taken + taken]
             reading.taken += taken
-        stored = await self._live(consumer, entries, owners)
-        if stored:
-            member.batches[stored[-1].position] = (len(stored), ids)
-        return stored
+        events = [decode_stored(entry_id.decode(), body)
+                  for entry_id, body in zip(ids, bodies, strict=True)]
+        if events:
+            member.batches[events[-1].position] = (len(events), by_part)
+        return events
 
     async def _top_up(self, consumer: Consumer, member: _Member, count: int) -> int | None:
         """Read on in the partitions that may run dry in this claim (one round trip);
@@ -353,8 +374,10 @@ class StreamGroups:
                 {streams[p]: r.cursor for p, r in readings.items()}, count=count,
             )
             got = self._by_partition(reply)
-            for part, reading in readings.items():
-                reading.read(got.get(part, []), count)
+            gone = {part: reading.read(got.get(part, []), count)
+                    for part, reading in readings.items()}
+            if any(gone.values()):
+                await self._xack(consumer.group, gone)
             parts = [p for p, r in readings.items() if not r.ahead and not r.done]
 
     def _by_partition(self, reply: Any) -> dict[int, list[Entry]]:
@@ -364,17 +387,6 @@ class StreamGroups:
         if self._index is None:
             self._index = {stream.encode(): part for part, stream in enumerate(self._streams)}
         return {self._index[name]: entries for name, entries in reply}
-
-    async def _live(
-        self, consumer: Consumer, entries: list[Entry], owners: list[int]
-    ) -> list[StoredEvent]:
-        """The entries as stored events; pending entries whose event was pruned are
-        acknowledged and dropped."""
-        if not all(fields for _, fields in entries):
-            gone = [e[0] for e in entries if not e[1]]
-            await self._xack(consumer.group, {p: gone for p in set(owners)})
-            entries = [e for e in entries if e[1]]
-        return delivered_entries(entries)
 
     async def _xack(self, group: str, ids: dict[int, list[Any]]) -> None:
         """Acknowledge entries, given by partition."""
