@@ -34,7 +34,7 @@ import msgspec
 from _harness import Bench
 
 from omniq_observe.backend import BaseEventStorage, MemoryBackend, SQLiteBackend
-from omniq_observe.backend._sqlite_sql import SCHEMA as _SCHEMA
+from omniq_observe.backend.sqlite._sql import SCHEMA as _SCHEMA
 from omniq_observe.events import AsyncEventLogger, AsyncEventProcessor, EventLogger
 from omniq_observe.models.event import TaskEvent, encode_event, epoch_us
 

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import async_wait_until
+from _helpers import async_wait_until
 
 from omniq_observe.backend import SQLiteBackend, from_url
-from omniq_observe.backend import sqlite as sqlite_module
+from omniq_observe.backend.sqlite import _backend as sqlite_module
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import ConfigurationError, InvalidURLError, StorageError
 from omniq_observe.models.event import TaskEvent

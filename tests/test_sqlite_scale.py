@@ -13,7 +13,7 @@ from pathlib import Path
 from _sqlite_fill import BASE, fill
 
 from omniq_observe.backend import SQLiteBackend
-from omniq_observe.backend._sqlite_sql import first_in_window, query_rows
+from omniq_observe.backend.sqlite._sql import first_in_window, query_rows
 from omniq_observe.models.event import TaskEvent, epoch_us
 
 HERE = Path(__file__).resolve().parent

@@ -9,9 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import async_wait_until
+from _helpers import async_wait_until
 
-from omniq_observe.backend import SQLiteBackend, _sqlite_writer
+from omniq_observe.backend import SQLiteBackend
+from omniq_observe.backend.sqlite import _writer
 from omniq_observe.events import AsyncEventLogger
 from omniq_observe.exceptions import BackendUnavailableError
 from omniq_observe.models.event import TaskEvent
@@ -63,8 +64,8 @@ async def test_wal_stays_bounded_while_appends_and_reads_go_on(
 ) -> None:
     # The bound scaled down (1 MiB instead of 32 MiB) so that a test-sized load crosses it
     # many times; without the size-driven TRUNCATE this load grows the WAL to ~14 MB.
-    monkeypatch.setattr(_sqlite_writer, "TRUNCATE_AT", 1024 * 1024)
-    monkeypatch.setattr(_sqlite_writer, "PASSIVE_EVERY", 256 * 1024)
+    monkeypatch.setattr(_writer, "TRUNCATE_AT", 1024 * 1024)
+    monkeypatch.setattr(_writer, "PASSIVE_EVERY", 256 * 1024)
     path = tmp_path / "wal.db"
     writer, reader = SQLiteBackend(path, max_batch=500), SQLiteBackend(path)
     read = 0

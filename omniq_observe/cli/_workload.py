@@ -31,8 +31,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
+from omniq_observe._validate import between, fraction
 from omniq_observe.events.logger import AsyncEventLogger
-from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
 
 __all__ = [
@@ -156,12 +156,8 @@ class Workload:
         tracer_provider: TracerProvider | None = None,
         incident: tuple[str, float] | None = None,
     ) -> None:
-        if not 1 <= queues <= 1000:
-            msg = f"queues must be between 1 and 1000, got {queues!r}"
-            raise ConfigurationError(msg, setting="queues", value=queues)
-        if not 0.0 <= failure_rate <= 1.0:
-            msg = f"failure rate must be between 0 and 1, got {failure_rate!r}"
-            raise ConfigurationError(msg, setting="failure_rate", value=failure_rate)
+        queues = between("queues", queues, 1, 1000)
+        failure_rate = fraction("failure_rate", failure_rate)
         self.profiles = [_profile(i) for i in range(queues)]
         self.weights = [1.0 / (i + 1) for i in range(queues)]
         self.failure_rate = failure_rate

@@ -16,16 +16,29 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from omniq_observe.backend.base import DeadLetter, StoredEvent, UndecodableEvent
+from omniq_observe.backend.base import (
+    BaseEventStorage,
+    DeadLetter,
+    StoredEvent,
+    UndecodableEvent,
+)
+from omniq_observe.events._stats import ProcessorStats
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
 
-if TYPE_CHECKING:
-    from omniq_observe.events.processor import AsyncEventProcessor
+__all__ = ["Dispatcher", "Owner", "Registration"]
 
-__all__ = ["Dispatcher", "Registration"]
+
+class Owner(Protocol):
+    """What the dispatcher reads of its processor when a handler fails (the processor's
+    settings may change after it was made, so they are read then, not copied)."""
+
+    name: str
+    stats: ProcessorStats
+    event_storage: BaseEventStorage
+    max_handler_attempts: int
 
 
 @dataclass(slots=True)
@@ -74,7 +87,7 @@ class Dispatcher:
         log: the structlog logger for handler failures.
     """
 
-    def __init__(self, processor: AsyncEventProcessor, log: Any) -> None:
+    def __init__(self, processor: Owner, log: Any) -> None:
         self._processor = processor
         self._log = log
         self.registrations: list[Registration] = []

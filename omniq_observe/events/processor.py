@@ -19,9 +19,7 @@ import math
 import os
 import socket
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,6 +33,7 @@ from omniq_observe.backend.base import (
 )
 from omniq_observe.events._dispatch import Dispatcher
 from omniq_observe.events._leases import LeaseRenewal
+from omniq_observe.events._stats import ProcessorStats
 from omniq_observe.events._sync import LoopThread
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
@@ -52,37 +51,6 @@ class Handler(Protocol):
     """Anything called with each event; may return an awaitable."""
 
     def __call__(self, event: TaskEvent, /) -> Awaitable[None] | None: ...
-
-
-@dataclass
-class ProcessorStats:
-    """What a processor has done, for self-metrics and health checks.
-
-    ``last_event_timestamp`` is the event time (epoch seconds) of the last event handled;
-    ``caught_up`` is True once a read came back short (nothing more to read), and False
-    from the start and while full batches come in (a backlog); ``heartbeat`` is the
-    ``time.monotonic()`` of the loop's last sign of life; ``undecodable`` counts stored
-    entries that did not decode (dead-lettered with their raw bytes, then skipped).
-    """
-
-    processed: int = 0
-    batches: int = 0
-    handler_errors: Counter[str] = field(default_factory=Counter)
-    dead_lettered: int = 0
-    storage_errors: int = 0
-    undecodable: int = 0
-    last_event_timestamp: float | None = None
-    caught_up: bool = False
-    running: bool = False
-    heartbeat: float = field(default_factory=time.monotonic)
-
-    def lag_seconds(self, now: float | None = None) -> float:
-        """Seconds the processor is behind: 0 when caught up (or before it handled any
-        event), else now minus the event time of the last handled event, so a catch-up
-        of old events shows as lag until the processor has read everything."""
-        if self.caught_up or self.last_event_timestamp is None:
-            return 0.0
-        return max(0.0, (time.time() if now is None else now) - self.last_event_timestamp)
 
 
 class AsyncEventProcessor:
@@ -345,14 +313,38 @@ class EventProcessor:
 
     Args:
         event_storage: the storage to read.
-        name: the processor name.
-        **options: the other keywords of :class:`AsyncEventProcessor`.
+        name: the processor (consumer group) name; its checkpoint is kept under it.
+        batch_size: the most events read and acknowledged at once.
+        max_handler_attempts: how often a failing handler is tried on one event before
+            the event is dead-lettered for that handler and skipped.
+        idle_timeout: the longest one wait for new events lasts before re-checking.
+        member: this process's name within the group (default: host and pid).
+        logger: a structlog logger for handler failures (default: ``structlog.get_logger``).
+
+    Raises:
+        ConfigurationError: a setting is invalid.
     """
 
     def __init__(
-        self, event_storage: BaseEventStorage, name: str = "default", **options: Any
+        self,
+        event_storage: BaseEventStorage,
+        name: str = "default",
+        *,
+        batch_size: int = 1000,
+        max_handler_attempts: int = 3,
+        idle_timeout: float = 1.0,
+        member: str | None = None,
+        logger: Any = None,
     ) -> None:
-        self._async = AsyncEventProcessor(event_storage, name, **options)
+        self._async = AsyncEventProcessor(
+            event_storage,
+            name,
+            batch_size=batch_size,
+            max_handler_attempts=max_handler_attempts,
+            idle_timeout=idle_timeout,
+            member=member,
+            logger=logger,
+        )
         self._loop = LoopThread("omniq-processor")
 
     @property

@@ -11,8 +11,8 @@
 * Checkpoints (copying the WAL back into the database file) run on a third thread, so a
   commit never waits for one.
 
-The writer and checkpointer threads live in :mod:`._sqlite_writer`, the schema and the
-hot-path statements in :mod:`._sqlite_sql`.
+The writer and checkpointer threads live in :mod:`._writer`, the schema and the
+hot-path statements in :mod:`._sql`.
 """
 
 from __future__ import annotations
@@ -27,29 +27,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omniq_observe.backend._sqlite_groups import (
-    GROUP_SCHEMA,
-    Groups,
-    set_group_position,
-)
-from omniq_observe.backend._sqlite_prune import (
-    keep_newest_from,
-    prune_in_chunks,
-    prune_older,
-    prune_through,
-)
-from omniq_observe.backend._sqlite_sql import (
-    committed_position,
-    connect,
-    health_probe,
-    insert_events,
-    prepare,
-    query_rows,
-    quick_check,
-    select_after,
-)
-from omniq_observe.backend._sqlite_writer import GroupWriter, WriteFn
-from omniq_observe.backend._sqlite_writer import WriteItem as _Item
 from omniq_observe.backend.base import (
     BaseEventStorage,
     Consumer,
@@ -64,6 +41,29 @@ from omniq_observe.backend.base import (
     epoch_us,
     read_dead_letter,
 )
+from omniq_observe.backend.sqlite._groups import (
+    GROUP_SCHEMA,
+    Groups,
+    set_group_position,
+)
+from omniq_observe.backend.sqlite._prune import (
+    keep_newest_from,
+    prune_in_chunks,
+    prune_older,
+    prune_through,
+)
+from omniq_observe.backend.sqlite._sql import (
+    committed_position,
+    connect,
+    health_probe,
+    insert_events,
+    prepare,
+    query_rows,
+    quick_check,
+    select_after,
+)
+from omniq_observe.backend.sqlite._writer import GroupWriter, WriteFn
+from omniq_observe.backend.sqlite._writer import WriteItem as _Item
 from omniq_observe.exceptions import ConfigurationError, StorageError
 from omniq_observe.models.event import TaskEvent, decode_event
 
@@ -213,7 +213,7 @@ class SQLiteBackend(BaseEventStorage):
         after = -1 if position is None else int(position)
         return await self._read(lambda c: select_after(c, after, limit))
 
-    # -- processor groups (see _sqlite_groups) -------------------------------------------
+    # -- processor groups (see _groups) ------------------------------------------------
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
         """Take this member's share of the group's partitions; read their next events."""
         groups = self._groups

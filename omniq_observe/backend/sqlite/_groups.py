@@ -34,8 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from omniq_observe.backend._partitions import PARTITIONS, partition_of
-from omniq_observe.backend._sqlite_sql import select_after
 from omniq_observe.backend.base import Consumer, StoredEvent
+from omniq_observe.backend.sqlite._sql import select_after
 
 __all__ = ["GROUP_SCHEMA", "PARTITIONS", "Groups", "partition_of", "set_group_position"]
 

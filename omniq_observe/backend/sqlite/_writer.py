@@ -30,7 +30,6 @@ from omniq_observe.exceptions import BackendUnavailableError, StorageError
 from omniq_observe.models.event import TaskEvent
 
 __all__ = [
-    "JOURNAL_SIZE_LIMIT",
     "PASSIVE_EVERY",
     "TRUNCATE_AT",
     "GroupWriter",
@@ -42,8 +41,6 @@ __all__ = [
 
 WriteFn = Callable[[sqlite3.Connection], Any]
 _STOP = object()
-#: ``PRAGMA journal_size_limit``: a WAL that was reset is truncated back to this size.
-JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 #: The writer asks for a PASSIVE checkpoint each time the WAL grew by this many bytes.
 PASSIVE_EVERY = 4 * 1024 * 1024
 #: At this WAL size the writer runs a TRUNCATE checkpoint between two transactions.

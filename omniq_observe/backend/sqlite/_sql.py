@@ -13,12 +13,12 @@ from typing import Any
 import msgspec
 
 from omniq_observe.backend._partitions import partition_of
-from omniq_observe.backend._sqlite_writer import JOURNAL_SIZE_LIMIT
 from omniq_observe.backend.base import StoredEvent, decode_stored, epoch_us
 from omniq_observe.exceptions import InvalidEventError
 from omniq_observe.models.event import TaskEvent, decode_wire, encode_event
 
 __all__ = [
+    "JOURNAL_SIZE_LIMIT",
     "SCHEMA",
     "committed_position",
     "connect",
@@ -78,6 +78,8 @@ _SELECT_AFTER = (
 _positions_decoder = msgspec.json.Decoder(list[int])
 _page_decoder = msgspec.json.Decoder(list[StoredEvent])
 _READ_PAGE = 1000
+#: ``PRAGMA journal_size_limit``: a WAL that was reset is truncated back to this size.
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 
 def connect(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connection:
