@@ -14,7 +14,6 @@ import abc
 import asyncio
 import collections
 import itertools
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from opentelemetry.trace import TracerProvider
 
 from omniq_observe._otel import get_tracer, start_producer_span
 from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor, queue_of
+from omniq_observe._validate import positive_int, positive_seconds
 from omniq_observe.backend.base import BaseEventStorage
 from omniq_observe.events._batch import BatchSettings, reopen_storage
 from omniq_observe.events._log_events import OTelEventWriter
@@ -93,8 +93,8 @@ class BaseEventLogger(abc.ABC):
         self._producer_tracer = None if tracer_provider is None else get_tracer(tracer_provider)
         self.on_storage_error = on_storage_error
         self.buffer_size = buffer_size
-        self.retry_interval = _seconds("retry_interval", retry_interval)
-        self.max_retry_interval = _seconds("max_retry_interval", max_retry_interval)
+        self.retry_interval = positive_seconds("retry_interval", retry_interval)
+        self.max_retry_interval = positive_seconds("max_retry_interval", max_retry_interval)
         self.batch_settings = (
             BatchSettings(flush_interval, max_batch, max_queue, overflow) if batch else None
         )
@@ -292,23 +292,7 @@ def _check_settings(event_storage: object, on_storage_error: object, buffer_size
     if on_storage_error not in POLICIES:
         msg = f"on_storage_error must be one of {POLICIES}, got {on_storage_error!r}"
         raise ConfigurationError(msg, setting="on_storage_error", value=on_storage_error)
-    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-        msg = f"buffer_size must be a positive integer, got {buffer_size!r}"
-        raise ConfigurationError(msg, setting="buffer_size", value=buffer_size)
-
-
-def _seconds(setting: str, value: object) -> float:
-    """``value`` as seconds when it is a finite number > 0.
-
-    Raises:
-        ConfigurationError: it is not (``bool`` and NaN are not numbers here).
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        value > 0 and math.isfinite(value)
-    ):
-        msg = f"{setting} must be a finite positive number of seconds, got {value!r}"
-        raise ConfigurationError(msg, setting=setting, value=value)
-    return float(value)
+    positive_int("buffer_size", buffer_size)
 
 
 def _described(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from omniq_observe._validate import positive_int, positive_seconds
 from omniq_observe.backend.base import BaseEventStorage
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
@@ -49,21 +50,12 @@ class BatchSettings:
     def __init__(
         self, flush_interval: float, max_batch: int, max_queue: int, overflow: str
     ) -> None:
-        if isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float)) or (
-            not flush_interval > 0
-        ):
-            msg = f"flush_interval must be a positive number of seconds, got {flush_interval!r}"
-            raise ConfigurationError(msg, setting="flush_interval", value=flush_interval)
-        for setting, value in (("max_batch", max_batch), ("max_queue", max_queue)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"{setting} must be a positive integer, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
+        self.flush_interval = positive_seconds("flush_interval", flush_interval)
+        self.max_batch = positive_int("max_batch", max_batch)
+        self.max_queue = positive_int("max_queue", max_queue)
         if overflow not in OVERFLOW_POLICIES:
             msg = f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}"
             raise ConfigurationError(msg, setting="overflow", value=overflow)
-        self.flush_interval = float(flush_interval)
-        self.max_batch = max_batch
-        self.max_queue = max_queue
         self.overflow = overflow
 
 
