@@ -24,7 +24,7 @@ from array import array
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from omniq_observe._semantics import queue_of
+from omniq_observe._details import queue_of
 from omniq_observe.models.event import FAILED_TYPES, FINISHED_TYPES, EventType, TaskEvent
 from omniq_observe.pairing import UNKNOWN_QUEUE, Attempt, Observation, TaskPairing
 

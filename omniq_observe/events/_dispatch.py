@@ -134,12 +134,15 @@ class Dispatcher:
                 except Exception as exc:
                     await self._retry_or_dead_letter(reg, stored, exc)
 
-    def run_released(self, pairings: Iterable[Any], now: float) -> None:
+    def run_released(self, pairings: Iterable[Any], now: float) -> int:
         """Hand what the shared pairings decide at wall-clock ``now`` (the processor has
-        caught up) to their handlers; never raises for them."""
+        caught up) to their handlers; never raises for them. Returns how many
+        observations were decided."""
         names = {id(reg.handler): reg.name for reg in self.registrations}
+        decided = 0
         for shared in pairings:
             released = shared.release(now)
+            decided += len(released)
             for handler in shared.handlers if released else ():
                 try:
                     for obs in released:
@@ -149,6 +152,7 @@ class Dispatcher:
                     self._processor.stats.handler_errors[name] += 1
                     self._log.error("omniq.handler_failed", processor=self._processor.name,
                                     handler=name, error=f"{type(exc).__name__}: {exc}")
+        return decided
 
     async def _retry_or_dead_letter(
         self, reg: Registration, stored: StoredEvent, first_error: Exception

@@ -31,6 +31,7 @@ from omniq_observe.backend.base import (
     StoredEvent,
     UndecodableEvent,
 )
+from omniq_observe.events._checkpoint import PairingCheckpoint
 from omniq_observe.events._dispatch import Dispatcher
 from omniq_observe.events._leases import LeaseRenewal
 from omniq_observe.events._stats import ProcessorStats
@@ -106,6 +107,7 @@ class AsyncEventProcessor:
         self._resume_checked = False
         self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
         self._dispatch = Dispatcher(self, self._log)
+        self._checkpoint = PairingCheckpoint(event_storage, name, batch_size)
         self._stopping: asyncio.Event | None = None
         self._finished: asyncio.Event | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -148,9 +150,14 @@ class AsyncEventProcessor:
             StorageError: reading or committing failed (handler failures never raise).
         """
         count = await self._run_batches(None)
-        if self.pairings:
-            self._dispatch.run_released(self.pairings.values(), math.inf)
+        await self._release(math.inf)
         return count
+
+    async def _release(self, now: float) -> None:
+        """Hand what the shared pairings decide at wall-clock ``now`` to their handlers,
+        and keep what still waits (see ``omniq_observe.events._checkpoint``)."""
+        if self.pairings and self._dispatch.run_released(self.pairings.values(), now):
+            await self._checkpoint.save(self.pairings.values())
 
     async def _run_batches(self, stopping: asyncio.Event | None) -> int:
         """Handle batches until one comes back short (or ``stopping`` is set).
@@ -166,8 +173,7 @@ class AsyncEventProcessor:
             stats.heartbeat = time.monotonic()
             if not batch:
                 stats.caught_up = True
-                if self.pairings:
-                    self._dispatch.run_released(self.pairings.values(), time.time())
+                await self._release(time.time())
                 return total
             full = len(batch) >= limit and (stopping is None or not stopping.is_set())
             if full:
@@ -184,8 +190,8 @@ class AsyncEventProcessor:
                 raise
             if not full:
                 stats.caught_up = len(batch) < limit
-                if stats.caught_up and self.pairings:
-                    self._dispatch.run_released(self.pairings.values(), time.time())
+                if stats.caught_up:
+                    await self._release(time.time())
                 return total
             if ahead is not None:
                 batch = await ahead
@@ -194,11 +200,16 @@ class AsyncEventProcessor:
 
     async def _check_resumed(self) -> None:
         """Tell the shared pairings when a previous run committed a position (a restart):
-        tasks begun before it read their history."""
+        tasks begun before it read their history, and what the reorder window held when
+        that run ended is paired again."""
         self._resume_checked = True
-        if await self.event_storage.get_position(self.name) is not None:
+        if not self.pairings:
+            return
+        committed = await self.event_storage.get_position(self.name)
+        if committed is not None:
             for shared in self.pairings.values():
                 shared.pairing.resume()
+            await self._checkpoint.restore(self.pairings.values(), committed)
 
     async def _handle_batch(self, batch: list[StoredEvent]) -> int:
         """Run the handlers on every event of ``batch`` in order, then acknowledge it;
@@ -206,14 +217,19 @@ class AsyncEventProcessor:
 
         On backends with leases the batch's lease is renewed while the handlers run.
         """
-        stats = self.stats
+        stats, pairings = self.stats, self.pairings
         undecodable = stats.undecodable
+        if pairings:
+            self._checkpoint.begin(pairings.values(), batch)
         if self.event_storage.lease_seconds is None:
             await self._dispatch.run(batch)
         else:
             with LeaseRenewal(self.event_storage, self.consumer, batch, self._renew_failed):
                 await self._dispatch.run(batch)
+        if pairings:
+            await self._checkpoint.save(pairings.values())
         await self.event_storage.ack(self.consumer, batch)
+        self._checkpoint.acked(batch[-1].position)
         handled = len(batch) - (stats.undecodable - undecodable)
         stats.processed += handled
         stats.batches += 1
@@ -273,14 +289,21 @@ class AsyncEventProcessor:
                     self.stats.heartbeat = time.monotonic()
         finally:
             self.stats.running = False
-            if self.pairings:  # what waits for the reorder window is decided now
-                self._dispatch.run_released(self.pairings.values(), math.inf)
             try:
-                await self.event_storage.release(self.consumer)
-            except Exception as exc:
-                self._log.warning("omniq.release_failed", processor=self.name, error=str(exc))
+                await self._finish()
             finally:
                 finished.set()
+
+    async def _finish(self) -> None:
+        """Decide what waits for the reorder window, and give up the claimed events."""
+        try:
+            await self._release(math.inf)
+        except Exception as exc:  # (the checkpoint: the next run pairs them again)
+            self._log.warning("omniq.checkpoint_failed", processor=self.name, error=str(exc))
+        try:
+            await self.event_storage.release(self.consumer)
+        except Exception as exc:
+            self._log.warning("omniq.release_failed", processor=self.name, error=str(exc))
 
     async def stop(self) -> None:
         """Ask :meth:`start` to finish the batch in flight and commit it; wait until it has.

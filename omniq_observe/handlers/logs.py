@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from omniq_observe._semantics import (
+from omniq_observe._details import (
     DEFAULT_REDACT_KEYS,
     REDACTED,
     Redactor,

@@ -24,13 +24,13 @@ Decisions worth knowing (also in the README):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from omniq_observe._semantics import error_type_of
+from omniq_observe._details import error_type_of
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._prom_metrics import (
     CAPPED_LABELS,
@@ -133,28 +133,10 @@ class PrometheusHandler(PairedHandler):
         self._stats.watch(processor)
         self.refresh()
 
-    def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
-        """Record one event; returns an awaitable only when storage must be read."""
-        obs = self._pairing.try_observe(event, self)
-        if obs is None:
-            return self._handle_later(event)
-        self._record(obs)
-        if obs.released:
-            for other in obs.released:
-                self._record(other)
-        copier = self._copier
-        if copier is not None and copier.behind():
-            copier.copy()
-        return None
-
-    def handle(self, obs: Observation) -> None:
-        """Record one observation."""
-        self._record(obs)
-
     def refresh(self) -> None:
-        """Multiprocess mode: write the processor's self-metrics now (they are otherwise
-        written when a batch starts). Without it they are read at every scrape, and this
-        does nothing. Thread-safe."""
+        """Multiprocess mode: write the processor's self-metrics now, rather than when the
+        next batch starts. Outside multiprocess mode a collector reads them at every scrape,
+        and this does nothing. Thread-safe."""
         if self._copier is not None:
             self._copier.copy()
 
@@ -163,8 +145,11 @@ class PrometheusHandler(PairedHandler):
         self.metrics.unregister()
 
     # -- recording ----------------------------------------------------------------------
-    def _record(self, obs: Observation) -> None:
+    def handle(self, obs: Observation) -> None:
         """Record what one observation says, in its queue's series."""
+        copier = self._copier
+        if copier is not None and copier.behind():
+            copier.copy()
         if obs.duplicate:
             self._unpaired["duplicate"].inc()
             return

@@ -53,6 +53,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from omniq_observe._details import error_type_of, truncate
 from omniq_observe._otel import (
     ERROR_TYPE,
     EXCEPTION_MESSAGE,
@@ -69,7 +70,6 @@ from omniq_observe._otel import (
     process_attributes,
     start_producer_span,
 )
-from omniq_observe._semantics import error_type_of, truncate
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent
@@ -181,7 +181,7 @@ class TracingHandler(PairedHandler):
         # Trace contexts of the producer spans made here, until the task's attempts use them.
         self._produced: collections.OrderedDict[str, TraceContext] = collections.OrderedDict()
         self._names: dict[_NameKey, tuple[str, dict[str, AttributeValue]]] = {}
-        self._made = TaskSpans()  # the processor's, once attached (OTelLogsHandler reads it)
+        self._task_spans = TaskSpans()  # the processor's, once attached (OTelLogsHandler reads it)
 
     def attach(self, processor: Any) -> None:
         """Share the processor's pairing (which reads storage history after a restart).
@@ -190,7 +190,7 @@ class TracingHandler(PairedHandler):
         """
         super().attach(processor)
         self._pairing.pairing.keep_context = True
-        self._made = task_spans(processor)
+        self._task_spans = task_spans(processor)
 
     def handle(self, obs: Observation) -> None:
         """Draw what one observation ends: an attempt's span, expired attempts' spans, a
@@ -218,8 +218,8 @@ class TracingHandler(PairedHandler):
         span.end(end_time=event.timestamp_ns)
         self.stats.producer_spans += 1
         ctx = span.get_span_context()
-        if self._made.wanted:
-            self._made.made(event.event_id, ctx)
+        if self._task_spans.wanted:
+            self._task_spans.record(event.event_id, ctx)
         if ctx.is_valid:
             produced = self._produced
             produced[event.task_id] = (ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
@@ -246,8 +246,8 @@ class TracingHandler(PairedHandler):
             self._set_retried(span, end_event)
         span.end(end_time=end_ns)
         self.stats.spans += 1
-        if self._made.wanted:
-            self._made.made(end_event.event_id, span.get_span_context())
+        if self._task_spans.wanted:
+            self._task_spans.record(end_event.event_id, span.get_span_context())
         if status in _UNSUCCESSFUL:
             self._note(attempt.task_id).previous = span.get_span_context()
         elif self._produced:
