@@ -24,7 +24,7 @@ from opentelemetry.semconv.attributes.exception_attributes import (
 from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from omniq_observe._semantics import truncate
+from omniq_observe._details import truncate
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
 

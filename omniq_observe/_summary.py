@@ -4,8 +4,9 @@ Events are paired with :class:`~omniq_observe.pairing.TaskPairing`, the same rul
 Prometheus handler uses, so queues, durations and queue waits agree with ``/metrics``:
 
 * the queue of an event is its task's queue (from the task's ENQUEUED);
-* a duration is one attempt, STARTED to its terminal event (COMPLETED, FAILED, TIMEOUT,
-  CANCELLED); a queue wait is ENQUEUED (or RETRIED) to the next STARTED;
+* a duration is one attempt, STARTED to the event that ended it (COMPLETED, FAILED,
+  TIMEOUT, CANCELLED, or a RETRIED with no terminal event before it), ``Attempt.duration``;
+  a queue wait is ENQUEUED (or RETRIED) to the next STARTED, ``Observation.queue_wait``;
 * "failed" counts FAILED and TIMEOUT events; the success ratio is COMPLETED over
   COMPLETED + FAILED + TIMEOUT (per attempt; CANCELLED is left out), as in the recording
   rules and dashboards (``omniq_observe.models.event.FINISHED_TYPES``);
@@ -23,9 +24,9 @@ from array import array
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from omniq_observe._semantics import queue_of
+from omniq_observe._details import queue_of
 from omniq_observe.models.event import FAILED_TYPES, FINISHED_TYPES, EventType, TaskEvent
-from omniq_observe.pairing import UNKNOWN_QUEUE, Observation, TaskPairing
+from omniq_observe.pairing import UNKNOWN_QUEUE, Attempt, Observation, TaskPairing
 
 __all__ = [
     "EVENT_TYPES",
@@ -155,11 +156,8 @@ class Summary:
             return
         event = obs.event
         ts = event.timestamp.timestamp()
-        queue = obs.queue
-        figures = self.figures.get(queue)
-        if figures is None:
-            figures = self.figures[queue] = QueueFigures(queue)
-        recent = self._recent_of(queue)
+        figures = self._figures_of(obs.queue)
+        recent = self._recent_of(obs.queue)
         windowed = self.window is not None
         if obs.counted:
             self.observed += 1
@@ -174,15 +172,24 @@ class Summary:
                 recent.waits.append((ts, obs.queue_wait))
         if obs.opened:
             recent.running[event.task_id] = ts
-        closed = obs.closed
-        if closed is not None:
-            self._recent_of(closed.queue).running.pop(closed.task_id, None)
-            if closed.status != "retried":
-                figures.durations.append(closed.duration)
-                if windowed:
-                    recent.durations.append((ts, closed.duration))
+        if obs.closed is not None:
+            self._end(obs.closed, ts)
         for attempt in obs.expired:
             self._recent_of(attempt.queue).running.pop(attempt.task_id, None)
+
+    def _end(self, attempt: Attempt, ts: float) -> None:
+        """An attempt ended (seen at event time ``ts``): its duration counts in its queue."""
+        recent = self._recent_of(attempt.queue)
+        recent.running.pop(attempt.task_id, None)
+        self._figures_of(attempt.queue).durations.append(attempt.duration)
+        if self.window is not None:
+            recent.durations.append((ts, attempt.duration))
+
+    def _figures_of(self, queue: str) -> QueueFigures:
+        figures = self.figures.get(queue)
+        if figures is None:
+            figures = self.figures[queue] = QueueFigures(queue)
+        return figures
 
     def _recent_of(self, queue: str) -> _Recent:
         recent = self._recent.get(queue)

@@ -346,37 +346,51 @@ def start_http_server(
             route.
         OSError: the address cannot be bound.
     """
-    if (certfile is None) != (keyfile is None):
-        msg = "certfile and keyfile go together; got only " + (
-            "certfile" if keyfile is None else "keyfile"
-        )
-        raise ConfigurationError(msg, setting="certfile", value=certfile or keyfile)
-    context: ssl.SSLContext | None = None
-    if certfile is not None and keyfile is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            context.load_cert_chain(certfile, keyfile)
-        except (OSError, ssl.SSLError) as exc:
-            msg = f"cannot load TLS certificate {certfile!r} / key {keyfile!r}: {exc}"
-            raise ConfigurationError(msg, setting="certfile", value=certfile) from exc
+    context = _tls_context(certfile, keyfile)
     app = make_wsgi_app(
         registry, health=health, basic_auth=basic_auth, disable_compression=disable_compression,
         routes=routes,
     )
-
-    class _Server(BoundedWSGIServer):
-        address_family = _family(addr)
-
-    httpd = make_server(addr, port, app, _Server, handler_class=_QuietHandler)
+    httpd = _bind(addr, port, app)
     httpd.ssl_context = context
     thread = threading.Thread(
         target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="omniq-metrics",
         daemon=True,
     )
     thread.start()
-    bound_port = int(httpd.server_address[1])
-    return MetricsServer(httpd, thread, addr, bound_port, context is not None)
+    return MetricsServer(httpd, thread, addr, int(httpd.server_address[1]), context is not None)
+
+
+def _tls_context(certfile: str | None, keyfile: str | None) -> ssl.SSLContext | None:
+    """A TLS 1.2+ server context for the certificate and key; ``None`` for plain HTTP.
+
+    Raises:
+        ConfigurationError: only one of the two files, or they cannot be loaded.
+    """
+    if (certfile is None) != (keyfile is None):
+        msg = "certfile and keyfile go together; got only " + (
+            "certfile" if keyfile is None else "keyfile"
+        )
+        raise ConfigurationError(msg, setting="certfile", value=certfile or keyfile)
+    if certfile is None or keyfile is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        msg = f"cannot load TLS certificate {certfile!r} / key {keyfile!r}: {exc}"
+        raise ConfigurationError(msg, setting="certfile", value=certfile) from exc
+    return context
+
+
+def _bind(addr: str, port: int, app: WSGIApp) -> BoundedWSGIServer:
+    """A quiet, bounded WSGI server listening on ``addr:port`` (IPv4 or IPv6)."""
+
+    class _Server(BoundedWSGIServer):
+        address_family = _family(addr)
+
+    return make_server(addr, port, app, _Server, handler_class=_QuietHandler)
 
 
 def _family(addr: str) -> int:

@@ -40,8 +40,8 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from omniq_observe._details import queue_of, truncate
 from omniq_observe._otel import check_link_mode, get_tracer, process_attributes
-from omniq_observe._semantics import queue_of, truncate
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["extract_trace_context", "inject_trace_context", "task_span"]

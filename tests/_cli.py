@@ -1,8 +1,11 @@
-"""Helpers for the CLI tests: run ``omniq-observe`` as a real subprocess, fixed events."""
+"""Helpers for the CLI tests: run ``omniq-observe`` as a real subprocess or in-process,
+fixed events."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -11,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import IN_CI
 
 from omniq_observe.backend import SQLiteBackend
+from omniq_observe.cli import main
 from omniq_observe.models.event import TaskEvent
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60.0,
@@ -31,6 +34,28 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60.0,
         [sys.executable, "-m", "omniq_observe", *args],
         text=True, env=full_env, timeout=timeout, **options,
     )
+
+
+def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``omniq-observe ARGS`` through ``main(argv)`` in this process, like :func:`cli`.
+
+    For argument and storage errors, which end before any work starts: no interpreter to
+    spawn, the same exit code, stdout and stderr.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [k for k in os.environ if k.startswith("OMNIQ_OBSERVE_")]:
+            patch.delenv(name)
+        patch.setenv("COLUMNS", "80")  # argparse wraps help as it would without a terminal
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["omniq-observe", *args], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def popen(*args: str, **options: Any) -> subprocess.Popen[str]:

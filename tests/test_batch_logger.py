@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import async_wait_until, wait_until
+from _helpers import async_wait_until, wait_until
 from opentelemetry.sdk.trace import TracerProvider
 
 from omniq_observe.backend import MemoryBackend, SQLiteBackend

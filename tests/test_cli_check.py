@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from _cli import base_time, cli, fixture_events, store, url
-from conftest import REDIS_URL, free_port, require_server, wait_until
+from _helpers import REDIS_URL, free_port, require_server, wait_until
 
 from omniq_observe.backend import SQLiteBackend
 

@@ -1,5 +1,8 @@
 """What every command shares: --help with examples, one-line errors with exit code 2,
-tracebacks only with --debug, settings from OMNIQ_OBSERVE_* variables."""
+tracebacks only with --debug, settings from OMNIQ_OBSERVE_* variables.
+
+Argument and storage errors run in-process through ``main(argv)`` (``run_main``); the
+tests at the end, and one of each kind of error, run the real ``python -m omniq_observe``."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _cli import cli, url
+from _cli import cli, run_main, url
 
 COMMANDS = ["demo", "tail", "top", "stats", "prune", "check"]
 # The extra arguments a command needs to get as far as opening storage.
@@ -16,7 +19,7 @@ NEEDS = {"prune": ["--older-than", "7d", "--yes"]}
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_has_examples(command: str) -> None:
-    result = cli(command, "--help")
+    result = run_main(command, "--help")
     assert result.returncode == 0
     assert "examples:\n  omniq-observe " + command in result.stdout
     assert "--storage URL" in result.stdout
@@ -25,7 +28,7 @@ def test_help_has_examples(command: str) -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_bad_url_is_one_line_and_exit_2(command: str) -> None:
-    result = cli(command, "--storage", "mysql://db/events", *NEEDS.get(command, []))
+    result = run_main(command, "--storage", "mysql://db/events", *NEEDS.get(command, []))
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == (
@@ -37,7 +40,7 @@ def test_bad_url_is_one_line_and_exit_2(command: str) -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_unreachable_server_is_one_line_and_exit_2(command: str) -> None:
-    result = cli(command, "--storage", "redis://127.0.0.1:1/0", *NEEDS.get(command, []))
+    result = run_main(command, "--storage", "redis://127.0.0.1:1/0", *NEEDS.get(command, []))
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith(
@@ -48,7 +51,7 @@ def test_unreachable_server_is_one_line_and_exit_2(command: str) -> None:
 
 
 def test_password_is_not_printed() -> None:
-    result = cli("check", "--storage", "redis://:hunter2@127.0.0.1:1/0")
+    result = run_main("check", "--storage", "redis://:hunter2@127.0.0.1:1/0")
     assert result.returncode == 2
     assert "hunter2" not in result.stderr
     assert "redis://:***@127.0.0.1:1/0" in result.stderr
@@ -60,7 +63,7 @@ def test_password_is_not_printed() -> None:
      ("prune", "--older-than")],
 )
 def test_bad_duration_is_one_line_and_exit_2(command: str, flag: str) -> None:
-    result = cli(command, flag, "10 parsecs")
+    result = run_main(command, flag, "10 parsecs")
     assert result.returncode == 2
     setting = flag.lstrip("-")
     assert result.stderr.splitlines()[-1] == (
@@ -79,7 +82,7 @@ def test_bad_duration_is_one_line_and_exit_2(command: str, flag: str) -> None:
     ],
 )
 def test_demo_bad_numbers(flag: str, value: str, message: str) -> None:
-    result = cli("demo", flag, value)
+    result = run_main("demo", flag, value)
     assert result.returncode == 2
     expected = f"omniq-observe demo: error: argument {flag}: {message}"
     assert result.stderr.splitlines()[-1] == expected
@@ -124,3 +127,15 @@ def test_default_storage_is_the_sqlite_file_in_the_current_directory(tmp_path: P
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].endswith(" tasks to sqlite:///omniq-events.db")
     assert (tmp_path / "omniq-events.db").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("tail", "--help"), ("stats", "--since", "10 parsecs"),
+     ("check", "--storage", "mysql://db/events"), ("check", "--storage", "redis://127.0.0.1:1/0")],
+)
+def test_in_process_runs_match_the_real_command(args: tuple[str, ...]) -> None:
+    real, in_process = cli(*args), run_main(*args)
+    assert (in_process.returncode, in_process.stdout, in_process.stderr) == (
+        real.returncode, real.stdout, real.stderr
+    )

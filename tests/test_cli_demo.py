@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from _cli import cli, popen, require_serve, url
-from conftest import free_port, wait_until
+from _helpers import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from omniq_observe._summary import EVENT_TYPES

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from _cli import base_time, cli, fixture_events, popen, store, url
-from conftest import free_port, wait_until
+from _helpers import free_port, wait_until
 
 from omniq_observe.cli._main import build_parser
 from omniq_observe.models.event import TaskEvent

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from _cli import FIXTURE, base_time, cli, fixture_events, popen, store, url
-from conftest import wait_until
+from _helpers import wait_until
 
 from omniq_observe.models.event import TaskEvent, decode_event
 

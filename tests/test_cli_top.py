@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from _cli import IN_CI, base_time, cli, fixture_events, store, url
-from conftest import wait_until
+from _helpers import wait_until
 from rich.console import Console
 
 from omniq_observe._summary import QueueLive, Summary

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from _helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA_DIR = ROOT / "dashboards" / "grafana"
@@ -215,13 +215,6 @@ def required_binary(name: str) -> str:
             pytest.fail(f"{name} is required in CI: apt-get install prometheus")
         pytest.skip(f"{name} is not installed (Debian package prometheus)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -25,8 +25,8 @@ from typing import Any
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from _helpers import POSTGRES_URL, REDIS_URL, async_wait_until, free_port, wait_until
 from _server_backends import make_postgres, make_redis, unique_name
-from conftest import POSTGRES_URL, REDIS_URL, async_wait_until, free_port, wait_until
 
 from omniq_observe.backend import BaseEventStorage
 from omniq_observe.backend.postgres import PostgresBackend

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import gzip
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import IN_CI
 from prometheus_client import CollectorRegistry, Counter
 
 from omniq_observe.events.processor import ProcessorStats
@@ -28,8 +28,6 @@ from omniq_observe.exporter import (
     make_wsgi_app,
     start_http_server,
 )
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from _helpers import wait_until
 from prometheus_client import CollectorRegistry
 from test_exporter import get, self_signed
 from test_serve import Serve

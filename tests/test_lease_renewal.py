@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import structlog
+from _helpers import POSTGRES_URL, REDIS_URL, async_wait_until
 from _server_backends import make_postgres, make_redis
-from conftest import POSTGRES_URL, REDIS_URL, async_wait_until
 
 from omniq_observe.backend import BaseEventStorage, MemoryBackend, from_url
 from omniq_observe.backend.base import Consumer, StoredEvent

@@ -37,12 +37,12 @@ async def test_unbounded_by_default() -> None:
     assert backend.max_events is None
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "10"])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "10", True, float("nan")])
 def test_max_events_must_be_a_positive_integer(bad: object) -> None:
     with pytest.raises(ConfigurationError) as info:
         MemoryBackend(max_events=bad)  # type: ignore[arg-type]
     assert info.value.setting == "max_events"
-    assert info.value.value == bad
+    assert info.value.value is bad
     assert repr(bad) in str(info.value)
 
 

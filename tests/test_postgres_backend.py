@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import msgspec
 import psycopg
 import pytest
+from _helpers import POSTGRES_URL, async_wait_until
 from _server_backends import TestPostgresBackend, make_postgres, unique_name
-from conftest import POSTGRES_URL, async_wait_until
 
 from omniq_observe.backend import Consumer, DeadLetter, from_url
 from omniq_observe.backend._pg_schema import migrations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from conftest import async_wait_until, wait_until
+from _helpers import async_wait_until, wait_until
 
 from omniq_observe.backend import BaseEventStorage, SQLiteBackend
 from omniq_observe.events import AsyncEventProcessor

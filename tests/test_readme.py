@@ -71,7 +71,7 @@ def test_the_prometheus_command_is_safe_to_paste_and_runs(tmp_path: Path) -> Non
     import signal
     import urllib.request
 
-    from conftest import IN_CI, free_port, wait_until
+    from _helpers import IN_CI, free_port, wait_until
 
     text = README.read_text(encoding="utf-8")
     [line] = [ln for ln in text.splitlines() if ln.startswith("prometheus --config.file=")]

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis.asyncio as aioredis
+from _helpers import REDIS_URL, async_wait_until
 from _server_backends import TestRedisBackend, make_redis
-from conftest import REDIS_URL, async_wait_until
 
 from omniq_observe.backend import Consumer, DeadLetter, from_url
 from omniq_observe.backend.redis import RedisBackend

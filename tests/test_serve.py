@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, async_wait_until, free_port, wait_until
+from _helpers import IN_CI, async_wait_until, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from omniq_observe.backend import MemoryBackend, SQLiteBackend

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import async_wait_until
+from _helpers import async_wait_until
 
 from omniq_observe.backend import SQLiteBackend, from_url
 from omniq_observe.backend.sqlite import _backend as sqlite_module

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import async_wait_until, wait_until
+from _helpers import async_wait_until, wait_until
 from prometheus_client import CollectorRegistry
 from test_distributed import _caught_up, _events, _Workers
 

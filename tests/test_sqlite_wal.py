@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import async_wait_until
+from _helpers import async_wait_until
 
 from omniq_observe.backend import SQLiteBackend
 from omniq_observe.backend.sqlite import _writer

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis.asyncio as aioredis
-from conftest import POSTGRES_URL, REDIS_URL
+from _helpers import POSTGRES_URL, REDIS_URL
 from prometheus_client import CollectorRegistry
 from test_backend_contract import make_events
 

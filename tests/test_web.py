@@ -23,7 +23,7 @@ import pytest
 from _browser import chromium, require_browser
 from _cli import cli, popen, url
 from _cli import store as append
-from conftest import free_port, wait_until
+from _helpers import free_port, wait_until
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BACKEND_FACTORIES
+from _server_backends import BACKEND_FACTORIES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

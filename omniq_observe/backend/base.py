@@ -33,7 +33,8 @@ from typing import Any, overload
 
 import msgspec
 
-from omniq_observe.exceptions import ConfigurationError, InvalidEventError
+from omniq_observe._validate import optional_non_negative_int
+from omniq_observe.exceptions import InvalidEventError
 from omniq_observe.models.event import TaskEvent, decode_event, encode_event, epoch_us
 
 __all__ = [
@@ -351,11 +352,7 @@ def check_prune_limit(max_events: int | None) -> None:
     Raises:
         ConfigurationError: ``max_events`` is negative or not an integer.
     """
-    if max_events is not None and (
-        not isinstance(max_events, int) or isinstance(max_events, bool) or max_events < 0
-    ):
-        msg = f"max_events must be an integer >= 0 or None, got {max_events!r}"
-        raise ConfigurationError(msg, setting="max_events", value=max_events)
+    optional_non_negative_int("max_events", max_events)
 
 
 def _after(a: Position, b: Position) -> bool:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime
 
+from omniq_observe._validate import optional_positive_int
 from omniq_observe.backend.base import (
     BaseEventStorage,
     Health,
@@ -17,7 +18,6 @@ from omniq_observe.backend.base import (
     check_prune_limit,
     query_matches,
 )
-from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["MemoryBackend"]
@@ -40,10 +40,7 @@ class MemoryBackend(BaseEventStorage):
     read_ahead = True
 
     def __init__(self, max_events: int | None = None) -> None:
-        if max_events is not None and (not isinstance(max_events, int) or max_events < 1):
-            msg = f"max_events must be a positive integer or None, got {max_events!r}"
-            raise ConfigurationError(msg, setting="max_events", value=max_events)
-        self.max_events = max_events
+        self.max_events = optional_positive_int("max_events", max_events)
         self._lock = threading.Lock()
         self._keys: list[int] = []  # positions, ascending, parallel to _events
         self._events: list[TaskEvent] = []

@@ -31,8 +31,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
+from omniq_observe._validate import between, fraction
 from omniq_observe.events.logger import AsyncEventLogger
-from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
 
 __all__ = [
@@ -156,12 +156,8 @@ class Workload:
         tracer_provider: TracerProvider | None = None,
         incident: tuple[str, float] | None = None,
     ) -> None:
-        if not 1 <= queues <= 1000:
-            msg = f"queues must be between 1 and 1000, got {queues!r}"
-            raise ConfigurationError(msg, setting="queues", value=queues)
-        if not 0.0 <= failure_rate <= 1.0:
-            msg = f"failure rate must be between 0 and 1, got {failure_rate!r}"
-            raise ConfigurationError(msg, setting="failure_rate", value=failure_rate)
+        queues = between("queues", queues, 1, 1000)
+        failure_rate = fraction("failure_rate", failure_rate)
         self.profiles = [_profile(i) for i in range(queues)]
         self.weights = [1.0 / (i + 1) for i in range(queues)]
         self.failure_rate = failure_rate
@@ -333,43 +329,70 @@ async def backfill(
     enqueued_before = tally.by_type()["ENQUEUED"]
     end = time.time() if end is None else end
     spacing = 1.0 / rate
-    start = end - MAX_TASK_SPAN - count * spacing
-    timeline = Timeline()
-    pending: list[tuple[str, TaskEvent]] = []
-    writing: asyncio.Task[None] | None = None  # the next batch is made while this one commits
-    made = 0
-    try:
-        for index in range(count):
-            if stop is not None and stop.is_set():
-                break
-            enqueued_at = start + (index + workload.rng.random()) * spacing
-            timeline.push(*workload.task(enqueued_at))
-            made += 1
-            pending.extend(timeline.pop_until(enqueued_at))
-            if len(pending) >= batch_size:
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(_write(logger, pending, tally))
-                pending = []
-                if on_progress is not None:
-                    on_progress(made)
-                    made = 0
-        if writing is not None:
-            await writing
-            writing = None
-    finally:
-        if writing is not None and not writing.done():
-            writing.cancel()
+    run = _Backfill(logger, workload, tally, batch_size, on_progress)
+    await run.make(end - MAX_TASK_SPAN - count * spacing, spacing, count, stop)
     if stop is not None and stop.is_set():
         tally.tasks += tally.by_type()["ENQUEUED"] - enqueued_before
         return tally
-    pending.extend(timeline.pop_until(float("inf")))
-    for first in range(0, len(pending), batch_size):
-        await _write(logger, pending[first : first + batch_size], tally)
-    if on_progress is not None and made:
-        on_progress(made)
+    await run.finish()
     tally.tasks += count
     return tally
+
+
+@dataclass
+class _Backfill:
+    """Makes tasks in arrival order and writes their events once due, each batch
+    committing while the next one is made."""
+
+    logger: AsyncEventLogger
+    workload: Workload
+    tally: Tally
+    batch_size: int
+    on_progress: Callable[[int], None] | None
+    timeline: Timeline = field(default_factory=Timeline)
+    pending: list[tuple[str, TaskEvent]] = field(default_factory=list)  # due, not yet written
+    made: int = 0  # tasks made since the last progress report
+    _writing: asyncio.Task[None] | None = None
+
+    async def make(
+        self, start: float, spacing: float, count: int, stop: asyncio.Event | None
+    ) -> None:
+        """Make ``count`` tasks about ``spacing`` apart from ``start`` on; write the events
+        due by then in batches. Stops early, after the batch in flight, when ``stop`` is set."""
+        try:
+            for index in range(count):
+                if stop is not None and stop.is_set():
+                    break
+                enqueued_at = start + (index + self.workload.rng.random()) * spacing
+                self.timeline.push(*self.workload.task(enqueued_at))
+                self.made += 1
+                self.pending.extend(self.timeline.pop_until(enqueued_at))
+                if len(self.pending) >= self.batch_size:
+                    await self._write_pending()
+            if self._writing is not None:
+                await self._writing
+        finally:
+            if self._writing is not None and not self._writing.done():
+                self._writing.cancel()
+
+    async def _write_pending(self) -> None:
+        """Start writing the pending events once the batch before has committed."""
+        if self._writing is not None:
+            await self._writing
+        self._writing = asyncio.ensure_future(_write(self.logger, self.pending, self.tally))
+        self.pending = []
+        if self.on_progress is not None:
+            self.on_progress(self.made)
+            self.made = 0
+
+    async def finish(self) -> None:
+        """Write every event still held (the tasks' later events), then report progress."""
+        rest = self.pending + self.timeline.pop_until(float("inf"))
+        self.pending = []
+        for first in range(0, len(rest), self.batch_size):
+            await _write(self.logger, rest[first : first + self.batch_size], self.tally)
+        if self.on_progress is not None and self.made:
+            self.on_progress(self.made)
 
 
 async def run_live(

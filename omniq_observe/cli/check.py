@@ -23,6 +23,7 @@ from omniq_observe.cli._run import (
     run_until_signal,
     safe_url,
 )
+from omniq_observe.events._checkpoint import CHECKPOINT_SUFFIXES
 
 __all__ = ["inspect_storage", "register", "run"]
 
@@ -109,6 +110,8 @@ async def inspect_storage(storage: BaseEventStorage, url: str) -> dict[str, Any]
     now = time.time()
     processors = []
     for name, position in sorted((await storage.positions()).items()):
+        if name.endswith(CHECKPOINT_SUFFIXES):
+            continue  # what a processor's reorder window holds, not a processor
         behind, first = await _behind(storage, position)
         processors.append({
             "name": name,

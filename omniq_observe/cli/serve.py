@@ -26,7 +26,7 @@ from omniq_observe.cli._common import (
 )
 from omniq_observe.cli._run import check_reachable
 from omniq_observe.events import AsyncEventProcessor
-from omniq_observe.exporter import ProcessorHealth, start_http_server
+from omniq_observe.exporter import MetricsServer, ProcessorHealth, start_http_server
 from omniq_observe.handlers.logs import StructlogHandler
 from omniq_observe.handlers.prometheus import PrometheusHandler
 from omniq_observe.web import WebState, WebView
@@ -161,22 +161,12 @@ def configure_logging(log_format: str, log_level: str) -> None:
 
 
 async def run_server(
-    storage: str | BaseEventStorage,
-    *,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    name: str = "default",
-    log_format: str = "console",
-    log_level: str = "info",
-    stop: asyncio.Event | None = None,
-    ready: Callable[[int], None] | None = None,
-    certfile: str | None = None,
-    keyfile: str | None = None,
-    basic_auth: tuple[str, str] | None = None,
-    max_lag: float = 60.0,
-    log_events: bool = False,
-    web: bool = True,
-    trace_url: str | None = None,
+    storage: str | BaseEventStorage, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+    name: str = "default", log_format: str = "console", log_level: str = "info",
+    stop: asyncio.Event | None = None, ready: Callable[[int], None] | None = None,
+    certfile: str | None = None, keyfile: str | None = None,
+    basic_auth: tuple[str, str] | None = None, max_lag: float = 60.0,
+    log_events: bool = False, web: bool = True, trace_url: str | None = None,
 ) -> None:
     """Process events from ``storage`` with Prometheus and structlog handlers and serve
     /metrics and /healthz until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
@@ -208,49 +198,68 @@ async def run_server(
     """
     configure_logging(log_format, log_level)
     log = structlog.get_logger("omniq_observe.serve")
-    owned = isinstance(storage, str)
     backend = from_url(storage) if isinstance(storage, str) else storage
     url = storage if isinstance(storage, str) else type(storage).__name__
     server = None
     try:
         await check_reachable(backend, url, _CONNECT_TIMEOUT)
-        processor = AsyncEventProcessor(event_storage=backend, name=name)
-        registry = CollectorRegistry()
-        metrics = PrometheusHandler(registry=registry)
-        processor.register_handler(metrics)
-        if log_events or log_level.lower() == "debug":
-            processor.register_handler(StructlogHandler())
+        processor, registry = _processor(backend, name, log_events or log_level.lower() == "debug")
         view = WebView(WebState(backend), asyncio.get_running_loop(), trace_url) if web else None
-        try:
-            server = start_http_server(
-                port, host, registry, health=ProcessorHealth(processor.stats, max_lag=max_lag),
-                certfile=certfile, keyfile=keyfile, basic_auth=basic_auth,
-                routes=None if view is None else view.routes(),
-            )
-        except OSError as exc:
-            if exc.filename is not None or isinstance(exc, ssl.SSLError):
-                raise  # a certificate or key file, not the address
-            raise address_error(host, port, exc) from exc
+        health = ProcessorHealth(processor.stats, max_lag=max_lag)
+        server = _listen(host, port, registry, health, view, certfile, keyfile, basic_auth)
         log.info("omniq.serve_started", url=f"{server.url}/metrics", storage=url,
                  processor=name, web=f"{server.url}/" if web else None)
-        if stop is None:
-            stop = asyncio.Event()
-            _on_signals(stop)
         if ready is not None:
             ready(server.port)
-        following = None if view is None else asyncio.ensure_future(view.state.run(stop))
-        try:
-            await _run_until(processor, stop)
-        finally:
-            if following is not None:  # read-only: stopped at once, even mid-load
-                following.cancel()
-                await asyncio.gather(following, return_exceptions=True)
+        await _process(processor, view, _stop_on_signals() if stop is None else stop)
         log.info("omniq.serve_stopped", processor=name, processed=processor.stats.processed)
     finally:
         if server is not None:
             server.close()
-        if owned:
+        if isinstance(storage, str):  # a backend passed in stays open
             await backend.close()
+
+
+def _processor(
+    backend: BaseEventStorage, name: str, log_events: bool
+) -> tuple[AsyncEventProcessor, CollectorRegistry]:
+    """The processor with its Prometheus handler (and structlog's when ``log_events``)."""
+    processor = AsyncEventProcessor(event_storage=backend, name=name)
+    registry = CollectorRegistry()
+    processor.register_handler(PrometheusHandler(registry=registry))
+    if log_events:
+        processor.register_handler(StructlogHandler())
+    return processor, registry
+
+
+def _listen(
+    host: str, port: int, registry: CollectorRegistry, health: ProcessorHealth,
+    view: WebView | None, certfile: str | None, keyfile: str | None,
+    basic_auth: tuple[str, str] | None,
+) -> MetricsServer:
+    """Serve /metrics, /healthz and the web view; an address that cannot be bound raises
+    an ``AddressError`` saying what to do."""
+    routes = None if view is None else view.routes()
+    try:
+        return start_http_server(port, host, registry, health=health, routes=routes,
+                                 certfile=certfile, keyfile=keyfile, basic_auth=basic_auth)
+    except OSError as exc:
+        if exc.filename is not None or isinstance(exc, ssl.SSLError):
+            raise  # a certificate or key file, not the address
+        raise address_error(host, port, exc) from exc
+
+
+async def _process(
+    processor: AsyncEventProcessor, view: WebView | None, stop: asyncio.Event
+) -> None:
+    """Run the processor, and the web view's follower when there is one, until ``stop``."""
+    following = None if view is None else asyncio.ensure_future(view.state.run(stop))
+    try:
+        await _run_until(processor, stop)
+    finally:
+        if following is not None:  # read-only: stopped at once, even mid-load
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
 
 
 async def _run_until(processor: AsyncEventProcessor, stop: asyncio.Event) -> None:
@@ -266,8 +275,11 @@ async def _run_until(processor: AsyncEventProcessor, stop: asyncio.Event) -> Non
         await task  # re-raises what ended the loop, if anything did
 
 
-def _on_signals(stop: asyncio.Event) -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM and SIGINT set."""
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
+    return stop

@@ -15,8 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from omniq_observe._details import truncate
 from omniq_observe._follow import later_position
-from omniq_observe._semantics import truncate
 from omniq_observe._summary import QueueResolver
 from omniq_observe.backend import BaseEventStorage, Position
 from omniq_observe.cli._common import add_storage_argument, duration_type
@@ -120,6 +120,10 @@ class _Filter:
             out.append((queue, event))
         return out
 
+    def passes_all(self) -> bool:
+        """True when no type or queue filter is set (a task filter is checked apart)."""
+        return self.types is None and self.queue is None
+
 
 async def _tail(args: argparse.Namespace, stop: asyncio.Event) -> int:
     console = make_console()
@@ -151,36 +155,64 @@ async def _tail(args: argparse.Namespace, stop: asyncio.Event) -> int:
     return 0
 
 
+Rows = list[tuple[str, TaskEvent]]
+
+
 async def _backlog(
     storage: BaseEventStorage,
     args: argparse.Namespace,
     selector: _Filter,
     lines: int | None,
     start: Position | None,
-) -> tuple[list[tuple[str, TaskEvent]], Position | None]:
+) -> tuple[Rows, Position | None]:
     """The matching events already stored (the last ``lines`` of them), and the position
-    of the newest event read."""
-    kept: collections.deque[tuple[str, TaskEvent]] = collections.deque(maxlen=lines)
+    of the newest event read.
+
+    One task reads its history; the last N events of a numbered log are read directly;
+    anything else scans the log with ``query``.
+    """
     if lines == 0 or start is None:
         return [], None
     since = None if args.since is None else datetime.now(timezone.utc) - args.since
     if args.task is not None:
-        history = await storage.task_history(args.task, limit=1_000_000)
-        if since is not None:
-            history = [e for e in history if e.timestamp >= since]
-        kept.extend(await selector.select(history))
-        return list(kept), start
-    if (
-        isinstance(start, int)
-        and lines is not None
-        and since is None
-        and selector.types is None
-        and selector.queue is None
-    ):
-        # The last N events of a numbered log need no scan.
-        stored = await storage.read_after(max(-1, start - lines), lines)
-        kept.extend(await selector.select(s.event for s in stored))
-        return list(kept), stored[-1].position if stored else start
+        return await _task_backlog(storage, args.task, selector, lines, since), start
+    if isinstance(start, int) and lines is not None and since is None and selector.passes_all():
+        return await _last_events(storage, selector, lines, start)
+    return await _scanned_backlog(storage, selector, lines, since, start)
+
+
+async def _task_backlog(
+    storage: BaseEventStorage,
+    task_id: str,
+    selector: _Filter,
+    lines: int | None,
+    since: datetime | None,
+) -> Rows:
+    """The last ``lines`` matching events of one task's history, from ``since`` on."""
+    history = await storage.task_history(task_id, limit=1_000_000)
+    if since is not None:
+        history = [e for e in history if e.timestamp >= since]
+    return _last(await selector.select(history), lines)
+
+
+async def _last_events(
+    storage: BaseEventStorage, selector: _Filter, lines: int, start: int
+) -> tuple[Rows, Position | None]:
+    """The last ``lines`` events of a log numbered 1, 2, 3, ...: one read, no scan."""
+    stored = await storage.read_after(max(-1, start - lines), lines)
+    rows = await selector.select(s.event for s in stored)
+    return _last(rows, lines), stored[-1].position if stored else start
+
+
+async def _scanned_backlog(
+    storage: BaseEventStorage,
+    selector: _Filter,
+    lines: int | None,
+    since: datetime | None,
+    start: Position,
+) -> tuple[Rows, Position | None]:
+    """The last ``lines`` matching events, found by paging through ``query``."""
+    kept: collections.deque[tuple[str, TaskEvent]] = collections.deque(maxlen=lines)
     types = sorted(selector.types) if selector.types else None
     after: Position | None = None
     newest: Position | None = start
@@ -190,9 +222,12 @@ async def _backlog(
         if page.events:
             newest = later_position(newest, page.events[-1].position)
         if page.next_cursor is None:
-            break
+            return list(kept), newest
         after = page.next_cursor
-    return list(kept), newest
+
+
+def _last(rows: Rows, lines: int | None) -> Rows:
+    return rows if lines is None else rows[-lines:]
 
 
 def _note_unseen_queue(selector: _Filter) -> None:

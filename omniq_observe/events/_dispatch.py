@@ -16,16 +16,29 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from omniq_observe.backend.base import DeadLetter, StoredEvent, UndecodableEvent
+from omniq_observe.backend.base import (
+    BaseEventStorage,
+    DeadLetter,
+    StoredEvent,
+    UndecodableEvent,
+)
+from omniq_observe.events._stats import ProcessorStats
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
 
-if TYPE_CHECKING:
-    from omniq_observe.events.processor import AsyncEventProcessor
+__all__ = ["Dispatcher", "Owner", "Registration"]
 
-__all__ = ["Dispatcher", "Registration"]
+
+class Owner(Protocol):
+    """What the dispatcher reads of its processor when a handler fails (the processor's
+    settings may change after it was made, so they are read then, not copied)."""
+
+    name: str
+    stats: ProcessorStats
+    event_storage: BaseEventStorage
+    max_handler_attempts: int
 
 
 @dataclass(slots=True)
@@ -74,7 +87,7 @@ class Dispatcher:
         log: the structlog logger for handler failures.
     """
 
-    def __init__(self, processor: AsyncEventProcessor, log: Any) -> None:
+    def __init__(self, processor: Owner, log: Any) -> None:
         self._processor = processor
         self._log = log
         self.registrations: list[Registration] = []
@@ -121,12 +134,15 @@ class Dispatcher:
                 except Exception as exc:
                     await self._retry_or_dead_letter(reg, stored, exc)
 
-    def run_released(self, pairings: Iterable[Any], now: float) -> None:
+    def run_released(self, pairings: Iterable[Any], now: float) -> int:
         """Hand what the shared pairings decide at wall-clock ``now`` (the processor has
-        caught up) to their handlers; never raises for them."""
+        caught up) to their handlers; never raises for them. Returns how many
+        observations were decided."""
         names = {id(reg.handler): reg.name for reg in self.registrations}
+        decided = 0
         for shared in pairings:
             released = shared.release(now)
+            decided += len(released)
             for handler in shared.handlers if released else ():
                 try:
                     for obs in released:
@@ -136,6 +152,7 @@ class Dispatcher:
                     self._processor.stats.handler_errors[name] += 1
                     self._log.error("omniq.handler_failed", processor=self._processor.name,
                                     handler=name, error=f"{type(exc).__name__}: {exc}")
+        return decided
 
     async def _retry_or_dead_letter(
         self, reg: Registration, stored: StoredEvent, first_error: Exception

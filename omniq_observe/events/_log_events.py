@@ -13,8 +13,8 @@ from opentelemetry._logs import LoggerProvider, LogRecord, SeverityNumber
 from opentelemetry.context import Context
 from opentelemetry.util.types import AttributeValue
 
+from omniq_observe._details import Redactor
 from omniq_observe._otel import event_name, get_logger
-from omniq_observe._semantics import Redactor
 from omniq_observe.events._spans import SpanEventWriter
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent

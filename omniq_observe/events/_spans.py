@@ -7,6 +7,7 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
 from opentelemetry.util.types import AttributeValue
 
+from omniq_observe._details import Redactor, error_type_of, queue_of, truncate
 from omniq_observe._otel import (
     ERROR_TYPE,
     MESSAGING_DESTINATION_NAME,
@@ -18,7 +19,6 @@ from omniq_observe._otel import (
     OMNIQ_WORKER_ID,
     event_name,
 )
-from omniq_observe._semantics import Redactor, error_type_of, queue_of, truncate
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["SpanEventWriter", "current_trace_context"]

@@ -52,8 +52,8 @@ from opentelemetry._logs import LoggerProvider
 from opentelemetry.context import Context
 from opentelemetry.trace import TracerProvider
 
+from omniq_observe._details import DEFAULT_REDACT_KEYS, Redactor, queue_of
 from omniq_observe._otel import get_tracer, start_producer_span
-from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor, queue_of
 from omniq_observe.backend.base import BaseEventStorage
 from omniq_observe.events._batch import AsyncBatcher, BatchSettings, ThreadBatcher, reopen_storage
 from omniq_observe.events._log_events import OTelEventWriter

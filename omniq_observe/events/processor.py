@@ -19,9 +19,7 @@ import math
 import os
 import socket
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,8 +31,10 @@ from omniq_observe.backend.base import (
     StoredEvent,
     UndecodableEvent,
 )
+from omniq_observe.events._checkpoint import PairingCheckpoint
 from omniq_observe.events._dispatch import Dispatcher
 from omniq_observe.events._leases import LeaseRenewal
+from omniq_observe.events._stats import ProcessorStats
 from omniq_observe.events._sync import LoopThread
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
@@ -52,37 +52,6 @@ class Handler(Protocol):
     """Anything called with each event; may return an awaitable."""
 
     def __call__(self, event: TaskEvent, /) -> Awaitable[None] | None: ...
-
-
-@dataclass
-class ProcessorStats:
-    """What a processor has done, for self-metrics and health checks.
-
-    ``last_event_timestamp`` is the event time (epoch seconds) of the last event handled;
-    ``caught_up`` is True once a read came back short (nothing more to read), and False
-    from the start and while full batches come in (a backlog); ``heartbeat`` is the
-    ``time.monotonic()`` of the loop's last sign of life; ``undecodable`` counts stored
-    entries that did not decode (dead-lettered with their raw bytes, then skipped).
-    """
-
-    processed: int = 0
-    batches: int = 0
-    handler_errors: Counter[str] = field(default_factory=Counter)
-    dead_lettered: int = 0
-    storage_errors: int = 0
-    undecodable: int = 0
-    last_event_timestamp: float | None = None
-    caught_up: bool = False
-    running: bool = False
-    heartbeat: float = field(default_factory=time.monotonic)
-
-    def lag_seconds(self, now: float | None = None) -> float:
-        """Seconds the processor is behind: 0 when caught up (or before it handled any
-        event), else now minus the event time of the last handled event, so a catch-up
-        of old events shows as lag until the processor has read everything."""
-        if self.caught_up or self.last_event_timestamp is None:
-            return 0.0
-        return max(0.0, (time.time() if now is None else now) - self.last_event_timestamp)
 
 
 class AsyncEventProcessor:
@@ -138,6 +107,7 @@ class AsyncEventProcessor:
         self._resume_checked = False
         self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
         self._dispatch = Dispatcher(self, self._log)
+        self._checkpoint = PairingCheckpoint(event_storage, name, batch_size)
         self._stopping: asyncio.Event | None = None
         self._finished: asyncio.Event | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -180,9 +150,14 @@ class AsyncEventProcessor:
             StorageError: reading or committing failed (handler failures never raise).
         """
         count = await self._run_batches(None)
-        if self.pairings:
-            self._dispatch.run_released(self.pairings.values(), math.inf)
+        await self._release(math.inf)
         return count
+
+    async def _release(self, now: float) -> None:
+        """Hand what the shared pairings decide at wall-clock ``now`` to their handlers,
+        and keep what still waits (see ``omniq_observe.events._checkpoint``)."""
+        if self.pairings and self._dispatch.run_released(self.pairings.values(), now):
+            await self._checkpoint.save(self.pairings.values())
 
     async def _run_batches(self, stopping: asyncio.Event | None) -> int:
         """Handle batches until one comes back short (or ``stopping`` is set).
@@ -198,8 +173,7 @@ class AsyncEventProcessor:
             stats.heartbeat = time.monotonic()
             if not batch:
                 stats.caught_up = True
-                if self.pairings:
-                    self._dispatch.run_released(self.pairings.values(), time.time())
+                await self._release(time.time())
                 return total
             full = len(batch) >= limit and (stopping is None or not stopping.is_set())
             if full:
@@ -216,8 +190,8 @@ class AsyncEventProcessor:
                 raise
             if not full:
                 stats.caught_up = len(batch) < limit
-                if stats.caught_up and self.pairings:
-                    self._dispatch.run_released(self.pairings.values(), time.time())
+                if stats.caught_up:
+                    await self._release(time.time())
                 return total
             if ahead is not None:
                 batch = await ahead
@@ -226,11 +200,16 @@ class AsyncEventProcessor:
 
     async def _check_resumed(self) -> None:
         """Tell the shared pairings when a previous run committed a position (a restart):
-        tasks begun before it read their history."""
+        tasks begun before it read their history, and what the reorder window held when
+        that run ended is paired again."""
         self._resume_checked = True
-        if await self.event_storage.get_position(self.name) is not None:
+        if not self.pairings:
+            return
+        committed = await self.event_storage.get_position(self.name)
+        if committed is not None:
             for shared in self.pairings.values():
                 shared.pairing.resume()
+            await self._checkpoint.restore(self.pairings.values(), committed)
 
     async def _handle_batch(self, batch: list[StoredEvent]) -> int:
         """Run the handlers on every event of ``batch`` in order, then acknowledge it;
@@ -238,14 +217,19 @@ class AsyncEventProcessor:
 
         On backends with leases the batch's lease is renewed while the handlers run.
         """
-        stats = self.stats
+        stats, pairings = self.stats, self.pairings
         undecodable = stats.undecodable
+        if pairings:
+            self._checkpoint.begin(pairings.values(), batch)
         if self.event_storage.lease_seconds is None:
             await self._dispatch.run(batch)
         else:
             with LeaseRenewal(self.event_storage, self.consumer, batch, self._renew_failed):
                 await self._dispatch.run(batch)
+        if pairings:
+            await self._checkpoint.save(pairings.values())
         await self.event_storage.ack(self.consumer, batch)
+        self._checkpoint.acked(batch[-1].position)
         handled = len(batch) - (stats.undecodable - undecodable)
         stats.processed += handled
         stats.batches += 1
@@ -305,14 +289,21 @@ class AsyncEventProcessor:
                     self.stats.heartbeat = time.monotonic()
         finally:
             self.stats.running = False
-            if self.pairings:  # what waits for the reorder window is decided now
-                self._dispatch.run_released(self.pairings.values(), math.inf)
             try:
-                await self.event_storage.release(self.consumer)
-            except Exception as exc:
-                self._log.warning("omniq.release_failed", processor=self.name, error=str(exc))
+                await self._finish()
             finally:
                 finished.set()
+
+    async def _finish(self) -> None:
+        """Decide what waits for the reorder window, and give up the claimed events."""
+        try:
+            await self._release(math.inf)
+        except Exception as exc:  # (the checkpoint: the next run pairs them again)
+            self._log.warning("omniq.checkpoint_failed", processor=self.name, error=str(exc))
+        try:
+            await self.event_storage.release(self.consumer)
+        except Exception as exc:
+            self._log.warning("omniq.release_failed", processor=self.name, error=str(exc))
 
     async def stop(self) -> None:
         """Ask :meth:`start` to finish the batch in flight and commit it; wait until it has.
@@ -345,14 +336,38 @@ class EventProcessor:
 
     Args:
         event_storage: the storage to read.
-        name: the processor name.
-        **options: the other keywords of :class:`AsyncEventProcessor`.
+        name: the processor (consumer group) name; its checkpoint is kept under it.
+        batch_size: the most events read and acknowledged at once.
+        max_handler_attempts: how often a failing handler is tried on one event before
+            the event is dead-lettered for that handler and skipped.
+        idle_timeout: the longest one wait for new events lasts before re-checking.
+        member: this process's name within the group (default: host and pid).
+        logger: a structlog logger for handler failures (default: ``structlog.get_logger``).
+
+    Raises:
+        ConfigurationError: a setting is invalid.
     """
 
     def __init__(
-        self, event_storage: BaseEventStorage, name: str = "default", **options: Any
+        self,
+        event_storage: BaseEventStorage,
+        name: str = "default",
+        *,
+        batch_size: int = 1000,
+        max_handler_attempts: int = 3,
+        idle_timeout: float = 1.0,
+        member: str | None = None,
+        logger: Any = None,
     ) -> None:
-        self._async = AsyncEventProcessor(event_storage, name, **options)
+        self._async = AsyncEventProcessor(
+            event_storage,
+            name,
+            batch_size=batch_size,
+            max_handler_attempts=max_handler_attempts,
+            idle_timeout=idle_timeout,
+            member=member,
+            logger=logger,
+        )
         self._loop = LoopThread("omniq-processor")
 
     @property

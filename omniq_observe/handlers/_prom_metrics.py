@@ -6,11 +6,17 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.handlers._prom_processor import (
+    PROCESSOR_FAMILIES,
+    ProcessorStatsCollector,
+    ProcessorStatsCopier,
+    ProcessorStatsReader,
+)
 from omniq_observe.models.event import TERMINAL_STATUS, EventType
 
 __all__ = [
@@ -46,6 +52,7 @@ CAPPED_LABELS = ("queue", "event_type", "error_type", "processor", "handler")
 OVERFLOW = "__overflow__"
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_PROCESSOR_METRICS = "the processor's self-metrics"
 _OWN_LABELS = frozenset(
     {"event_type", "queue", "status", "error_type", "processor", "handler", "reason", "label"}
 )
@@ -156,7 +163,8 @@ class QueueSeries:
 
 
 class Metrics:
-    """Creates and registers every metric family of the handler.
+    """Creates and registers the handler's metric families (the processor's self-metrics
+    with :meth:`add_processor_metrics`).
 
     Raises:
         ConfigurationError: the prefix, static labels or buckets are invalid, or metrics
@@ -171,72 +179,69 @@ class Metrics:
         queue_wait_buckets: Sequence[float],
         static_labels: Mapping[str, str] | None,
     ) -> None:
-        if not isinstance(prefix, str) or not _NAME.match(prefix):
-            msg = f"prefix must be a valid Prometheus metric name prefix, got {prefix!r}"
-            raise ConfigurationError(msg, setting="prefix", value=prefix)
-        static = dict(static_labels or {})
-        for name, value in static.items():
-            if not isinstance(name, str) or not _LABEL.match(name) or name.startswith("__"):
-                msg = f"static_labels: {name!r} is not a valid label name"
-                raise ConfigurationError(msg, setting="static_labels", value=name)
-            if name in _OWN_LABELS:
-                msg = f"static_labels: {name!r} is a label the handler sets itself"
-                raise ConfigurationError(msg, setting="static_labels", value=name)
-            if not isinstance(value, str):
-                msg = f"static_labels[{name!r}] must be a string, got {value!r}"
-                raise ConfigurationError(msg, setting="static_labels", value=value)
-        names = tuple(static)
-        self.static_values = tuple(static.values())
+        self.prefix = _checked_prefix(prefix)
+        self.static_labels = _checked_static_labels(static_labels)
+        self.static_values = tuple(self.static_labels.values())
         self.registry = registry
         self.collectors: list[Any] = []
-        p = prefix
-
-        def make(kind: Any, name: str, doc: str, labels: tuple[str, ...], **kw: Any) -> Any:
-            try:
-                metric = kind(name, doc, (*labels, *names), registry=registry, **kw)
-            except ValueError as exc:
-                for collector in self.collectors:
-                    registry.unregister(collector)
-                msg = f"cannot register {name} on the registry (prefix {prefix!r}): {exc}"
-                raise ConfigurationError(msg, setting="prefix", value=prefix) from exc
-            self.collectors.append(metric)
-            return metric
-
         durations = check_buckets("duration_buckets", duration_buckets)
         waits = check_buckets("queue_wait_buckets", queue_wait_buckets)
-        self.events = make(Counter, f"{p}_task_events", "Task events by type and queue.",
+        self._make_task_families(durations, waits)
+        self.unpaired = self._make(Counter, "observe_unpaired_events",
+                                   "Events that completed no pair, by reason.", ("reason",))
+        self.overflow = self._make(Counter, "observe_label_overflow",
+                                   "Label values replaced by __overflow__ (max_label_values; "
+                                   "label=series:<family> for max_series).", ("label",))
+
+    def _make_task_families(
+        self, durations: tuple[float, ...], waits: tuple[float, ...]
+    ) -> None:
+        make = self._make
+        self.events = make(Counter, "task_events", "Task events by type and queue.",
                            ("event_type", "queue"))
-        self.duration = make(Histogram, f"{p}_task_duration_seconds",
+        self.duration = make(Histogram, "task_duration_seconds",
                              "Attempt duration: STARTED to its terminal event.",
                              ("queue", "status"), buckets=durations)
-        self.queue_wait = make(Histogram, f"{p}_task_queue_wait_seconds",
+        self.queue_wait = make(Histogram, "task_queue_wait_seconds",
                                "Queue wait: ENQUEUED (or RETRIED) to STARTED.", ("queue",),
                                buckets=waits)
-        self.in_progress = make(Gauge, f"{p}_tasks_in_progress",
-                                "Attempts started and not ended.", ("queue",),
-                                multiprocess_mode="livesum")
-        self.waiting = make(Gauge, f"{p}_tasks_waiting",
+        self.in_progress = make(Gauge, "tasks_in_progress", "Attempts started and not ended.",
+                                ("queue",), multiprocess_mode="livesum")
+        self.waiting = make(Gauge, "tasks_waiting",
                             "Tasks enqueued (or re-enqueued by RETRIED) and not yet started.",
                             ("queue",), multiprocess_mode="livesum")
-        self.failures = make(Counter, f"{p}_task_failures", "FAILED events by error type.",
+        self.failures = make(Counter, "task_failures", "FAILED events by error type.",
                              ("queue", "error_type"))
-        self.retries = make(Counter, f"{p}_task_retries", "RETRIED events.", ("queue",))
-        self.processed = make(Counter, f"{p}_observe_events_processed",
-                              "Events the processor handled.", ("processor",))
-        self.undecodable = make(Counter, f"{p}_observe_undecodable_events",
-                                "Stored entries that did not decode (dead-lettered, skipped).",
-                                ("processor",))
-        self.handler_errors = make(Counter, f"{p}_observe_handler_errors",
-                                   "Handler failures (each failed try).", ("handler",))
-        self.lag = make(Gauge, f"{p}_observe_processor_lag_seconds",
-                        "Now minus the event time of the last handled event; 0 when caught up.",
-                        ("processor",), multiprocess_mode="livemax")
-        self.unpaired = make(Counter, f"{p}_observe_unpaired_events",
-                             "Events that completed no pair, by reason.", ("reason",))
-        self.overflow = make(Counter, f"{p}_observe_label_overflow",
-                             "Label values replaced by __overflow__ (max_label_values; "
-                             "label=series:<family> for max_series).",
-                             ("label",))
+        self.retries = make(Counter, "task_retries", "RETRIED events.", ("queue",))
+
+    def add_processor_metrics(
+        self, reader: ProcessorStatsReader, *, copy: bool
+    ) -> ProcessorStatsCopier | None:
+        """Register the processor's self-metrics, read by ``reader``: a collector, or with
+        ``copy`` (multiprocess mode, where a collector's families are not seen) metrics
+        of their own and the copier that fills them, which is returned."""
+        if not copy:
+            self.register(ProcessorStatsCollector(reader, self.prefix, self.static_labels),
+                          _PROCESSOR_METRICS)
+            return None
+        copier = ProcessorStatsCopier(reader, self.static_values)
+        self.register(copier, _PROCESSOR_METRICS)  # before the metrics: copies first
+        for family in PROCESSOR_FAMILIES:
+            if family.kind == "counter":
+                metric = self._make(Counter, family.name, family.documentation, (family.label,))
+            else:
+                metric = self._make(Gauge, family.name, family.documentation, (family.label,),
+                                    multiprocess_mode=family.multiprocess_mode)
+            copier.families[family.key] = metric
+        return copier
+
+    def register(self, collector: Any, name: str) -> None:
+        """Register ``collector`` (whose families ``name`` stands for) with the metrics."""
+        try:
+            self.registry.register(collector)
+        except ValueError as exc:
+            self._refuse(name, exc)
+        self.collectors.append(collector)
 
     def unregister(self) -> None:
         """Remove every metric of this handler from its registry."""
@@ -244,3 +249,40 @@ class Metrics:
             with contextlib.suppress(KeyError):
                 self.registry.unregister(collector)
         self.collectors.clear()
+
+    def _make(self, kind: Any, name: str, doc: str, labels: tuple[str, ...], **kw: Any) -> Any:
+        full_name = f"{self.prefix}_{name}"
+        names = (*labels, *self.static_labels)
+        try:
+            metric = kind(full_name, doc, names, registry=self.registry, **kw)
+        except ValueError as exc:
+            self._refuse(full_name, exc)
+        self.collectors.append(metric)
+        return metric
+
+    def _refuse(self, name: str, exc: ValueError) -> NoReturn:
+        self.unregister()
+        msg = f"cannot register {name} on the registry (prefix {self.prefix!r}): {exc}"
+        raise ConfigurationError(msg, setting="prefix", value=self.prefix) from exc
+
+
+def _checked_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not _NAME.match(prefix):
+        msg = f"prefix must be a valid Prometheus metric name prefix, got {prefix!r}"
+        raise ConfigurationError(msg, setting="prefix", value=prefix)
+    return prefix
+
+
+def _checked_static_labels(static_labels: Mapping[str, str] | None) -> dict[str, str]:
+    static = dict(static_labels or {})
+    for name, value in static.items():
+        if not isinstance(name, str) or not _LABEL.match(name) or name.startswith("__"):
+            msg = f"static_labels: {name!r} is not a valid label name"
+            raise ConfigurationError(msg, setting="static_labels", value=name)
+        if name in _OWN_LABELS:
+            msg = f"static_labels: {name!r} is a label the handler sets itself"
+            raise ConfigurationError(msg, setting="static_labels", value=name)
+        if not isinstance(value, str):
+            msg = f"static_labels[{name!r}] must be a string, got {value!r}"
+            raise ConfigurationError(msg, setting="static_labels", value=value)
+    return static

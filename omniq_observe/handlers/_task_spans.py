@@ -27,7 +27,7 @@ class TaskSpans:
         self.event_id = ""
         self.span_context: SpanContext | None = None
 
-    def made(self, event_id: str, span_context: SpanContext) -> None:
+    def record(self, event_id: str, span_context: SpanContext) -> None:
         """The tracing handler drew ``span_context`` for the event ``event_id``."""
         self.event_id = event_id
         self.span_context = span_context

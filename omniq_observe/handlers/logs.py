@@ -14,13 +14,13 @@ calls ``structlog.configure()``: the application decides renderers and destinati
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
 
-from omniq_observe._semantics import (
+from omniq_observe._details import (
     DEFAULT_REDACT_KEYS,
     REDACTED,
     Redactor,
@@ -28,7 +28,6 @@ from omniq_observe._semantics import (
     truncate,
 )
 from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Observation, PairedHandler
 
 __all__ = ["DEFAULT_LEVELS", "StructlogHandler", "capture_task_logs"]
@@ -46,6 +45,7 @@ _PROMOTED = frozenset(
 )
 # what a details key is to the line (StructlogHandler._classify)
 _PROMOTED_KEY, _SENSITIVE_KEY, _PLAIN_KEY = "promoted", "sensitive", "plain"
+_MAX_KEY_KINDS = 10_000  # details keys whose kind is remembered
 
 
 class StructlogHandler(PairedHandler):
@@ -96,48 +96,37 @@ class StructlogHandler(PairedHandler):
         self.max_value_length = max_value_length
         self._redactor = Redactor(redact)
         self._names: dict[str, tuple[str, str]] = {}  # event type -> (event name, level)
-        self._key_classes: dict[str, str] = {}  # details key -> _PROMOTED_KEY, ...
+        self._key_kinds: dict[str, str] = {}  # details key -> _PROMOTED_KEY, ...
         super().__init__(ttl=ttl, reorder_window=reorder_window)
-
-    def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
-        """Log one event; returns an awaitable only when storage must be read."""
-        obs = self._pairing.try_observe(event, self)
-        if obs is None:
-            return self._handle_later(event)
-        if obs.counted and not obs.duplicate:  # handle, inlined: this runs for every event
-            level, name, fields = self.fields(obs)
-            getattr(self.logger, level)(name, **fields)
-        if obs.released:
-            for other in obs.released:
-                self.handle(other)
-        return None
 
     def fields(self, obs: Observation) -> tuple[str, str, dict[str, Any]]:
         """Return (level, event name, key/values) of the line for one observation."""
         event = obs.event
-        kind = event.event_type
-        named = self._names.get(kind)
-        if named is None:
-            named = self._names[kind] = (f"task.{kind.lower()}", self.levels.get(kind, "info"))
+        name, level = self._name_and_level(event.event_type)
         details = event.details
         fields: dict[str, Any] = {
             "task_id": event.task_id,
             "event_id": event.event_id,
             "queue": obs.queue,
         }
-        worker = details.get("worker_id")
-        attempt = details.get("attempt")
-        closed = obs.closed
-        if closed is not None:
-            fields["duration_s"] = round(closed.duration, 6)
-            worker = worker if worker is not None else closed.worker_id
-            attempt = attempt if attempt is not None else closed.attempt
-        elif attempt is None:
-            attempt = obs.attempt
-        if worker is not None:
-            fields["worker_id"] = worker
-        if attempt is not None:
-            fields["attempt"] = attempt
+        _add_attempt(fields, obs)
+        self._add_error(fields, event.event_type, details)
+        _add_trace_ids(fields, event.trace_context)
+        fields["event_timestamp"] = event.timestamp.isoformat()
+        rest = self._other_details(details)
+        if rest is not None:
+            fields["details"] = rest
+        return level, name, fields
+
+    def _name_and_level(self, kind: str) -> tuple[str, str]:
+        """The line's ``event`` name and level for an event type (cached)."""
+        named = self._names.get(kind)
+        if named is None:
+            named = self._names[kind] = (f"task.{kind.lower()}", self.levels.get(kind, "info"))
+        return named
+
+    def _add_error(self, fields: dict[str, Any], kind: str, details: Mapping[str, Any]) -> None:
+        """``error`` and ``error_type`` of a failure, and any ``traceback``, cut."""
         if kind == "FAILED" or "error" in details:
             error = details.get("error")
             if error is not None:
@@ -146,26 +135,20 @@ class StructlogHandler(PairedHandler):
         traceback = details.get("traceback")
         if traceback is not None:
             fields["traceback"] = truncate(str(traceback), self.max_traceback)
-        context = event.trace_context
-        traceparent = context.get("traceparent") if context else None
-        if traceparent:
-            parts = traceparent.split("-")
-            if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
-                fields["trace_id"] = parts[1]
-                fields["span_id"] = parts[2]
-        fields["event_timestamp"] = event.timestamp.isoformat()
-        rest: dict[str, Any] | None = None  # the other details, redacted and cut
+
+    def _other_details(self, details: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The details not promoted to fields, sensitive values redacted and strings cut;
+        None when there are none."""
+        rest: dict[str, Any] = {}
         nested = False
-        classes, limit = self._key_classes, self.max_value_length
+        kinds, limit = self._key_kinds, self.max_value_length
         for key, value in details.items():
-            known = classes.get(key)
-            if known is None:
-                known = self._classify(key)
-            if known is _PROMOTED_KEY:
+            kind = kinds.get(key)
+            if kind is None:
+                kind = self._classify(key)
+            if kind == _PROMOTED_KEY:
                 continue
-            if rest is None:
-                rest = {}
-            if known is _SENSITIVE_KEY:
+            if kind == _SENSITIVE_KEY:
                 value = REDACTED
             elif isinstance(value, str):
                 if len(value) > limit:
@@ -173,21 +156,21 @@ class StructlogHandler(PairedHandler):
             elif isinstance(value, (dict, list)):
                 nested = True
             rest[key] = value
-        if rest is not None:
-            fields["details"] = self._redactor.redact(rest) if nested else rest
-        return named[1], named[0], fields
+        if not rest:
+            return None
+        return self._redactor.redact(rest) if nested else rest
 
     def _classify(self, key: str) -> str:
         """Whether a details key is promoted to a field, sensitive, or neither (cached)."""
         if key in _PROMOTED:
-            known = _PROMOTED_KEY
+            kind = _PROMOTED_KEY
         elif self._redactor.is_sensitive(key):
-            known = _SENSITIVE_KEY
+            kind = _SENSITIVE_KEY
         else:
-            known = _PLAIN_KEY
-        if len(self._key_classes) < 10_000:
-            self._key_classes[key] = known
-        return known
+            kind = _PLAIN_KEY
+        if len(self._key_kinds) < _MAX_KEY_KINDS:
+            self._key_kinds[key] = kind
+        return kind
 
     def handle(self, obs: Observation) -> None:
         """Log the line of one observation (one line per event: decisions made later,
@@ -196,6 +179,35 @@ class StructlogHandler(PairedHandler):
             return
         level, name, fields = self.fields(obs)
         getattr(self.logger, level)(name, **fields)
+
+
+def _add_attempt(fields: dict[str, Any], obs: Observation) -> None:
+    """``duration_s`` of the attempt the event ended, ``worker_id`` and ``attempt`` (from
+    the event's details, else from the attempt)."""
+    details = obs.event.details
+    worker = details.get("worker_id")
+    attempt = details.get("attempt")
+    closed = obs.closed
+    if closed is not None:
+        fields["duration_s"] = round(closed.duration, 6)
+        worker = worker if worker is not None else closed.worker_id
+        attempt = attempt if attempt is not None else closed.attempt
+    elif attempt is None:
+        attempt = obs.attempt
+    if worker is not None:
+        fields["worker_id"] = worker
+    if attempt is not None:
+        fields["attempt"] = attempt
+
+
+def _add_trace_ids(fields: dict[str, Any], context: Mapping[str, str] | None) -> None:
+    """``trace_id`` and ``span_id`` of the producer's ``traceparent``, when it has them."""
+    traceparent = context.get("traceparent") if context else None
+    if traceparent:
+        parts = traceparent.split("-")
+        if len(parts) >= 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+            fields["trace_id"] = parts[1]
+            fields["span_id"] = parts[2]
 
 
 @contextmanager

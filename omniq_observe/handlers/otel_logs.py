@@ -23,7 +23,7 @@ from opentelemetry._logs import LoggerProvider
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan
 
-from omniq_observe._semantics import DEFAULT_REDACT_KEYS, Redactor
+from omniq_observe._details import DEFAULT_REDACT_KEYS, Redactor
 from omniq_observe.events._log_events import LogEventWriter
 from omniq_observe.events._spans import SpanEventWriter
 from omniq_observe.exceptions import ConfigurationError

@@ -29,6 +29,7 @@ from typing import Any
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.util.types import AttributeValue
 
+from omniq_observe._details import error_type_of, truncate
 from omniq_observe._otel import (
     ERROR_TYPE,
     MESSAGING_DESTINATION_NAME,
@@ -39,7 +40,6 @@ from omniq_observe._otel import (
     SYSTEM,
     get_meter,
 )
-from omniq_observe._semantics import error_type_of, truncate
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, PairedHandler
 

@@ -16,23 +16,21 @@ Decisions worth knowing (also in the README):
   ``failures_total`` counts FAILED events only (TIMEOUT has its own event type).
 * Duplicates (same ``event_id``) count nowhere except
   ``omniq_observe_unpaired_events_total{reason="duplicate"}``.
-* Self-metrics are refreshed from ``processor.stats`` when a new batch starts and at every
-  scrape of the registry; the lag is ``ProcessorStats.lag_seconds()``: 0 while the
-  processor has read everything, else now minus the event time of the last handled event.
+* Self-metrics are read from ``processor.stats`` by a collector at every scrape (in
+  multiprocess mode: copied into counters when a new batch starts, and by ``refresh()``);
+  the lag is ``ProcessorStats.lag_seconds()``: 0 while the processor has read everything,
+  else now minus the event time of the last handled event.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
-from prometheus_client.registry import Collector
 
-from omniq_observe._semantics import error_type_of
+from omniq_observe._details import error_type_of
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._prom_metrics import (
     CAPPED_LABELS,
@@ -48,25 +46,11 @@ from omniq_observe.handlers._prom_metrics import (
     QueueSeries,
     SeriesCap,
 )
+from omniq_observe.handlers._prom_processor import ProcessorStatsReader, multiprocess_mode
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, PairedHandler
-from omniq_observe.pairing._shared import checked_ttl
 
 __all__ = ["DEFAULT_DURATION_BUCKETS", "DEFAULT_QUEUE_WAIT_BUCKETS", "PrometheusHandler"]
-
-
-class _Refresh(Collector):
-    """Brings the self-metrics up to date just before the registry is collected."""
-
-    def __init__(self, handler: PrometheusHandler) -> None:
-        self._handler = handler
-
-    def describe(self) -> Iterable[Any]:
-        return ()
-
-    def collect(self) -> Iterable[Any]:
-        self._handler.refresh()
-        return ()
 
 
 class PrometheusHandler(PairedHandler):
@@ -110,153 +94,120 @@ class PrometheusHandler(PairedHandler):
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
                 msg = f"{setting} must be a positive integer, got {limit!r}"
                 raise ConfigurationError(msg, setting=setting, value=limit)
-        ttl = checked_ttl(ttl)  # before anything is registered
+        super().__init__(ttl=ttl, reorder_window=reorder_window)  # checked before registering
         self.registry = prometheus_client.REGISTRY if registry is None else registry
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._refresher = _Refresh(self)
-        self.registry.register(self._refresher)  # before the metrics: collected first
-        try:
-            self.metrics = m = Metrics(
-                self.registry, prefix, list(duration_buckets), list(queue_wait_buckets),
-                static_labels,
-            )
-        except BaseException:
-            self.registry.unregister(self._refresher)
-            raise
-        extra = m.static_values
-        self._overflow = {label: m.overflow.labels(label, *extra) for label in CAPPED_LABELS}
-        self._unpaired = {r: m.unpaired.labels(r, *extra) for r in UNPAIRED_REASONS}
-        caps = {
-            label: LabelCap(label, max_label_values, child.inc)
-            for label, child in self._overflow.items()
-        }
+        self.metrics = m = Metrics(
+            self.registry, prefix, list(duration_buckets), list(queue_wait_buckets),
+            static_labels,
+        )
+        self._unpaired = {r: m.unpaired.labels(r, *m.static_values) for r in UNPAIRED_REASONS}
+        caps = self._label_caps(max_label_values)
         self._queue_cap, self._type_cap = caps["queue"], caps["event_type"]
-        self._error_cap, self._processor_cap = caps["error_type"], caps["processor"]
-        self._handler_cap = caps["handler"]
-        for event_type in KNOWN_EVENT_TYPES:
-            self._type_cap.admit(event_type)
+        self._error_cap = caps["error_type"]
         self._series_caps = {
-            family: SeriesCap(short, max_series, m.overflow.labels(f"series:{short}", *extra).inc)
+            family: SeriesCap(short, max_series,
+                              m.overflow.labels(f"series:{short}", *m.static_values).inc)
             for family, short in SERIES_FAMILIES.items()
         }
         self._all_overflow: dict[str, Any] = {}
         self._series: dict[str, QueueSeries] = {}  # by queue name as the pairing gives it
-        super().__init__(ttl=ttl, reorder_window=reorder_window)
-        self._processor: Any = None
-        self._stats: Any = None
-        self._synced_batches = -1
-        self._synced_processed = 0
-        self._synced_undecodable = 0
-        self._undecodable_child: Any = None
-        self._synced_errors: dict[str, int] = {}
-        self._processed_child: Any = None
-        self._lag_child: Any = None
-        self._error_children: dict[str, Any] = {}
+        self._stats = ProcessorStatsReader(caps["processor"].admit, caps["handler"].admit)
+        self._copier = m.add_processor_metrics(self._stats, copy=multiprocess_mode())
+
+    def _label_caps(self, max_label_values: int) -> dict[str, LabelCap]:
+        """A cap for each capped label, counting refusals in the overflow counter."""
+        m = self.metrics
+        caps = {
+            label: LabelCap(label, max_label_values, m.overflow.labels(label, *m.static_values).inc)
+            for label in CAPPED_LABELS
+        }
+        for event_type in KNOWN_EVENT_TYPES:
+            caps["event_type"].admit(event_type)
+        return caps
 
     # -- the handler contract -----------------------------------------------------------
     def attach(self, processor: Any) -> None:
-        """Called by ``register_handler``: recover pairs from the processor's storage and
-        export its stats."""
-        self._processor = processor
+        """Called by ``register_handler``: share the processor's pairing (which recovers
+        pairs from its storage) and export the processor's stats."""
         super().attach(processor)
-        self._stats = getattr(processor, "stats", None)
-        name = getattr(processor, "name", None)
-        if isinstance(name, str):
-            label = self._processor_cap.admit(name)
-            extra = self.metrics.static_values
-            self._processed_child = self.metrics.processed.labels(label, *extra)
-            self._lag_child = self.metrics.lag.labels(label, *extra)
-            self._undecodable_child = self.metrics.undecodable.labels(label, *extra)
+        self._stats.watch(processor)
         self.refresh()
 
-    def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
-        """Record one event; returns an awaitable only when storage must be read."""
-        obs = self._pairing.try_observe(event, self)
-        if obs is None:
-            return self._handle_later(event)
-        self._record(obs)
-        if obs.released:
-            for other in obs.released:
-                self._record(other)
-        stats = self._stats
-        if stats is not None and stats.batches != self._synced_batches:
-            self.refresh()
-        return None
-
-    def handle(self, obs: Observation) -> None:
-        """Record one observation."""
-        self._record(obs)
+    def refresh(self) -> None:
+        """Multiprocess mode: write the processor's self-metrics now, rather than when the
+        next batch starts. Outside multiprocess mode a collector reads them at every scrape,
+        and this does nothing. Thread-safe."""
+        if self._copier is not None:
+            self._copier.copy()
 
     def close(self) -> None:
         """Unregister every metric of this handler from its registry."""
         self.metrics.unregister()
-        with contextlib.suppress(KeyError):
-            self.registry.unregister(self._refresher)
 
     # -- recording ----------------------------------------------------------------------
-    def _record(self, obs: Observation) -> None:
+    def handle(self, obs: Observation) -> None:
+        """Record what one observation says, in its queue's series."""
+        copier = self._copier
+        if copier is not None and copier.behind():
+            copier.copy()
         if obs.duplicate:
             self._unpaired["duplicate"].inc()
             return
-        event = obs.event
         series = self._series.get(obs.queue)
         if series is None:
             series = self._new_series(obs.queue)
-        kind = event.event_type
-        counted = obs.counted
-        if counted:
-            child = series.events.get(kind)
-            if child is None:
-                child = self._event_child(series, kind)
-            child.inc()
+        if obs.counted:
+            self._count(series, obs.event)
         if obs.waiting:
             series.waiting.inc(obs.waiting)
         if obs.queue_wait is not None:
             series.wait.observe(obs.queue_wait)
         if obs.opened:
             series.in_progress.inc()
-        closed = obs.closed
-        if closed is not None:
-            end, start = closed.end, closed.start
-            if closed.queue == obs.queue and end is not None and start is not None:  # _end
-                duration = series.duration.get(closed.status)
-                if duration is not None:
-                    duration.observe(end - start if end > start else 0.0)
-                if closed.was_open:
-                    series.in_progress.dec()
-            else:
-                self._end(closed, None)
-        if counted and kind == "FAILED":
-            self._failure(series, event)
-        elif counted and kind == "RETRIED":
-            series.retries.inc()
+        if obs.closed is not None:
+            self._end(obs.closed)
         if obs.unpaired:
-            unpaired = self._unpaired
             for reason in obs.unpaired:
-                unpaired[reason].inc()
+                self._unpaired[reason].inc()
         if obs.expired:
-            superseded = kind == "STARTED" and "superseded" in obs.unpaired
-            for attempt in obs.expired:
-                if superseded and attempt.task_id == event.task_id:
-                    self._end(attempt, None)  # counted as superseded above
-                    continue
-                self._unpaired[attempt.status].inc()
-                if attempt.status == "expired":
-                    self._end(attempt, None)
+            self._give_up(obs)
 
-    def _end(self, attempt: Attempt, series: QueueSeries | None) -> None:
+    def _count(self, series: QueueSeries, event: TaskEvent) -> None:
+        """Count one event, and a failure or a retry."""
+        kind = event.event_type
+        child = series.events.get(kind)
+        if child is None:
+            child = self._event_child(series, kind)
+        child.inc()
+        if kind == "FAILED":
+            self._failure(series, event)
+        elif kind == "RETRIED":
+            series.retries.inc()
+
+    def _end(self, attempt: Attempt) -> None:
         """An attempt ended: observe its duration, take it out of in-progress."""
+        series = self._series.get(attempt.queue)
         if series is None:
-            series = self._series.get(attempt.queue)
-            if series is None:
-                series = self._new_series(attempt.queue)
+            series = self._new_series(attempt.queue)
         if attempt.end is not None:
             child = series.duration.get(attempt.status)
             if child is not None:
                 child.observe(attempt.duration)
         if attempt.was_open:
             series.in_progress.dec()
+
+    def _give_up(self, obs: Observation) -> None:
+        """Attempts given up: superseded by this STARTED (counted in ``obs.unpaired``), or
+        expired (no end within ``ttl``)."""
+        event = obs.event
+        superseded = event.event_type == "STARTED" and "superseded" in obs.unpaired
+        for attempt in obs.expired:
+            if superseded and attempt.task_id == event.task_id:
+                self._end(attempt)
+                continue
+            self._unpaired[attempt.status].inc()
+            if attempt.status == "expired":
+                self._end(attempt)
 
     def _failure(self, series: QueueSeries, event: TaskEvent) -> None:
         error_type = error_type_of(event.details)
@@ -316,38 +267,3 @@ class PrometheusHandler(PairedHandler):
             child = metric.labels(OVERFLOW, OVERFLOW, *self.metrics.static_values)
             self._all_overflow[family] = child
         return child
-
-    # -- self-metrics -------------------------------------------------------------------
-    def refresh(self) -> None:
-        """Bring the self-metrics up to date from the processor's stats (thread-safe)."""
-        stats = self._stats
-        if stats is None or not self._lock.acquire(blocking=False):
-            return
-        try:
-            self._synced_batches = stats.batches
-            if self._processed_child is not None:
-                delta = stats.processed - self._synced_processed
-                if delta > 0:
-                    self._processed_child.inc(delta)
-                    self._synced_processed = stats.processed
-                self._lag_child.set(stats.lag_seconds())
-                undecodable = getattr(stats, "undecodable", 0)
-                if undecodable > self._synced_undecodable:
-                    self._undecodable_child.inc(undecodable - self._synced_undecodable)
-                    self._synced_undecodable = undecodable
-            names = getattr(self._processor, "handler_names", ())
-            for name in (*names, *stats.handler_errors):
-                child = self._error_children.get(name)
-                if child is None:
-                    label = self._handler_cap.admit(name)
-                    child = self.metrics.handler_errors.labels(
-                        label, *self.metrics.static_values
-                    )
-                    self._error_children[name] = child
-                errors = stats.handler_errors.get(name, 0)
-                delta = errors - self._synced_errors.get(name, 0)
-                if delta > 0:
-                    child.inc(delta)
-                    self._synced_errors[name] = errors
-        finally:
-            self._lock.release()

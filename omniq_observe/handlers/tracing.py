@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Awaitable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from omniq_observe._details import error_type_of, truncate
 from omniq_observe._otel import (
     ERROR_TYPE,
     EXCEPTION_MESSAGE,
@@ -69,7 +70,6 @@ from omniq_observe._otel import (
     process_attributes,
     start_producer_span,
 )
-from omniq_observe._semantics import error_type_of, truncate
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent
@@ -79,8 +79,7 @@ __all__ = ["TracingHandler", "TracingStats"]
 
 _MAX_REMEMBERED = 100_000  # retry notes and producer contexts kept, at most, each
 _EMPTY = Context()
-_floor = math.floor
-_CONSUMER = SpanKind.CONSUMER  # read for every span: a global, not an enum attribute
+_UNSUCCESSFUL = frozenset({"failed", "timeout", "retried"})  # the next attempt links back
 _NameKey = tuple[str, str | None, int, str]  # queue, worker id, attempt number, status
 
 
@@ -107,15 +106,25 @@ def _ns(seconds: float) -> int:
     """Epoch seconds (a float exact to the microsecond) to integer nanoseconds.
 
     Exact for times before 2106 (2**32 s): the float's error is then under 0.25 µs, so
-    adding 0.5 and flooring rounds to the microsecond (cheaper than ``round``).
+    adding 0.5 and flooring rounds to the microsecond.
     """
-    return _floor(seconds * 1e6 + 0.5) * 1000
+    return math.floor(seconds * 1e6 + 0.5) * 1000
 
 
 def _without_type(error: str, error_type: str) -> str:
     """``"ValueError: bad"`` -> ``"bad"`` (the message without its leading type name)."""
     head, sep, rest = error.partition(": ")
     return rest if sep and head.rsplit(".", 1)[-1] == error_type else error
+
+
+def _set_timed_out(span: trace.Span, details: Mapping[str, Any]) -> None:
+    """ERROR status and ``error.type="timeout"``, with the timeout when the details give it."""
+    span.set_attribute(ERROR_TYPE, "timeout")
+    seconds = details.get("timeout_seconds")
+    description = (
+        f"timed out after {seconds}s" if isinstance(seconds, (int, float)) else "timed out"
+    )
+    span.set_status(Status(StatusCode.ERROR, description))
 
 
 def _tail(value: str, limit: int) -> str:
@@ -172,7 +181,7 @@ class TracingHandler(PairedHandler):
         # Trace contexts of the producer spans made here, until the task's attempts use them.
         self._produced: collections.OrderedDict[str, TraceContext] = collections.OrderedDict()
         self._names: dict[_NameKey, tuple[str, dict[str, AttributeValue]]] = {}
-        self._made = TaskSpans()  # the processor's, once attached (OTelLogsHandler reads it)
+        self._task_spans = TaskSpans()  # the processor's, once attached (OTelLogsHandler reads it)
 
     def attach(self, processor: Any) -> None:
         """Share the processor's pairing (which reads storage history after a restart).
@@ -181,54 +190,26 @@ class TracingHandler(PairedHandler):
         """
         super().attach(processor)
         self._pairing.pairing.keep_context = True
-        self._made = task_spans(processor)
-
-    def __call__(self, event: TaskEvent) -> Awaitable[None] | None:
-        """Handle one event; returns an awaitable only when storage must be read."""
-        obs = self._pairing.try_observe(event, self)
-        if obs is None:
-            return self._handle_later(event)
-        # _handle's common cases, inlined: an attempt ended, or nothing to draw (a STARTED
-        # that opened an attempt, an ENQUEUED needing no producer span)
-        closed = obs.closed
-        if obs.expired or obs.duplicate or obs.released:
-            self._handle(obs)
-        elif closed is not None:
-            self._attempt_span(closed)
-        elif not obs.opened and (
-            event.event_type != "ENQUEUED" or (self.producer_spans and not event.trace_context)
-        ):
-            self._handle(obs)
-        return None
+        self._task_spans = task_spans(processor)
 
     def handle(self, obs: Observation) -> None:
-        """Draw what one observation ends (and what it released)."""
-        self._handle(obs)
-
-    async def _handle_later(self, event: TaskEvent) -> None:
-        self._handle(await self._pairing.observe(event, self))
-
-    # -- one observation -------------------------------------------------------------
-    def _handle(self, obs: Observation) -> None:
+        """Draw what one observation ends: an attempt's span, expired attempts' spans, a
+        producer span; note a retry for the next attempt's span."""
         if obs.duplicate:
             self.stats.duplicates += 1
             return
-        event = obs.event
         for attempt in obs.expired:
             self._expired(attempt, obs)
-        kind = event.event_type
-        closed = obs.closed
-        if closed is not None:
-            self._attempt_span(closed)
+        event = obs.event
+        if obs.closed is not None:
+            self._attempt_span(obs.closed)
         elif not obs.counted:
             pass
-        elif kind == "ENQUEUED":
+        elif event.event_type == "ENQUEUED":
             if self.producer_spans and not event.trace_context:
                 self._producer_span(event, obs.queue)
-        elif kind == "RETRIED":
+        elif event.event_type == "RETRIED":
             self._note(event.task_id).retried = event
-        for other in obs.released:
-            self._handle(other)
 
     def _producer_span(self, event: TaskEvent, queue: str) -> None:
         span = start_producer_span(
@@ -237,8 +218,8 @@ class TracingHandler(PairedHandler):
         span.end(end_time=event.timestamp_ns)
         self.stats.producer_spans += 1
         ctx = span.get_span_context()
-        if self._made.wanted:
-            self._made.made(event.event_id, ctx)
+        if self._task_spans.wanted:
+            self._task_spans.record(event.event_id, ctx)
         if ctx.is_valid:
             produced = self._produced
             produced[event.task_id] = (ctx.trace_id, ctx.span_id, int(ctx.trace_flags))
@@ -246,65 +227,57 @@ class TracingHandler(PairedHandler):
                 produced.popitem(last=False)
 
     def _attempt_span(self, attempt: Attempt) -> None:
-        end = attempt.end_event
-        if end is None or attempt.start is None:  # the STARTED never came
-            self.stats.unpaired += 1
+        """Draw the span of an attempt that ended, from its start to its end."""
+        end_event = attempt.end_event
+        if end_event is None or attempt.start is None or attempt.end is None:
+            self.stats.unpaired += 1  # the STARTED never came
             return
         note = self._notes.pop(attempt.task_id, None) if self._notes else None
         span = self._start(attempt, note)
-        status = attempt.status
-        if note is None and (status == "completed" or status == "cancelled"):
-            if self._produced:
-                self._produced.pop(attempt.task_id, None)  # the task is over
-            ended = attempt.end  # _ns, inlined below: this runs for every span
-            span.end(end_time=_floor(ended * 1e6 + 0.5) * 1000 if ended is not None
-                     else end.timestamp_ns)
-            self.stats.spans += 1
-            if self._made.wanted:
-                self._made.made(end.event_id, span.get_span_context())
-            return
-        details = end.details
-        end_ns = end.timestamp_ns
-        limit = self.max_attribute_length
-        if note is not None and note.retried is not None and note.retried is not end:
+        if note is not None and note.retried is not None and note.retried is not end_event:
             self._retried_event(span, note.retried)
+        end_ns = _ns(attempt.end)
+        status = attempt.status
         if status == "failed":
-            error_type = error_type_of(details)
-            error = details.get("error")
-            text = error if isinstance(error, str) else ("" if error is None else str(error))
-            message = truncate(text, limit)
-            span.set_attribute(ERROR_TYPE, truncate(error_type, limit))
-            exception: dict[str, AttributeValue] = {
-                EXCEPTION_TYPE: truncate(error_type, limit),
-                EXCEPTION_MESSAGE: truncate(_without_type(text, error_type), limit),
-            }
-            stacktrace = details.get("traceback")
-            if isinstance(stacktrace, str) and stacktrace:
-                exception[EXCEPTION_STACKTRACE] = _tail(stacktrace, limit)
-            span.add_event("exception", exception, timestamp=end_ns)
-            span.set_status(Status(StatusCode.ERROR, message or None))
+            self._set_failed(span, end_event.details, end_ns)
         elif status == "timeout":
-            span.set_attribute(ERROR_TYPE, "timeout")
-            seconds = details.get("timeout_seconds")
-            description = (
-                f"timed out after {seconds}s" if isinstance(seconds, (int, float)) else "timed out"
-            )
-            span.set_status(Status(StatusCode.ERROR, description))
+            _set_timed_out(span, end_event.details)
         elif status == "retried":
-            given = "error" in details or "error_type" in details
-            span.set_attribute(
-                ERROR_TYPE, truncate(error_type_of(details), limit) if given else "retried"
-            )
-            self._retried_event(span, end)
-            span.set_status(Status(StatusCode.ERROR, "retried"))
+            self._set_retried(span, end_event)
         span.end(end_time=end_ns)
         self.stats.spans += 1
-        if self._made.wanted:
-            self._made.made(end.event_id, span.get_span_context())
-        if status in ("failed", "timeout", "retried"):
+        if self._task_spans.wanted:
+            self._task_spans.record(end_event.event_id, span.get_span_context())
+        if status in _UNSUCCESSFUL:
             self._note(attempt.task_id).previous = span.get_span_context()
         elif self._produced:
-            self._produced.pop(attempt.task_id, None)
+            self._produced.pop(attempt.task_id, None)  # the task is over
+
+    def _set_failed(self, span: trace.Span, details: Mapping[str, Any], end_ns: int) -> None:
+        """ERROR status, ``error.type`` and an ``exception`` event from a FAILED's details."""
+        limit = self.max_attribute_length
+        error_type = error_type_of(details)
+        error = details.get("error")
+        text = error if isinstance(error, str) else ("" if error is None else str(error))
+        span.set_attribute(ERROR_TYPE, truncate(error_type, limit))
+        exception: dict[str, AttributeValue] = {
+            EXCEPTION_TYPE: truncate(error_type, limit),
+            EXCEPTION_MESSAGE: truncate(_without_type(text, error_type), limit),
+        }
+        stacktrace = details.get("traceback")
+        if isinstance(stacktrace, str) and stacktrace:
+            exception[EXCEPTION_STACKTRACE] = _tail(stacktrace, limit)
+        span.add_event("exception", exception, timestamp=end_ns)
+        span.set_status(Status(StatusCode.ERROR, truncate(text, limit) or None))
+
+    def _set_retried(self, span: trace.Span, retried: TaskEvent) -> None:
+        """ERROR status, ``error.type`` and a retry event for an attempt a RETRIED ended."""
+        details = retried.details
+        given = "error" in details or "error_type" in details
+        error_type = truncate(error_type_of(details), self.max_attribute_length)
+        span.set_attribute(ERROR_TYPE, error_type if given else "retried")
+        self._retried_event(span, retried)
+        span.set_status(Status(StatusCode.ERROR, "retried"))
 
     def _expired(self, attempt: Attempt, obs: Observation) -> None:
         if attempt.start is None:  # a terminal event whose STARTED never came
@@ -353,10 +326,10 @@ class TracingHandler(PairedHandler):
         return self._tracer.start_span(
             named[0],
             context=context,
-            kind=_CONSUMER,
+            kind=SpanKind.CONSUMER,
             attributes=attrs,
             links=links,
-            start_time=_floor((attempt.start or 0.0) * 1e6 + 0.5) * 1000,  # _ns, inlined
+            start_time=_ns(attempt.start or 0.0),
         )
 
     def _named(self, key: _NameKey) -> tuple[str, dict[str, AttributeValue]]:

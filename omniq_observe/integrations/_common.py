@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any
 
-from omniq_observe._semantics import DEFAULT_REDACT_KEYS, REDACTED
+from omniq_observe._details import DEFAULT_REDACT_KEYS, REDACTED
 from omniq_observe.backend._url import from_url
 from omniq_observe.backend.base import BaseEventStorage
 from omniq_observe.events.logger import AsyncEventLogger, EventLogger

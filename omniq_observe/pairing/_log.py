@@ -23,7 +23,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from omniq_observe._semantics import queue_of
+from omniq_observe._details import queue_of
 from omniq_observe.models.event import FINAL_TYPES, QUEUEING_TYPES, TERMINAL_STATUS, TaskEvent
 from omniq_observe.pairing._types import (
     UNKNOWN_QUEUE,
@@ -47,8 +47,8 @@ _Effect = tuple[str, tuple["Item", ...], str, float]  # kind, events, status, de
 class Item:
     """One event of a task's log (``event`` None: a stand-in for state the fast path had)."""
 
-    __slots__ = ("attempt", "delivered", "done", "due", "event", "key", "kind", "order", "ts",
-                 "worker")
+    __slots__ = ("attempt", "delivered", "done", "due", "event", "key", "kind", "mark", "order",
+                 "ts", "worker")
 
     def __init__(self, event: TaskEvent | None, kind: str, ts: float, key: str, seq: int) -> None:
         self.event = event
@@ -58,6 +58,7 @@ class Item:
         self.order = (ts, _RANK.get(kind, 2), seq)
         self.done = False
         self.delivered = False
+        self.mark = 0  # the pairing's batch mark when the event was delivered
         self.due = ts
         self.attempt: int | None = None
         self.worker: str | None = None
@@ -210,8 +211,9 @@ class TaskLog:
             item = known or self.add(event, event.event_type, _ts(event), event.event_id)
             if position < cut and not item.delivered:
                 item.done = True
-        if cut and any(x.event is None for x in self.items):  # stand-ins replaced by history
-            self._drop_stand_ins()
+        if cut:  # the history holds the task from its start: stand-ins and the attempts
+            self._drop_stand_ins()  # counted before the log was made are in it
+            self.base_attempt = 0
 
     def _drop_stand_ins(self) -> None:
         for stand_in in [x for x in self.items if x.event is None]:
@@ -226,8 +228,6 @@ class TaskLog:
                 self.waiting.add(real[-1].key)
             self.items.remove(stand_in)
             del self.by_key[stand_in.key]
-            if stand_in.kind == "STARTED":
-                self.base_attempt = 0
 
     def _learn(self, event: TaskEvent, kind: str) -> None:
         if kind == "ENQUEUED":

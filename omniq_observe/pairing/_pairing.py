@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from omniq_observe._semantics import queue_of
+from omniq_observe._details import queue_of
 from omniq_observe.models.event import FINAL_TYPES, TERMINAL_STATUS, TaskEvent
 from omniq_observe.pairing._log import stand_in
 from omniq_observe.pairing._state import PairingState

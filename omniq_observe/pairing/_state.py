@@ -13,7 +13,7 @@ import heapq
 import math
 from collections import deque
 
-from omniq_observe._semantics import queue_of
+from omniq_observe._details import queue_of
 from omniq_observe.models.event import TERMINAL_TYPES, TaskEvent
 from omniq_observe.pairing._log import INF, TaskLog, stand_in
 from omniq_observe.pairing._table import TaskTable
@@ -76,6 +76,10 @@ class PairingState:
         self._recovering_until = -math.inf
         self._since_expiry = 0
         self._logs_expired_at = -math.inf
+        #: The batch being paired, as numbered by the processor: an event paired on the
+        #: careful path remembers it (see :meth:`oldest_undecided_mark`).
+        self.batch_mark = 0
+        self._released_at = -math.inf  # the newest wall-clock time release() decided at
 
     @property
     def keep_context(self) -> bool:
@@ -95,6 +99,28 @@ class PairingState:
         were handled before the restart."""
         if self._clock == -math.inf:
             self._recovering_until = math.inf  # set to the first event's time + ttl
+
+    @property
+    def decided_at(self) -> float:
+        """The time everything is decided up to, before the reorder window: the newest
+        event time seen, or the newer wall-clock time of a :meth:`release`."""
+        return max(self._clock, self._released_at)
+
+    def oldest_undecided_mark(self) -> int | None:
+        """The oldest ``batch_mark`` among events whose pairs (or counts) still wait for
+        the reorder window or for their queue label; None when nothing waits.
+
+        A processor keeps the position before that batch, so that a restart after a crash
+        pairs those events again (see ``omniq_observe.events.processor``)."""
+        held = {task_id for _at, _seq, task_id in self._held}
+        marks = [
+            item.mark
+            for task_id, log in self._logs.items()
+            if task_id in held or log.uncounted
+            for item in log.items
+            if item.delivered and not item.done
+        ]
+        return min(marks, default=None)
 
     @property
     def watermark(self) -> float:
@@ -146,6 +172,7 @@ class PairingState:
         item = log.add(event, event.event_type, ts, event.event_id)
         item.delivered = True
         item.done = False
+        item.mark = self.batch_mark
         if log.queue is None:
             log.uncounted.append(event)
         obs, wake = self._settle_log(log, event)
@@ -219,6 +246,8 @@ class PairingState:
     def release(self, now: float) -> list[Observation]:
         """Decide what waited for the watermark, taken as ``now`` minus the reorder window
         when ``now`` is newer than the newest event (a processor that has caught up)."""
+        if self._released_at < now < math.inf:  # (inf: decides only what waits now)
+            self._released_at = now
         watermark = max(self._clock, now) - self.reorder_window
         out: list[Observation] = []
         held = self._held

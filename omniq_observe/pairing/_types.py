@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from omniq_observe._semantics import error_type_of
+from omniq_observe._details import error_type_of
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["OVERFLOW", "UNKNOWN_QUEUE", "Attempt", "History", "Observation", "TraceContext"]

@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 
+from omniq_observe._details import error_type_of, truncate
 from omniq_observe._follow import StorageFollower
-from omniq_observe._semantics import error_type_of, truncate
 from omniq_observe.backend import BaseEventStorage
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.web._live import WINDOWS, LiveFigures

@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from omniq_observe._semantics import Redactor, error_type_of, truncate
+from omniq_observe._details import Redactor, error_type_of, truncate
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, TaskPairing
 

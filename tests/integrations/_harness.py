@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import REDIS_URL, require_server
+from _helpers import REDIS_URL, require_server
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

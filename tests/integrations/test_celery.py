@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from _harness import STORAGES, require_redis, run_framework
-from conftest import require_server
+from _helpers import require_server
 
 
 def celery_worker(queue: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""How event details map to labels and attributes: queue, error type, redaction, truncation.
+"""Helpers for event details: the queue, the error type, redaction and truncation.
 
 Shared by the logger's span events and by every handler, so that Prometheus labels, log
 fields and span attributes always agree.
