@@ -5,7 +5,7 @@
   processor's exactly;
 * a SIGKILLed member's partitions are taken over once its lease expired: nothing lost,
   and only what it held unacknowledged handled again;
-* members joining and leaving divide the partitions anew;
+* members joining and leaving divide the partitions anew; idle members keep theirs;
 * a store made by schema version 2 is migrated: partitions computed, positions kept.
 """
 
@@ -13,23 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import psycopg
-import pytest
+from _helpers import POSTGRES_URL, async_wait_until, wait_until
 from _server_backends import TestPostgresBackend, make_postgres, unique_name
-from conftest import POSTGRES_URL, async_wait_until, wait_until
-from prometheus_client import CollectorRegistry
 from test_distributed import _caught_up, _events, _url, _Workers
-from test_sqlite_groups import _retry_workload, _task_numbers
+from test_sqlite_groups import (
+    _retry_workload,
+    check_group_results,
+    run_four_members,
+    single_samples,
+)
 
 from omniq_observe.backend import Consumer
 from omniq_observe.backend._partitions import PARTITIONS, partition_of
 from omniq_observe.backend._pg_schema import migrations
 from omniq_observe.backend.postgres import PostgresBackend
-from omniq_observe.events import AsyncEventLogger, AsyncEventProcessor
-from omniq_observe.handlers import PrometheusHandler
+from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.models.event import TaskEvent, encode_event
 
 
@@ -51,64 +53,21 @@ async def _spread(storage: PostgresBackend, group: str, members: int) -> bool:
         PARTITIONS // members] * members
 
 
-async def _single(storage: PostgresBackend, events_total: int) -> dict[str, float]:
-    """The task samples of one processor (a group of its own) over the same events."""
-    registry = CollectorRegistry()
-    processor = AsyncEventProcessor(storage, "single", batch_size=1000)
-    processor.register_handler(PrometheusHandler(registry=registry, prefix="omniq"))
-    assert await processor.process_events_once() == events_total
-    found: dict[str, float] = {}
-    for metric in registry.collect():
-        for sample in metric.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            found[f"{sample.name}{{{labels}}}"] = sample.value
-    return _task_numbers(found)
-
-
 async def test_four_processes_share_100k_events_with_retries_exactly(tmp_path: Path) -> None:
     storage = make_postgres()
     events = _retry_workload(25_000)
-    assert len(events) == 100_002
+    assert len(events) == 100_002  # 25,000 tasks, 8,334 of them retried
     workers = _Workers(tmp_path, _url(storage), "scale")
     try:
         await storage.health()  # the schema exists before the members start
-        for n in range(4):
-            workers.start(f"p{n}", "--batch-size", "500")
-        workers.wait_ready()
-        # The members divide the partitions first, so that every task's events go to
-        # one member from its first event on.
-        await async_wait_until(lambda: _spread(storage, "scale", 4), timeout=30,
-                               interval=0.05, what="four members holding four partitions")
-        logger = AsyncEventLogger(storage)
-        for i in range(0, len(events), 5000):
-            await logger.log_events(events[i : i + 5000])
-        await async_wait_until(lambda: _caught_up(storage, "scale"), timeout=120,
-                               interval=0.2, what="the group caught up")
-        results = workers.stop()
-        single = await _single(storage, len(events))
+        results, positions = await run_four_members(
+            storage, workers, events, lambda: _spread(storage, "scale", 4))
+        single = await single_samples(storage, len(events))
     finally:
         workers.kill_all()
         await storage.close()
-    handled = [eid for r in results.values() for eid in r["handled"]]
-    assert len(handled) == len(events)  # none handled twice ...
-    assert set(handled) == {e.event_id for e in events}  # ... and every one handled
-    by_id = {e.event_id: e for e in events}
-    members_of: defaultdict[str, set[str]] = defaultdict(set)
-    for member, result in results.items():
-        for eid in result["handled"]:
-            members_of[by_id[eid].task_id].add(member)
-        assert result["stats"]["storage_errors"] == 0
-    assert {len(m) for m in members_of.values()} == {1}  # each task in one process
-    assert len({m for ms in members_of.values() for m in ms}) == 4  # all four worked
-    # The members' numbers, summed, are a single processor's: counters, histograms, gauges.
-    summed: Counter[str] = Counter()
-    for result in results.values():
-        summed.update(_task_numbers(result["prometheus"]))
-    assert single["omniq_task_duration_seconds_count{queue=q0,status=completed}"] > 0
-    assert {k: v for k, v in summed.items() if v or k in single}.keys() == single.keys()
-    for key, value in single.items():  # counts exactly; float sums up to their rounding
-        assert summed[key] == (pytest.approx(value, rel=1e-9) if "_sum{" in key
-                               else value), key
+    assert positions == sorted(positions)  # the group's position never went back
+    check_group_results(results, events, single)
 
 
 async def test_a_sigkilled_member_partitions_are_taken_over_nothing_lost(
