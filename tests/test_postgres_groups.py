@@ -3,8 +3,8 @@
 * four processes of one group share 100,000 events with retries: each event handled once,
   every task's events in one process, and their Prometheus numbers add up to a single
   processor's exactly;
-* a SIGKILLed member's partitions are taken over once its lease expired: nothing lost,
-  and only what it held unacknowledged handled again;
+* a SIGKILLed member's partitions are taken over at once, a stopped one's once its lease
+  expired: nothing lost, and only what it held unacknowledged handled again;
 * members joining and leaving divide the partitions anew; idle members keep theirs;
 * a store made by schema version 2 is migrated: partitions computed, positions kept.
 """
@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import psycopg
+import pytest
 from _helpers import POSTGRES_URL, async_wait_until, wait_until
 from _server_backends import TestPostgresBackend, make_postgres, unique_name
 from test_distributed import _caught_up, _events, _url, _Workers
@@ -70,10 +72,13 @@ async def test_four_processes_share_100k_events_with_retries_exactly(tmp_path: P
     check_group_results(results, events, single)
 
 
-async def test_a_sigkilled_member_partitions_are_taken_over_nothing_lost(
-    tmp_path: Path,
+@pytest.mark.parametrize(("lease", "stop"), [(3600.0, signal.SIGKILL), (1.0, signal.SIGSTOP)])
+async def test_a_dead_member_partitions_are_taken_over_nothing_lost(
+    tmp_path: Path, lease: float, stop: signal.Signals
 ) -> None:
-    storage = make_postgres(lease_seconds=1.0)
+    """Killed, its process gone from this machine: at once, even with an hour's lease.
+    Stopped (as a hung machine would be): once its lease (here 1 s) expired."""
+    storage = make_postgres(lease_seconds=lease)
     workers = _Workers(tmp_path, _url(storage), "group")
     flag = tmp_path / "go"  # created after the kill: the member that gets ``hold0`` blocks
     events = _events(200, prefix="x") + _events(1, prefix="hold") + _events(200, prefix="y")
@@ -90,13 +95,17 @@ async def test_a_sigkilled_member_partitions_are_taken_over_nothing_lost(
         await storage.append(events)
         wait_until(lambda: Path(f"{workers.out(killed)}.holding").exists(), timeout=30,
                    what=f"{killed} holding hold0")
-        workers.procs[killed].kill()
-        assert workers.procs[killed].wait() == -9
+        workers.procs[killed].send_signal(stop)
+        if stop == signal.SIGKILL:
+            assert workers.procs[killed].wait() == -9  # gone (not a zombie)
+        before_kill = workers.handled_log(killed)
         flag.touch()  # the survivor passes ``hold0`` when it gets there
         await async_wait_until(lambda: _caught_up(storage, "group"), timeout=30,
                                what="the survivor took the partitions over")
         assert await _holders(storage, "group") == {survivor: list(range(PARTITIONS))}
-        before_kill = workers.handled_log(killed)
+        workers.procs[killed].kill()
+        workers.procs[killed].wait()
+        assert workers.handled_log(killed) == before_kill
         results = workers.stop()
     finally:
         workers.kill_all()

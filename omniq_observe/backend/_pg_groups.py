@@ -8,8 +8,9 @@ each member's pairing sees whole tasks.
 * ``omniq_parts(grp, part, position, member, expires_at)``: per group and partition, the
   position up to which that partition was handled, and the member holding it until
   ``expires_at``.
-* ``omniq_members(grp, member, expires_at)``: the group's live members; each renews its row
-  at every acknowledgement and renewal, and at a claim once a third of its lease passed.
+* ``omniq_members(grp, member, expires_at, host, pid)``: the group's live members and their
+  processes; each renews its row at every acknowledgement and renewal, and at a claim once
+  a third of its lease passed.
 * ``omniq_positions(grp, position)``: the group's committed position before its first
   claim (an explicit ``commit_position``); after it, the group's position is the lowest
   partition position, which only ever moves forward.
@@ -18,7 +19,10 @@ The live members, sorted by name, divide the partitions (partition ``p`` goes to
 number ``p % n``). A member takes a partition only when it is free (released, or its lease
 expired: its member died), and gives up the partitions it should no longer hold at its
 next claim, after it acknowledged its batch; so no two live members handle one event, and
-a killed member's partitions are taken over once its lease expired. Claims of one group
+a killed member's partitions are taken over once its lease expired. A member whose process
+on this host is gone is dead at once for the members of this host: a member that joins (a
+restarted processor) frees its partitions before it claims, and the others at their next
+claim or check for events. Claims of one group
 run one at a time (a transaction-level advisory lock); acknowledgements touch only the
 member's own rows.
 
@@ -32,11 +36,12 @@ errors.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from omniq_observe.backend._partitions import PARTITIONS
+from omniq_observe.backend._partitions import HOST, PARTITIONS, pid_gone
 from omniq_observe.backend._pg_schema import WIRE, lock_key
 from omniq_observe.backend.base import Consumer, StoredEvent, decode_stored
 
@@ -61,9 +66,10 @@ _WANTED = "p.part %% me.n = me.rank"
 _AFTER_MINE = """id > (SELECT min(position) FROM {mine} WHERE member = %(m)s)
     AND id > (SELECT array_agg(CASE WHEN member = %(m)s THEN position END ORDER BY part)
               FROM {mine})[part + 1]"""
-_UPSERT_MEMBER = """INSERT INTO {s}.omniq_members (grp, member, expires_at)
-    VALUES (%(g)s, %(m)s, now() + %(lease)s::interval)
-    ON CONFLICT (grp, member) DO UPDATE SET expires_at = excluded.expires_at"""
+_UPSERT_MEMBER = """INSERT INTO {s}.omniq_members (grp, member, expires_at, host, pid)
+    VALUES (%(g)s, %(m)s, now() + %(lease)s::interval, %(host)s, %(pid)s)
+    ON CONFLICT (grp, member) DO UPDATE SET expires_at = excluded.expires_at,
+        host = excluded.host, pid = excluded.pid"""
 
 # Every statement, ``{s}`` standing for the schema.
 _SQL = {
@@ -95,6 +101,17 @@ _SQL = {
     "FROM generate_series(0, {last}) p ON CONFLICT DO NOTHING",
     "upsert_member": _UPSERT_MEMBER,
     "reap": "DELETE FROM {s}.omniq_members WHERE grp = %(g)s AND expires_at < now()",
+    # The other members of this host, and the dead among them freed (a member is dead if
+    # its row still names the process that is gone).
+    "local_members": "SELECT member, pid FROM {s}.omniq_members "
+    "WHERE grp = %(g)s AND host = %(host)s AND member <> %(m)s",
+    "reap_dead": """WITH gone AS (
+        DELETE FROM {s}.omniq_members WHERE grp = %(g)s AND host = %(host)s
+        AND (member, pid) IN (SELECT * FROM unnest(%(dead)s::text[], %(pids)s::int[]))
+        RETURNING member
+    )
+    UPDATE {s}.omniq_parts SET member = NULL, expires_at = '-infinity'
+    WHERE grp = %(g)s AND member IN (SELECT member FROM gone)""",
     # Acknowledge (move the partitions forward) and renew the member and its partitions.
     "advance": "WITH alive AS (" + _UPSERT_MEMBER + """)
         UPDATE {s}.omniq_parts SET position = greatest(position, %(through)s),
@@ -185,6 +202,8 @@ class Groups:
         """Rebalance the group's partitions, then read the next events of those held."""
         args = self._args(consumer)
         args.update(n=limit, renew=self._renew_due(consumer), ch=self.channel)
+        if consumer not in self._renewed:  # joining: the dead of this host leave first
+            await self._reap_dead(conn, args)
         async with conn.pipeline():
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock(consumer),))
@@ -192,11 +211,14 @@ class Groups:
                 parts_cur = await conn.execute(self._sql["rebalance"], args)
             newest_cur = await conn.execute(self._sql["newest"])
             batch_cur = await conn.execute(self._sql["batch"], args)
+            local_cur = await conn.execute(self._sql["local_members"], args)
+        self._known.add(consumer.group)
         if args["renew"]:
             self._renewed[consumer] = time.monotonic()
         parts = await parts_cur.fetchall()
         newest = (await newest_cur.fetchone())[0] or 0
         rows = await batch_cur.fetchall()
+        await self._reap_dead(conn, args, await local_cur.fetchall())  # for the next claim
         if any(changed and member is None for _, _, member, changed in parts):
             await conn.execute(self._sql["notify"], args)  # partitions given up
         mine = {int(part): int(pos) for part, pos, member, _ in parts
@@ -217,7 +239,6 @@ class Groups:
         if consumer.group not in self._known:
             for name in ("join_group", "join_parts"):
                 await conn.execute(self._sql[name], args)
-            self._known.add(consumer.group)
         if consumer not in self._renewed:  # a member joins: the others hand partitions over
             await conn.execute(self._sql["notify"], args)
         if args["renew"]:
@@ -250,11 +271,32 @@ class Groups:
 
     async def has_events_for(self, conn: Any, consumer: Consumer) -> bool:
         """Whether a claim would do something: partitions to take or give up, or events."""
-        cur = await conn.execute(self._sql["has_events"], self._args(consumer))
-        row = await cur.fetchone()
-        return bool(row[0])
+        args = self._args(consumer)
+        async with conn.pipeline():
+            has_cur = await conn.execute(self._sql["has_events"], args)
+            local_cur = await conn.execute(self._sql["local_members"], args)
+        found = bool((await has_cur.fetchone())[0])
+        return await self._reap_dead(conn, args, await local_cur.fetchall()) or found
 
     # -- steps ---------------------------------------------------------------------------
+    async def _reap_dead(
+        self, conn: Any, args: dict[str, Any], local: list[Any] | None = None
+    ) -> bool:
+        """Free the partitions of the group's members whose process on this host is gone
+        (``local``: the other members of this host, read here when not given), and wake
+        the others to take them. Returns whether any was dead."""
+        if local is None:
+            cur = await conn.execute(self._sql["local_members"], args)
+            local = await cur.fetchall()
+        dead = [(member, pid) for member, pid in local if pid_gone(int(pid))]
+        if dead:
+            reap = {**args, "dead": [m for m, _ in dead], "pids": [p for _, p in dead],
+                    "ch": self.channel}
+            async with conn.transaction():
+                await conn.execute(self._sql["reap_dead"], reap)
+                await conn.execute(self._sql["notify"], reap)
+        return bool(dead)
+
     async def _move(self, conn: Any, consumer: Consumer, held: _Held) -> None:
         """Move ``held``'s partitions forward to its ``through``, renewing them and the
         member."""
@@ -264,7 +306,8 @@ class Groups:
         self._renewed[consumer] = time.monotonic()
 
     def _args(self, consumer: Consumer) -> dict[str, Any]:
-        return {"g": consumer.group, "m": consumer.member, "lease": self.lease}
+        return {"g": consumer.group, "m": consumer.member, "lease": self.lease,
+                "host": HOST, "pid": os.getpid()}
 
     def _renew_due(self, consumer: Consumer) -> bool:
         renewed = self._renewed.get(consumer)

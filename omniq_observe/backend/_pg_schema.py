@@ -178,6 +178,8 @@ def _version_3(s: str) -> list[Step]:
             grp text NOT NULL,
             member text NOT NULL,
             expires_at timestamptz NOT NULL,
+            host text NOT NULL DEFAULT '',
+            pid integer NOT NULL DEFAULT 0,
             PRIMARY KEY (grp, member)
         )""",
     ]
