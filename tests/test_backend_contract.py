@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from omniq_observe.backend import BaseEventStorage, Consumer, DeadLetter, Health, Page
 from omniq_observe.events import AsyncEventLogger
 from omniq_observe.models.event import TaskEvent, encode_event
@@ -346,3 +348,16 @@ async def test_async_context_manager_closes(backend: BaseEventStorage) -> None:
         assert entered is backend
         await backend.append(make_events(1))
         assert await backend.count() == 1
+
+
+async def test_append_blocking_is_declared_and_optional(backend: BaseEventStorage) -> None:
+    events = make_events(2)
+    if backend.can_append_blocking:
+        await asyncio.to_thread(backend.append_blocking, events)  # a thread without a loop
+        assert await read_all(backend) == events
+    else:
+        with pytest.raises(NotImplementedError) as info:
+            backend.append_blocking(events)
+        assert str(info.value) == f"{type(backend).__name__} has no append_blocking; use append"
+        assert await backend.count() == 0
+    assert backend.can_append_blocking is (backend.backend_name == "sqlite")

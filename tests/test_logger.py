@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import inspect
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import structlog
 from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -16,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from omniq_observe.backend import BaseEventStorage, MemoryBackend, SQLiteBackend
-from omniq_observe.events import AsyncEventLogger
+from omniq_observe.events import AsyncEventLogger, EventLogger
 from omniq_observe.exceptions import ConfigurationError, InvalidEventError, StorageError
 from omniq_observe.models.event import EventType, TaskEvent
 
@@ -62,6 +64,26 @@ async def test_not_a_task_event_is_refused() -> None:
         await logger.log_event({"task_id": "t"})  # type: ignore[arg-type]
     assert info.value.field == "event"
     assert "got dict" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("retry_interval", 0), ("retry_interval", -1.0), ("retry_interval", float("nan")),
+     ("retry_interval", True), ("max_retry_interval", float("inf")),
+     ("max_retry_interval", "2")],
+)
+def test_bad_retry_intervals_name_the_setting_and_value(setting: str, value: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AsyncEventLogger(MemoryBackend(), **{setting: value})  # type: ignore[arg-type]
+    assert info.value.setting == setting
+    wanted = "a finite positive number" if value == float("inf") else "a positive number"
+    assert str(info.value) == f"{setting} must be {wanted} of seconds, got {value!r}"
+
+
+def test_retry_intervals_are_settings() -> None:
+    logger = AsyncEventLogger(MemoryBackend(), retry_interval=1, max_retry_interval=30)
+    assert (logger.retry_interval, logger.max_retry_interval) == (1.0, 30.0)
+    assert (type(logger.retry_interval), type(logger.max_retry_interval)) == (float, float)
 
 
 def test_bad_settings() -> None:
@@ -261,8 +283,9 @@ async def test_buffer_policy_keeps_order_drains_when_storage_returns_and_counts_
     tmp_path: Path,
 ) -> None:
     backend = SQLiteBackend(tmp_path / "busy.db", busy_timeout=0.05)
-    logger = AsyncEventLogger(event_storage=backend, on_storage_error="buffer", buffer_size=3)
-    logger.retry_interval = 0.01
+    log = structlog.testing.CapturingLogger()
+    logger = AsyncEventLogger(event_storage=backend, on_storage_error="buffer", buffer_size=3,
+                              retry_interval=0.01, logger=log)
     await logger.log_event(TaskEvent(task_id="t", event_type="A"))
     lock = lock_database(backend.path)
     try:
@@ -277,6 +300,13 @@ async def test_buffer_policy_keeps_order_drains_when_storage_returns_and_counts_
     assert logger.buffered == 0
     assert [s.event.event_type for s in await backend.read_after(None, 10)] == ["A", "B", "C", "D"]
     assert logger.stats.logged == 4
+    warnings = [(c.args, c.kwargs) for c in log.calls if c.method_name == "warning"]
+    locked = "BackendUnavailableError: SQLite write failed: database is locked"
+    assert warnings == [
+        (("omniq.events_buffered",), {"events": 1, "error": locked}),
+        (("omniq.retry_buffer_full",), {"dropped": 1}),
+        (("omniq.retry_buffer_full",), {"dropped": 1}),
+    ]
     await logger.log_event(TaskEvent(task_id="t", event_type="G"))
     assert await backend.count() == 5
     await logger.aclose()
@@ -344,17 +374,72 @@ async def test_no_producer_span_inside_the_callers_span() -> None:
     assert [s.name for s in exporter.get_finished_spans()] == ["request"]
 
 
-async def test_a_type_one_edit_from_a_known_one_is_stored_and_warned_about_once(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_a_type_one_edit_from_a_known_one_is_stored_and_warned_about_once() -> None:
     storage = MemoryBackend()
     logger = AsyncEventLogger(storage)
-    with caplog.at_level(logging.WARNING, logger="omniq_observe.logger"):
+    with structlog.testing.capture_logs() as logs:
         for kind in ("COMPLTED", "COMPLTED", "STRATED", "PROGRESS", "COMPLETED"):
             await logger.log_event(TaskEvent(task_id="t", event_type=kind))
     stored = [s.event.event_type for s in await storage.read_after(None, 10)]
     assert stored == ["COMPLTED", "COMPLTED", "STRATED", "PROGRESS", "COMPLETED"]
-    assert [r.getMessage() for r in caplog.records] == [
-        "unknown event type 'COMPLTED'; did you mean COMPLETED?",
-        "unknown event type 'STRATED'; did you mean STARTED?",
+    assert logs == [
+        {"event": "omniq.unknown_event_type", "event_type": "COMPLTED",
+         "suggestion": "COMPLETED", "log_level": "warning"},
+        {"event": "omniq.unknown_event_type", "event_type": "STRATED",
+         "suggestion": "STARTED", "log_level": "warning"},
     ]
+
+
+async def test_the_loggers_own_lines_go_to_the_logger_passed() -> None:
+    log = structlog.testing.CapturingLogger()
+    logger = AsyncEventLogger(MemoryBackend(), logger=log)
+    with structlog.testing.capture_logs() as default_path:
+        await logger.log_event(TaskEvent(task_id="t", event_type="STRATED"))
+    assert default_path == []
+    assert log.calls == [structlog.testing.CapturedCall(
+        "warning", ("omniq.unknown_event_type",),
+        {"event_type": "STRATED", "suggestion": "STARTED"},
+    )]
+
+
+def test_the_sync_logger_spells_out_the_async_loggers_keywords() -> None:
+    sync = inspect.signature(EventLogger).parameters
+    assert list(sync) == list(inspect.signature(AsyncEventLogger).parameters) == [
+        "event_storage", "tracer_provider", "on_storage_error", "buffer_size", "redact_keys",
+        "max_attribute_length", "logger_provider", "otel_events", "batch", "flush_interval",
+        "max_batch", "max_queue", "overflow", "retry_interval", "max_retry_interval", "logger",
+    ]
+    assert [p.kind for p in sync.values()].count(inspect.Parameter.VAR_KEYWORD) == 0
+    for name in ("prepare", "store", "after_fork", "count_dropped"):
+        assert not hasattr(EventLogger, name) and not hasattr(AsyncEventLogger, name)
+
+
+def test_the_sync_logger_buffers_with_its_retry_interval_and_logs_to_its_logger(
+    tmp_path: Path,
+) -> None:
+    backend = SQLiteBackend(tmp_path / "busy.db", busy_timeout=0.05)
+    log = structlog.testing.CapturingLogger()
+    logger = EventLogger(backend, on_storage_error="buffer", retry_interval=0.01,
+                         max_retry_interval=0.02, logger=log)
+    logger.log_event(TaskEvent(task_id="t", event_type="FIRST"))
+    lock = lock_database(backend.path)
+    try:
+        logger.log_event(TaskEvent(task_id="t", event_type="A"))  # append_blocking fails
+        logger.log_event(TaskEvent(task_id="t", event_type="B"))  # queued behind it
+        assert (logger.buffered, logger.stats.buffered, logger.stats.logged) == (2, 2, 1)
+    finally:
+        lock.close()
+    assert logger.flush(timeout=10) is True
+    logger.close()
+    backend.close_blocking()
+    assert (logger.stats.logged, logger.stats.dropped) == (3, 0)
+    locked = "BackendUnavailableError: SQLite write failed: database is locked"
+    assert [(c.method_name, c.args, c.kwargs) for c in log.calls if c.method_name != "debug"] == [
+        ("warning", ("omniq.events_buffered",), {"events": 1, "error": locked}),
+    ]
+
+    async def stored() -> list[str]:
+        async with SQLiteBackend(tmp_path / "busy.db") as reader:
+            return [s.event.event_type for s in await reader.read_after(None, 10)]
+
+    assert asyncio.run(stored()) == ["FIRST", "A", "B"]

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from omniq_observe.backend import SQLiteBackend
 from omniq_observe.events import AsyncEventLogger, EventLogger
@@ -92,8 +93,8 @@ async def test_a_refused_event_already_in_the_buffer_is_dropped_not_retried(
     tmp_path: Path,
 ) -> None:
     backend = SQLiteBackend(tmp_path / "events.db", busy_timeout=0.05)
-    logger = AsyncEventLogger(event_storage=backend, on_storage_error="buffer")
-    logger.retry_interval = 0.01
+    logger = AsyncEventLogger(event_storage=backend, on_storage_error="buffer",
+                              retry_interval=0.01)
     await logger.log_event(TaskEvent(task_id="first", event_type="STARTED"))
     lock = lock_database(backend.path)
     try:
@@ -105,7 +106,11 @@ async def test_a_refused_event_already_in_the_buffer_is_dropped_not_retried(
         assert logger.buffered == 152
     finally:
         lock.close()
-    assert await logger.flush(timeout=10) is True
+    with structlog.testing.capture_logs() as logs:
+        assert await logger.flush(timeout=10) is True
+    assert [log for log in logs if log["log_level"] == "error"] == [
+        {"event": "omniq.refused_events_dropped", "dropped": 1, "log_level": "error"},
+    ]
     assert await backend.count() == 152
     assert logger.stats.dropped == 1
     assert logger.stats.logged == 152

@@ -25,6 +25,7 @@ from omniq_observe.events import AsyncEventLogger, AsyncEventProcessor
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers.tracing import TracingHandler
 from omniq_observe.models.event import TaskEvent
+from omniq_observe.propagation import inject_trace_context
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,9 +114,7 @@ async def test_task_span_joins_the_enqueuers_trace_with_exact_times(traced: Trac
 async def test_link_mode_starts_a_new_trace_linked_to_the_enqueuer(traced: Traced) -> None:
     handler = TracingHandler(traced.provider, link_mode="link")
     with traced.provider.get_tracer("app").start_as_current_span("request") as request:
-        enqueued = AsyncEventLogger(MemoryBackend()).prepare(
-            ev("t1", "ENQUEUED", at(0), queue="q")
-        )
+        enqueued = inject_trace_context(ev("t1", "ENQUEUED", at(0), queue="q"))
     await feed(handler, [enqueued, ev("t1", "STARTED", at(1)), ev("t1", "COMPLETED", at(2))])
     (span,) = traced.spans("process q")
     assert span.parent is None

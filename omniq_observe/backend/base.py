@@ -187,10 +187,27 @@ class BaseEventStorage(abc.ABC):
     #: processor calls ``renew`` every third of this while its handlers run.
     lease_seconds: float | None = None
 
+    #: True when :meth:`append_blocking` is implemented.
+    can_append_blocking: bool = False
+
     # -- writing -----------------------------------------------------------------------
     @abc.abstractmethod
     async def append(self, events: Sequence[TaskEvent]) -> None:
         """Store a batch of events durably, in order; return once they are visible."""
+
+    def append_blocking(self, events: Sequence[TaskEvent]) -> None:
+        """Store events as :meth:`append` does, from sync code, without an event loop.
+
+        Optional. A backend that can write from any thread without a loop implements it
+        and sets :attr:`can_append_blocking`; the sync ``EventLogger`` then writes in the
+        caller's thread instead of through its private loop thread. Failures raise as
+        ``append``'s do.
+
+        Raises:
+            NotImplementedError: the backend does not implement it (the default).
+        """
+        msg = f"{type(self).__name__} has no append_blocking; use append"
+        raise NotImplementedError(msg)
 
     # -- the log -----------------------------------------------------------------------
     @abc.abstractmethod

@@ -24,12 +24,12 @@ import collections
 import concurrent.futures.thread  # noqa: F401  (see below)
 import contextlib
 import inspect
-import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from omniq_observe._validate import positive_int, positive_seconds
 from omniq_observe.backend.base import BaseEventStorage
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
@@ -39,7 +39,6 @@ __all__ = ["OVERFLOW_POLICIES", "AsyncBatcher", "BatchSettings", "ThreadBatcher"
 # concurrent.futures imports its thread pool lazily, and that import registers an exit hook,
 # which fails once the interpreter shuts down: imported here, a storage that starts its
 # executor during the exit-time flush still works.
-_log = logging.getLogger("omniq_observe.logger")
 OVERFLOW_POLICIES = ("block", "drop")
 
 
@@ -51,29 +50,22 @@ class BatchSettings:
     def __init__(
         self, flush_interval: float, max_batch: int, max_queue: int, overflow: str
     ) -> None:
-        if isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float)) or (
-            not flush_interval > 0
-        ):
-            msg = f"flush_interval must be a positive number of seconds, got {flush_interval!r}"
-            raise ConfigurationError(msg, setting="flush_interval", value=flush_interval)
-        for setting, value in (("max_batch", max_batch), ("max_queue", max_queue)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"{setting} must be a positive integer, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
+        self.flush_interval = positive_seconds("flush_interval", flush_interval)
+        self.max_batch = positive_int("max_batch", max_batch)
+        self.max_queue = positive_int("max_queue", max_queue)
         if overflow not in OVERFLOW_POLICIES:
             msg = f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}"
             raise ConfigurationError(msg, setting="overflow", value=overflow)
-        self.flush_interval = float(flush_interval)
-        self.max_batch = max_batch
-        self.max_queue = max_queue
         self.overflow = overflow
 
 
 class _Counts:
-    """What a batcher shares with its logger's stats: a callback for dropped events."""
+    """What a batcher shares with its logger: a callback for dropped events, the logger's
+    structlog logger."""
 
-    def __init__(self, on_drop: Callable[[int], None]) -> None:
+    def __init__(self, on_drop: Callable[[int], None], log: Any) -> None:
         self.on_drop = on_drop
+        self.log = log
         self.accepted = 0
         self.done = 0
         self.error: BaseException | None = None
@@ -83,13 +75,13 @@ class _Counts:
         self.on_drop(count)
         if not self.warned:  # once per batcher: a full queue would flood the log
             self.warned = True
-            _log.warning("omniq-observe batching logger: dropped %d event(s): %s", count, why)
+            self.log.warning("omniq.batch_events_dropped", dropped=count, reason=why)
 
     def write_failed(self, batch: list[TaskEvent], exc: BaseException) -> None:
         self.error = exc
         self.on_drop(len(batch))
-        _log.warning("omniq-observe batching logger: storing %d event(s) failed: %s",
-                     len(batch), exc)
+        self.log.warning("omniq.batch_write_failed", events=len(batch),
+                         error=f"{type(exc).__name__}: {exc}")
 
     def raise_error(self) -> None:
         error, self.error = self.error, None
@@ -106,11 +98,19 @@ def _take(queue: collections.deque[TaskEvent], limit: int) -> list[TaskEvent]:
 
 
 class _Batcher:
-    """The queue, settings and counts both writers share."""
+    """The queue, settings and counts both writers share.
 
-    def __init__(self, settings: BatchSettings, on_drop: Callable[[int], None]) -> None:
+    Args:
+        settings: the checked batching settings.
+        on_drop: called with the number of events given up.
+        log: the logger's structlog logger, for dropped events and failed writes.
+    """
+
+    def __init__(
+        self, settings: BatchSettings, on_drop: Callable[[int], None], log: Any
+    ) -> None:
         self._settings = settings
-        self._counts = _Counts(on_drop)
+        self._counts = _Counts(on_drop, log)
         self._queue: collections.deque[TaskEvent] = collections.deque()
         self._urgent = False
 
@@ -128,8 +128,9 @@ class ThreadBatcher(_Batcher):
         write: Callable[[list[TaskEvent]], None],
         settings: BatchSettings,
         on_drop: Callable[[int], None],
+        log: Any,
     ) -> None:
-        super().__init__(settings, on_drop)
+        super().__init__(settings, on_drop, log)
         self._write = write
         self._cond = threading.Condition(threading.Lock())
         self._closing = False
@@ -240,8 +241,9 @@ class AsyncBatcher(_Batcher):
         write: Callable[[list[TaskEvent]], Awaitable[None]],
         settings: BatchSettings,
         on_drop: Callable[[int], None],
+        log: Any,
     ) -> None:
-        super().__init__(settings, on_drop)
+        super().__init__(settings, on_drop, log)
         self._write = write
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None

@@ -3,6 +3,9 @@
 Delivery is at-least-once: a batch is acknowledged (the processor's position committed)
 after every handler ran on every event of it, so a processor killed mid-batch sees the
 batch again when it restarts. Handlers that must not double-count use ``event.event_id``.
+Pairs that wait for the reorder window when a processor is killed are not lost: its
+restart pairs their events again, without handing them to the handlers a second time
+(see ``omniq_observe.events._checkpoint``).
 
 The handler contract (:class:`Handler`): any callable taking a :class:`TaskEvent`, sync or
 async. Optional extras a handler object may have:
@@ -156,8 +159,11 @@ class AsyncEventProcessor:
     async def _release(self, now: float) -> None:
         """Hand what the shared pairings decide at wall-clock ``now`` to their handlers,
         and keep what still waits (see ``omniq_observe.events._checkpoint``)."""
-        if self.pairings and self._dispatch.run_released(self.pairings.values(), now):
-            await self._checkpoint.save(self.pairings.values())
+        if not self.pairings:
+            return
+        decided = self._dispatch.run_released(self.pairings.values(), now) > 0
+        if decided or self._checkpoint.holding:
+            await self._checkpoint.save(self.pairings.values(), decided)
 
     async def _run_batches(self, stopping: asyncio.Event | None) -> int:
         """Handle batches until one comes back short (or ``stopping`` is set).

@@ -174,14 +174,14 @@ class PrometheusHandler(PairedHandler):
 
     def _count(self, series: QueueSeries, event: TaskEvent) -> None:
         """Count one event, and a failure or a retry."""
-        kind = event.event_type
-        child = series.events.get(kind)
+        event_type = event.event_type
+        child = series.events.get(event_type)
         if child is None:
-            child = self._event_child(series, kind)
+            child = self._event_child(series, event_type)
         child.inc()
-        if kind == "FAILED":
+        if event_type == "FAILED":
             self._failure(series, event)
-        elif kind == "RETRIED":
+        elif event_type == "RETRIED":
             series.retries.inc()
 
     def _end(self, attempt: Attempt) -> None:
@@ -248,8 +248,8 @@ class PrometheusHandler(PairedHandler):
             caps[family].take(n)
         return True
 
-    def _event_child(self, series: QueueSeries, kind: str) -> Any:
-        label = self._type_cap.admit(kind)
+    def _event_child(self, series: QueueSeries, event_type: str) -> Any:
+        label = self._type_cap.admit(event_type)
         child = series.events.get(label)
         if child is None:
             if not self._series_caps["events"].take():

@@ -90,6 +90,7 @@ class SQLiteBackend(BaseEventStorage):
     """
 
     backend_name = "sqlite"
+    can_append_blocking = True
     poll_interval = 0.01
 
     def __init__(
