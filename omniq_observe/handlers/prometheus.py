@@ -111,8 +111,8 @@ class PrometheusHandler(PairedHandler):
         }
         self._all_overflow: dict[str, Any] = {}
         self._series: dict[str, QueueSeries] = {}  # by queue name as the pairing gives it
-        self._stats = ProcessorStatsReader(caps["processor"].admit, caps["handler"].admit)
-        self._copier = m.add_processor_metrics(self._stats, copy=multiprocess_mode())
+        self._stats_reader = ProcessorStatsReader(caps["processor"].admit, caps["handler"].admit)
+        self._copier = m.add_processor_metrics(self._stats_reader, copy=multiprocess_mode())
 
     def _label_caps(self, max_label_values: int) -> dict[str, LabelCap]:
         """A cap for each capped label, counting refusals in the overflow counter."""
@@ -130,7 +130,7 @@ class PrometheusHandler(PairedHandler):
         """Called by ``register_handler``: share the processor's pairing (which recovers
         pairs from its storage) and export the processor's stats."""
         super().attach(processor)
-        self._stats.watch(processor)
+        self._stats_reader.watch(processor)
         self.refresh()
 
     def refresh(self) -> None:
