@@ -269,7 +269,8 @@ async def test_a_member_pairs_an_end_with_a_start_another_member_handled(
     server_backend: BaseEventStorage,
 ) -> None:
     """What the pairing handlers rely on: the member that gets COMPLETED finds the task's
-    STARTED (handled by another member) in task_history, complete and in order."""
+    STARTED (handled by another member, which left the group since) in task_history,
+    complete and in order."""
     from datetime import datetime, timedelta, timezone
 
     t0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
@@ -298,6 +299,7 @@ async def test_a_member_pairs_an_end_with_a_start_another_member_handled(
     a, b = member("a"), member("b")
     await server_backend.append([enq, start])
     assert await a.process_events_once() == 2
+    await server_backend.release(a.consumer)  # a leaves: the task goes to b
     await server_backend.append([end])
     assert await b.process_events_once() == 1
     assert seen == {"a": ["ENQUEUED", "STARTED"], "b": ["COMPLETED"]}

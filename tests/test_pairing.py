@@ -219,7 +219,7 @@ def test_finished_tasks_leave_no_state_behind() -> None:
 
 
 def _general_path(p: TaskPairing, event: TaskEvent) -> list[Observation]:
-    if p._young:
+    if p._unsettled:
         p._settle()
     return p._observe(event, None, p._table.find(event.task_id)).all()
 

@@ -69,7 +69,7 @@ async def test_schema_is_created_once_with_its_version_and_columns(
     backends = [TestPostgresBackend(POSTGRES_URL, schema=schema) for _ in range(3)]
     try:
         healths = await asyncio.gather(*(b.health() for b in backends))
-        assert [h.schema_version for h in healths] == [2, 2, 2]
+        assert [h.schema_version for h in healths] == [3, 3, 3]
         cur = await admin.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = %s AND table_name = 'omniq_events' ORDER BY ordinal_position",
@@ -78,7 +78,7 @@ async def test_schema_is_created_once_with_its_version_and_columns(
         assert await cur.fetchall() == [
             ("id", "bigint"), ("event_id", "text"), ("task_id", "text"),
             ("event_type", "text"), ("timestamp", "timestamp with time zone"),
-            ("body", "text"),
+            ("body", "text"), ("part", "smallint"),
         ]
         cur = await admin.execute(
             "SELECT indexname FROM pg_indexes WHERE schemaname = %s "
@@ -133,7 +133,7 @@ async def test_a_version_1_schema_is_migrated_keeping_events_and_dropping_copies
         "event) VALUES ('g', 'h', 'boom', 1, 1, %s::jsonb)", (encode_event(old).decode(),))
     storage = TestPostgresBackend(POSTGRES_URL, schema=schema)
     try:
-        assert (await storage.health()).schema_version == 2
+        assert (await storage.health()).schema_version == 3
         assert [s.event for s in await storage.read_after(None, 10)] == [old]
         assert [d.event for d in await storage.dead_letters()] == [old]
         await storage.append([old])  # and now it is idempotent
@@ -256,21 +256,17 @@ async def test_two_members_share_and_an_expired_lease_is_taken_over(
 ) -> None:
     await pg.append(_events(30))
     a, b = Consumer("g", "a"), Consumer("g", "b")
-    first = await pg.claim(a, 10)
-    second = await pg.claim(b, 20)
-    assert len({s.position for s in first + second}) == 30
-    await pg.ack(b, second)
-    # a holds its batch: the group's position stays before it.
-    assert await pg.get_position("g") is None
-    assert await pg.claim(b, 10) == []  # a's lease has not expired yet
-    # a never acknowledges; after lease_seconds, b takes a's batch over.
+    first = await pg.claim(a, 10)  # alone: a holds every partition
+    assert len(first) == 10
+    assert await pg.claim(b, 10) == []  # b joined, but a holds them until its lease expired
+    # a never comes back; after lease_seconds, b takes its partitions (and batch) over.
     taken = await async_wait_until(lambda: pg.claim(b, 10), timeout=5)
     assert [s.position for s in taken] == [s.position for s in first]
-    await pg.ack(a, first)  # too late: the lease is b's now, a's ack changes nothing
+    await pg.ack(a, first)  # too late: the partitions are b's now, a's ack changes nothing
     assert await pg.get_position("g") is None
     await pg.ack(b, taken)
-    assert await pg.get_position("g") == second[-1].position
-    assert await pg.positions() == {"g": second[-1].position}
+    assert await pg.get_position("g") == taken[-1].position
+    assert await pg.positions() == {"g": taken[-1].position}
 
 
 async def test_release_hands_a_lease_over_at_once() -> None:

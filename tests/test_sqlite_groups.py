@@ -12,6 +12,7 @@ import asyncio
 import sqlite3
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from _helpers import async_wait_until, wait_until
 from prometheus_client import CollectorRegistry
 from test_distributed import _caught_up, _events, _Workers
 
-from omniq_observe.backend import SQLiteBackend
+from omniq_observe.backend import BaseEventStorage, Position, SQLiteBackend
 from omniq_observe.backend._partitions import PARTITIONS, partition_of
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.handlers import PrometheusHandler
@@ -71,11 +72,16 @@ def _spread(path: Path, group: str) -> bool:
 
 async def _single(path: Path, events_total: int) -> dict[str, float]:
     """The samples of one processor (its own group) over the same file."""
-    registry = CollectorRegistry()
     async with SQLiteBackend(path) as storage:
-        processor = AsyncEventProcessor(storage, "single", batch_size=500)
-        processor.register_handler(PrometheusHandler(registry=registry, prefix="omniq"))
-        assert await processor.process_events_once() == events_total
+        return await single_samples(storage, events_total)
+
+
+async def single_samples(storage: BaseEventStorage, events_total: int) -> dict[str, float]:
+    """The samples of one processor (its own group) over ``storage``."""
+    registry = CollectorRegistry()
+    processor = AsyncEventProcessor(storage, "single", batch_size=500)
+    processor.register_handler(PrometheusHandler(registry=registry, prefix="omniq"))
+    assert await processor.process_events_once() == events_total
     found: dict[str, float] = {}
     for metric in registry.collect():
         for sample in metric.samples:
@@ -90,38 +96,15 @@ def _task_numbers(samples: dict[str, float]) -> dict[str, float]:
             if k.startswith("omniq_task") and "{" in k and "_created" not in k}
 
 
-async def test_four_processes_share_one_file_each_event_once(tmp_path: Path) -> None:
-    path = tmp_path / "group.db"
-    events = _retry_workload(6_000)
-    workers = _Workers(tmp_path, _url(path, 5.0), "scale")
-    positions: list[int] = []
-    try:
-        async with SQLiteBackend(path) as storage:
-            for n in range(4):
-                workers.start(f"p{n}", "--batch-size", "500")
-            workers.wait_ready()
-            # Let the members divide the partitions first, so that every task's events
-            # go to one member from its first event on.
-            await async_wait_until(lambda: _spread(path, "scale"), timeout=30, interval=0.05,
-                                   what="four members holding four partitions each")
-            for i in range(0, len(events), 2000):
-                await storage.append(events[i : i + 2000])
-
-            async def caught_up() -> bool:
-                position = await storage.get_position("scale")
-                if position is not None:
-                    positions.append(int(position))
-                return await _caught_up(storage, "scale")
-
-            await async_wait_until(caught_up, timeout=120, interval=0.05,
-                                   what="the group caught up")
-            results = workers.stop()
-    finally:
-        workers.kill_all()
+def check_group_results(
+    results: dict[str, dict[str, Any]], events: list[TaskEvent], single: dict[str, float]
+) -> None:
+    """Four members handled each event once, every task's events in one member, and their
+    Prometheus numbers add up to ``single``'s (a single processor's samples)."""
+    single = _task_numbers(single)
     handled = [eid for r in results.values() for eid in r["handled"]]
     assert len(handled) == len(events)  # none handled twice ...
     assert set(handled) == {e.event_id for e in events}  # ... and every one handled
-    assert positions == sorted(positions)  # the group's position never went back
     by_id = {e.event_id: e for e in events}
     members_of: defaultdict[str, set[str]] = defaultdict(set)
     for member, result in results.items():
@@ -134,13 +117,53 @@ async def test_four_processes_share_one_file_each_event_once(tmp_path: Path) -> 
     summed: Counter[str] = Counter()
     for result in results.values():
         summed.update(_task_numbers(result["prometheus"]))
-    single = _task_numbers(await _single(path, len(events)))
     assert single["omniq_task_duration_seconds_count{queue=q0,status=completed}"] > 0
     summed_nonzero = {k: v for k, v in summed.items() if v or k in single}
     assert summed_nonzero.keys() == single.keys()
     for key, value in single.items():  # counts exactly; float sums up to their rounding
         assert summed_nonzero[key] == (pytest.approx(value, rel=1e-9) if "_sum{" in key
                                        else value), key
+
+
+async def run_four_members(
+    storage: BaseEventStorage, workers: _Workers, events: list[TaskEvent],
+    spread: Callable[[], Any],
+) -> tuple[dict[str, dict[str, Any]], list[Position]]:
+    """Start four members of group ``scale``; once ``spread()`` says they divided the
+    partitions (so that every task's events go to one member from its first event on),
+    append ``events``; stop them once they caught up. Returns their results and the
+    group's positions seen meanwhile."""
+    positions: list[Position] = []
+    for n in range(4):
+        workers.start(f"p{n}", "--batch-size", "500")
+    workers.wait_ready()
+    await async_wait_until(spread, timeout=30, interval=0.05,
+                           what="four members holding four partitions each")
+    for i in range(0, len(events), 5000):
+        await storage.append(events[i : i + 5000])
+
+    async def caught_up() -> bool:
+        position = await storage.get_position("scale")
+        if position is not None:
+            positions.append(position)
+        return await _caught_up(storage, "scale")
+
+    await async_wait_until(caught_up, timeout=120, interval=0.05, what="the group caught up")
+    return workers.stop(), positions
+
+
+async def test_four_processes_share_one_file_each_event_once(tmp_path: Path) -> None:
+    path = tmp_path / "group.db"
+    events = _retry_workload(6_000)
+    workers = _Workers(tmp_path, _url(path, 5.0), "scale")
+    try:
+        async with SQLiteBackend(path) as storage:
+            results, positions = await run_four_members(
+                storage, workers, events, lambda: _spread(path, "scale"))
+    finally:
+        workers.kill_all()
+    assert positions == sorted(positions)  # the group's position never went back
+    check_group_results(results, events, await _single(path, len(events)))
 
 
 def _move_member_elsewhere(path: Path, member: str) -> None:
@@ -186,21 +209,27 @@ async def test_sigkilled_member_partitions_are_taken_over(
     assert sorted(results["b"]["handled"]) == sorted(e.event_id for e in events)
 
 
+def recording_member(
+    storage: BaseEventStorage, member: str
+) -> tuple[AsyncEventProcessor, list[str]]:
+    """A processor of group ``g`` that records the task id of each event it handles."""
+    processor = AsyncEventProcessor(storage, "g", member=member, idle_timeout=0.05)
+    seen: list[str] = []
+    processor.register_handler(lambda e: seen.append(e.task_id))
+    return processor, seen
+
+
 async def test_a_stopped_member_hands_its_partitions_over_at_once(tmp_path: Path) -> None:
     # A lease of an hour: only the release on stop can hand the partitions over in time.
     async with SQLiteBackend(tmp_path / "stop.db", lease_seconds=3600.0) as storage:
-        first = AsyncEventProcessor(storage, "g", member="a", idle_timeout=0.05)
-        seen_a: list[str] = []
-        first.register_handler(lambda e: seen_a.append(e.task_id))
+        first, seen_a = recording_member(storage, "a")
         running = asyncio.ensure_future(first.start())
         await storage.append(_events(50, prefix="x"))
         await async_wait_until(lambda: len(seen_a) == 50, what="a handled 50")
         await first.stop()
         await running
     async with SQLiteBackend(tmp_path / "stop.db", lease_seconds=3600.0) as storage:
-        second = AsyncEventProcessor(storage, "g", member="b", idle_timeout=0.05)
-        seen_b: list[str] = []
-        second.register_handler(lambda e: seen_b.append(e.task_id))
+        second, seen_b = recording_member(storage, "b")
         await storage.append(_events(30, prefix="y"))
         assert await second.process_events_once() == 30
         assert seen_b == [f"y{i}" for i in range(30)]

@@ -74,3 +74,23 @@ def test_due_yields_idle_slots_and_skips_freed_and_reused_ones() -> None:
     assert list(table.due(40.0)) == [idle]  # "touched" moved on to its touch's bucket
     table.remove(idle)
     assert list(table.due(1000.0)) == [reused, touched]  # by bucket: 50 s, then 95 s
+
+
+def test_the_fast_path_reads_and_writes_a_slot_as_fields() -> None:
+    table = TaskTable(60.0)
+    table.keep_contexts()
+    slot = table.add("a", 10.0)
+    table.queue[slot], table.t_enq[slot], table.attempt[slot] = 3, 9.5, 1
+    table.set_context(slot, (7, 8, 1))
+    position = table.locate("a")
+    assert table.keys[position] == "a" and table.slots[position] == slot
+    assert table.locate("b") == -1
+    touch, queue, enq, start, touch2, attempt, worker, context = table.row(slot)
+    assert (touch, queue, enq, touch2, attempt, worker, context) == (10.0, 3, 9.5, 10.0, 1, 0,
+                                                                     (7, 8, 1))
+    assert start != start  # not started: NaN
+    table.update(slot, position, (0.0, 5, float("nan"), 11.0, 11.0, 2, 4, None))
+    assert (table.queue[slot], table.t_start[slot], table.t_touch[slot]) == (3, 11.0, 11.0)
+    assert (table.attempt[slot], table.worker[slot], table.context(slot)) == (2, 4, (7, 8, 1))
+    table.update(slot, position, None)
+    assert (table.find("a"), len(table)) == (-1, 0)

@@ -25,6 +25,7 @@ from omniq_observe.backend import (
     SQLiteBackend,
     UndecodableEvent,
 )
+from omniq_observe.backend._partitions import partition_of
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import InvalidEventError
 from omniq_observe.handlers import PrometheusHandler
@@ -57,14 +58,14 @@ async def write_raw(backend: BaseEventStorage, body: bytes) -> None:
         async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
             await conn.execute(
                 f"INSERT INTO {backend.schema}.omniq_events "
-                "(event_id, task_id, event_type, timestamp, body) "
-                "VALUES (%s, 'raw', 'X', now(), %s)",
-                (f"raw-{len(body)}", body.decode()),
+                "(event_id, task_id, event_type, timestamp, part, body) "
+                "VALUES (%s, 'raw', 'X', now(), %s, %s)",
+                (f"raw-{len(body)}", partition_of("raw"), body.decode()),
             )
 
 
 async def leftovers(backend: BaseEventStorage, group: str) -> int:
-    """Leases (PostgreSQL) or pending entries (Redis) the group still holds."""
+    """Events after the group's position (PostgreSQL) or pending entries (Redis)."""
     if isinstance(backend, RedisBackend):
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
@@ -73,7 +74,9 @@ async def leftovers(backend: BaseEventStorage, group: str) -> int:
             await client.aclose()
     if isinstance(backend, PostgresBackend):
         async with await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True) as conn:
-            cur = await conn.execute(f"SELECT count(*) FROM {backend.schema}.omniq_leases")
+            cur = await conn.execute(
+                f"SELECT count(*) FROM {backend.schema}.omniq_events WHERE id > (SELECT "
+                f"min(position) FROM {backend.schema}.omniq_parts WHERE grp = %s)", (group,))
             row = await cur.fetchone()
             assert row is not None
             return int(row[0])

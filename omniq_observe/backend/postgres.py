@@ -1,4 +1,4 @@
-"""Events in PostgreSQL: a table, leased batches for processors, LISTEN/NOTIFY to wake them.
+"""Events in PostgreSQL: a table, task partitions leased to processors, LISTEN/NOTIFY to wake them.
 
 Design (see also the README, "Choosing a storage backend"):
 
@@ -14,12 +14,14 @@ Design (see also the README, "Choosing a storage backend"):
   after another, and every reader sees ids as a gap-free-in-time prefix. Inside one
   process, concurrent ``append`` calls are grouped into one transaction (one COPY), so the
   lock costs one transaction per group, not per event.
-* **Processors share work by leased batches.** ``omniq_positions`` holds each group's
-  delivered cursor; ``claim`` locks the group's row, takes the next ``limit`` events and
-  records them as a lease ``(after_id, last_id]`` owned by the member until
-  ``expires_at``; ``ack`` deletes the lease. A member that dies leaves its lease to expire
-  (``lease_seconds``), then another member takes that range. No two live members get the
-  same event. The group's position is the start of its oldest lease, else its cursor.
+* **Processor groups are routed by task.** Each event's ``part`` column holds the
+  partition of its ``task_id`` (16 partitions, by CRC-32, as on every backend). The
+  members of a group divide the partitions between them and hold each through a lease
+  (``lease_seconds``, renewed while they work), so every event of one task goes to the
+  same member and each member's pairing sees whole tasks. A member that leaves frees its
+  partitions at once; one that dies leaves them to expire, then another member takes them
+  over from the position acknowledged last. No two live members get the same event (see
+  :mod:`._pg_groups`).
 * Appends ``NOTIFY`` a per-schema channel, and waiting processors ``LISTEN`` on a
   dedicated connection.
 * The schema is created and migrated on first use; ``health()`` reports its version.
@@ -45,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError(_msg) from exc
 
 from omniq_observe.backend._group_commit import GroupCommitter
-from omniq_observe.backend._pg_leases import LeaseTable, stored_rows
+from omniq_observe.backend._pg_groups import Groups, stored_rows
 from omniq_observe.backend._pg_listen import Listener
 from omniq_observe.backend._pg_pool import PgConnections, rejected_events
 from omniq_observe.backend._pg_schema import (
@@ -86,16 +88,16 @@ _URL_OPTIONS: dict[str, type] = {
 
 
 class PostgresBackend(BaseEventStorage):
-    """Events in PostgreSQL tables; processors of one name share them by leased batches.
+    """Events in PostgreSQL tables; processors of one name share them by task partitions.
 
     One instance belongs to one event loop (it connects lazily, on first use).
 
     Args:
         dsn: a libpq connection string or URL (``postgresql://user@host/db``).
         schema: the schema holding the tables (created on first use).
-        lease_seconds: how long a member holds a claimed batch before another member may
-            take it over; a processor renews its batch
-            while its handlers run.
+        lease_seconds: how long a member holds its partitions without renewing them
+            before another member may take them over; a processor renews them while its
+            handlers run and while it waits for events.
         pool_size: the most connections the pool opens (plus one for LISTEN).
         retries: how often an operation is retried after a lost connection.
         connect_timeout: seconds to wait for a connection before failing.
@@ -138,14 +140,14 @@ class PostgresBackend(BaseEventStorage):
         self.max_batch = max_batch
         self.channel = f"omniq_{schema}"
         self._events, self._dead = f"{schema}.omniq_events", f"{schema}.omniq_dead_letters"
-        self._leases = LeaseTable(schema, self.channel, self.lease_seconds)
+        self._groups = Groups(schema, self.channel, self.lease_seconds)
         self._lock_append = (
             f"SELECT pg_advisory_xact_lock({lock_key(schema, 'append')}), "
             f"pg_notify('{self.channel}', '')"
         )
         self._insert_staged = (
-            f"INSERT INTO {self._events} (event_id, task_id, event_type, timestamp, body) "
-            f"SELECT event_id, task_id, event_type, timestamp, body FROM {STAGE} ORDER BY n "
+            f"INSERT INTO {self._events} (event_id, task_id, event_type, timestamp, part, body) "
+            f"SELECT event_id, task_id, event_type, timestamp, part, body FROM {STAGE} ORDER BY n "
             "ON CONFLICT (event_id) DO NOTHING"
         )
         self._staged: weakref.WeakSet[Any] = weakref.WeakSet()  # connections with a stage
@@ -232,41 +234,42 @@ class PostgresBackend(BaseEventStorage):
 
     async def commit_position(self, group: str, position: Position) -> None:
         await self._db.run(f"committing the position of {group!r}",
-                           lambda c: self._leases.commit_position(c, group, int(position)))
+                           lambda c: self._groups.commit_position(c, group, int(position)))
 
     async def get_position(self, group: str) -> Position | None:
         return await self._db.run(f"reading the position of {group!r}",
-                                  lambda c: self._leases.get_position(c, group))
+                                  lambda c: self._groups.get_position(c, group))
 
     async def positions(self) -> dict[str, Position]:
-        return dict(await self._db.run("reading positions", self._leases.positions))
+        return dict(await self._db.run("reading positions", self._groups.positions))
 
-    # -- processors (see _pg_leases) -----------------------------------------------------
+    # -- processor groups (see _pg_groups) -----------------------------------------------
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
         return await self._db.run(f"claiming events for {consumer.group!r}",
-                                  lambda c: self._leases.claim(c, consumer, limit))
+                                  lambda c: self._groups.claim(c, consumer, limit))
 
     async def ack(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
         if batch:
             await self._db.run(f"acknowledging events of {consumer.group!r}",
-                               lambda c: self._leases.ack(c, consumer))
+                               lambda c: self._groups.ack(c, consumer))
 
     async def renew(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
         await self._db.run(f"renewing the lease of {consumer.member!r}",
-                           lambda c: self._leases.renew(c, consumer))
+                           lambda c: self._groups.renew(c, consumer))
 
     async def release(self, consumer: Consumer) -> None:
-        """Expire this member's leases now, so that other members take them at once."""
+        """Free this member's partitions now, so that other members take them at once."""
         if self._db.opened:
             await self._db.run(f"releasing {consumer.member!r} of {consumer.group!r}",
-                               lambda c: self._leases.release(c, consumer))
+                               lambda c: self._groups.release(c, consumer))
 
     async def has_events_for(self, consumer: Consumer) -> bool:
         return await self._db.run(f"checking for events of {consumer.group!r}",
-                                  lambda c: self._leases.has_events_for(c, consumer))
+                                  lambda c: self._groups.has_events_for(c, consumer))
 
     async def wait_for_events(self, consumer: Consumer, timeout: float) -> bool:
-        """Wait for a NOTIFY from an append (or a release) on this schema's channel."""
+        """Wait for a NOTIFY from an append (or a member joining or leaving) on this
+        schema's channel; a member waiting longer than a third of its lease renews it."""
         if self._listener is None:
             await self._db.open()
             self._listener = Listener(self.dsn, self.channel)
@@ -279,8 +282,11 @@ class PostgresBackend(BaseEventStorage):
                 return True
             # A wake-up may be spurious (a reconnect wakes everyone): check again after it.
             remaining = deadline - loop.time()
-            if remaining <= 0 or not await self._listener.wait(generation, remaining):
+            if remaining <= 0:
                 return False
+            if not await self._listener.wait(generation, min(remaining, self._groups.renew_every)):
+                await self._db.run(f"renewing the lease of {consumer.member!r}",
+                                   lambda c: self._groups.renew_if_due(c, consumer))
 
     # -- dead letters --------------------------------------------------------------------
     async def record_dead_letter(self, dead: DeadLetter) -> None:

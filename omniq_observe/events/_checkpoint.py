@@ -56,6 +56,7 @@ class PairingCheckpoint:
         self._acked: Position | None = None  # the last position acknowledged
         self._origin: Position = 0  # the position before the first event
         self._holding = False  # the positions say that something waits
+        self._saved: Position | None = None  # the ~held position written last
 
     def begin(self, pairings: Iterable[Any], batch: Sequence[Any]) -> None:
         """Number the batch about to be paired."""
@@ -70,8 +71,16 @@ class PairingCheckpoint:
         """Say that the processor acknowledged everything up to ``position``."""
         self._acked = position
 
-    async def save(self, pairings: Iterable[Any]) -> None:
-        """Write the positions when something waits, or when it no longer does."""
+    @property
+    def holding(self) -> bool:
+        """True while the positions say that something waits."""
+        return self._holding
+
+    async def save(self, pairings: Iterable[Any], decided: bool = True) -> None:
+        """Write the positions when something waits, or when it no longer does.
+
+        ``decided``: whether anything was decided since the last save (else, while the
+        oldest waiting batch stays the same, the positions written last still hold)."""
         pairings = list(pairings)
         marks = [m for s in pairings if (m := s.pairing.oldest_undecided_mark()) is not None]
         if not marks:
@@ -86,10 +95,12 @@ class PairingCheckpoint:
         before = self._marks[0][1] if self._marks else self._acked
         if before is None:
             before = self._origin
-        decided = max(s.pairing.decided_at for s in pairings)
+        if self._holding and not decided and before == self._saved:
+            return
+        decided_at = max(s.pairing.decided_at for s in pairings)
         await self._storage.commit_position(self.held_key, before)
-        await self._storage.commit_position(self.clock_key, _micros(decided))
-        self._holding = True
+        await self._storage.commit_position(self.clock_key, _micros(decided_at))
+        self._holding, self._saved = True, before
 
     async def restore(self, pairings: Iterable[Any], committed: Position) -> None:
         """After a restart: pair again, silently, what waited when the last run ended."""

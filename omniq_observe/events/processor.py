@@ -3,6 +3,9 @@
 Delivery is at-least-once: a batch is acknowledged (the processor's position committed)
 after every handler ran on every event of it, so a processor killed mid-batch sees the
 batch again when it restarts. Handlers that must not double-count use ``event.event_id``.
+Pairs that wait for the reorder window when a processor is killed are not lost: its
+restart pairs their events again, without handing them to the handlers a second time
+(see ``omniq_observe.events._checkpoint``).
 
 The handler contract (:class:`Handler`): any callable taking a :class:`TaskEvent`, sync or
 async. Optional extras a handler object may have:
@@ -156,8 +159,11 @@ class AsyncEventProcessor:
     async def _release(self, now: float) -> None:
         """Hand what the shared pairings decide at wall-clock ``now`` to their handlers,
         and keep what still waits (see ``omniq_observe.events._checkpoint``)."""
-        if self.pairings and self._dispatch.run_released(self.pairings.values(), now):
-            await self._checkpoint.save(self.pairings.values())
+        if not self.pairings:
+            return
+        decided = self._dispatch.run_released(self.pairings.values(), now) > 0
+        if decided or self._checkpoint.holding:
+            await self._checkpoint.save(self.pairings.values(), decided)
 
     async def _run_batches(self, stopping: asyncio.Event | None) -> int:
         """Handle batches until one comes back short (or ``stopping`` is set).
@@ -334,18 +340,9 @@ async def _wait_or_stop(awaitable: Awaitable[Any], stopping: asyncio.Event) -> N
 class EventProcessor:
     """A blocking wrapper around :class:`AsyncEventProcessor`, usable from any thread.
 
-    Args:
-        event_storage: the storage to read.
-        name: the processor (consumer group) name; its checkpoint is kept under it.
-        batch_size: the most events read and acknowledged at once.
-        max_handler_attempts: how often a failing handler is tried on one event before
-            the event is dead-lettered for that handler and skipped.
-        idle_timeout: the longest one wait for new events lasts before re-checking.
-        member: this process's name within the group (default: host and pid).
-        logger: a structlog logger for handler failures (default: ``structlog.get_logger``).
-
-    Raises:
-        ConfigurationError: a setting is invalid.
+    Takes the arguments of :class:`AsyncEventProcessor` (``event_storage``, ``name``,
+    ``batch_size``, ``max_handler_attempts``, ``idle_timeout``, ``member``, ``logger``),
+    described there, and raises what it raises.
     """
 
     def __init__(

@@ -227,7 +227,7 @@ class Metrics:
         copier = ProcessorStatsCopier(reader, self.static_values)
         self.register(copier, _PROCESSOR_METRICS)  # before the metrics: copies first
         for family in PROCESSOR_FAMILIES:
-            if family.kind == "counter":
+            if family.metric_type == "counter":
                 metric = self._make(Counter, family.name, family.documentation, (family.label,))
             else:
                 metric = self._make(Gauge, family.name, family.documentation, (family.label,),
@@ -250,11 +250,13 @@ class Metrics:
                 self.registry.unregister(collector)
         self.collectors.clear()
 
-    def _make(self, kind: Any, name: str, doc: str, labels: tuple[str, ...], **kw: Any) -> Any:
+    def _make(
+        self, metric_class: Any, name: str, doc: str, labels: tuple[str, ...], **kw: Any
+    ) -> Any:
         full_name = f"{self.prefix}_{name}"
         names = (*labels, *self.static_labels)
         try:
-            metric = kind(full_name, doc, names, registry=self.registry, **kw)
+            metric = metric_class(full_name, doc, names, registry=self.registry, **kw)
         except ValueError as exc:
             self._refuse(full_name, exc)
         self.collectors.append(metric)

@@ -32,13 +32,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ProcessorFamily:
-    """One self-metric family: its name after the prefix, help text, label and kind."""
+    """One self-metric family: its name after the prefix, help text, label and type."""
 
     key: str
     name: str
     documentation: str
     label: str
-    kind: str  # "counter" or "gauge"
+    metric_type: str  # "counter" or "gauge"
     multiprocess_mode: str = ""
 
 
@@ -153,13 +153,13 @@ class ProcessorStatsCollector:
         return families
 
     def _family(self, family: ProcessorFamily) -> Any:
-        kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
-        return kind(f"{self._prefix}_{family.name}", family.documentation,
+        metric_class = CounterMetricFamily if family.metric_type == "counter" else GaugeMetricFamily
+        return metric_class(f"{self._prefix}_{family.name}", family.documentation,
                     labels=(family.label, *self._static_names))
 
     def _add(self, metric: Any, family: ProcessorFamily, label: str, value: float) -> None:
         labels = (label, *self._static_values)
-        if family.kind == "gauge":
+        if family.metric_type == "gauge":
             metric.add_metric(labels, value)
             return
         created = None
@@ -229,7 +229,7 @@ class ProcessorStatsCopier:
         if child is None:
             metric = self.families[family.key]
             child = self._children[key] = metric.labels(label, *self._static_values)
-        if family.kind == "gauge":
+        if family.metric_type == "gauge":
             child.set(value)
             return
         delta = value - self._copied.get(key, 0)

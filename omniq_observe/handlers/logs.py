@@ -45,7 +45,7 @@ _PROMOTED = frozenset(
 )
 # what a details key is to the line (StructlogHandler._classify)
 _PROMOTED_KEY, _SENSITIVE_KEY, _PLAIN_KEY = "promoted", "sensitive", "plain"
-_MAX_KEY_KINDS = 10_000  # details keys whose kind is remembered
+_MAX_KEY_CLASSES = 10_000  # details keys whose class is remembered
 
 
 class StructlogHandler(PairedHandler):
@@ -78,11 +78,11 @@ class StructlogHandler(PairedHandler):
         reorder_window: float = 10.0,
     ) -> None:
         merged = {**DEFAULT_LEVELS}
-        for kind, level in (levels or {}).items():
+        for event_type, level in (levels or {}).items():
             if not isinstance(level, str) or level.lower() not in _LEVELS:
-                msg = f"levels[{kind!r}] must be one of {sorted(_LEVELS)}, got {level!r}"
+                msg = f"levels[{event_type!r}] must be one of {sorted(_LEVELS)}, got {level!r}"
                 raise ConfigurationError(msg, setting="levels", value=level)
-            merged[str(kind).upper()] = level.lower()
+            merged[str(event_type).upper()] = level.lower()
         for setting, value in (("max_traceback", max_traceback),
                                ("max_value_length", max_value_length)):
             if not isinstance(value, int) or value < 1:
@@ -96,7 +96,7 @@ class StructlogHandler(PairedHandler):
         self.max_value_length = max_value_length
         self._redactor = Redactor(redact)
         self._names: dict[str, tuple[str, str]] = {}  # event type -> (event name, level)
-        self._key_kinds: dict[str, str] = {}  # details key -> _PROMOTED_KEY, ...
+        self._key_classes: dict[str, str] = {}  # details key -> _PROMOTED_KEY, ...
         super().__init__(ttl=ttl, reorder_window=reorder_window)
 
     def fields(self, obs: Observation) -> tuple[str, str, dict[str, Any]]:
@@ -118,16 +118,19 @@ class StructlogHandler(PairedHandler):
             fields["details"] = rest
         return level, name, fields
 
-    def _name_and_level(self, kind: str) -> tuple[str, str]:
+    def _name_and_level(self, event_type: str) -> tuple[str, str]:
         """The line's ``event`` name and level for an event type (cached)."""
-        named = self._names.get(kind)
+        named = self._names.get(event_type)
         if named is None:
-            named = self._names[kind] = (f"task.{kind.lower()}", self.levels.get(kind, "info"))
+            named = (f"task.{event_type.lower()}", self.levels.get(event_type, "info"))
+            self._names[event_type] = named
         return named
 
-    def _add_error(self, fields: dict[str, Any], kind: str, details: Mapping[str, Any]) -> None:
+    def _add_error(
+        self, fields: dict[str, Any], event_type: str, details: Mapping[str, Any]
+    ) -> None:
         """``error`` and ``error_type`` of a failure, and any ``traceback``, cut."""
-        if kind == "FAILED" or "error" in details:
+        if event_type == "FAILED" or "error" in details:
             error = details.get("error")
             if error is not None:
                 fields["error"] = truncate(str(error), self.max_value_length)
@@ -141,14 +144,14 @@ class StructlogHandler(PairedHandler):
         None when there are none."""
         rest: dict[str, Any] = {}
         nested = False
-        kinds, limit = self._key_kinds, self.max_value_length
+        classes, limit = self._key_classes, self.max_value_length
         for key, value in details.items():
-            kind = kinds.get(key)
-            if kind is None:
-                kind = self._classify(key)
-            if kind == _PROMOTED_KEY:
+            key_class = classes.get(key)
+            if key_class is None:
+                key_class = self._classify(key)
+            if key_class == _PROMOTED_KEY:
                 continue
-            if kind == _SENSITIVE_KEY:
+            if key_class == _SENSITIVE_KEY:
                 value = REDACTED
             elif isinstance(value, str):
                 if len(value) > limit:
@@ -163,14 +166,14 @@ class StructlogHandler(PairedHandler):
     def _classify(self, key: str) -> str:
         """Whether a details key is promoted to a field, sensitive, or neither (cached)."""
         if key in _PROMOTED:
-            kind = _PROMOTED_KEY
+            key_class = _PROMOTED_KEY
         elif self._redactor.is_sensitive(key):
-            kind = _SENSITIVE_KEY
+            key_class = _SENSITIVE_KEY
         else:
-            kind = _PLAIN_KEY
-        if len(self._key_kinds) < _MAX_KEY_KINDS:
-            self._key_kinds[key] = kind
-        return kind
+            key_class = _PLAIN_KEY
+        if len(self._key_classes) < _MAX_KEY_CLASSES:
+            self._key_classes[key] = key_class
+        return key_class
 
     def handle(self, obs: Observation) -> None:
         """Log the line of one observation (one line per event: decisions made later,

@@ -111,8 +111,8 @@ class PrometheusHandler(PairedHandler):
         }
         self._all_overflow: dict[str, Any] = {}
         self._series: dict[str, QueueSeries] = {}  # by queue name as the pairing gives it
-        self._stats = ProcessorStatsReader(caps["processor"].admit, caps["handler"].admit)
-        self._copier = m.add_processor_metrics(self._stats, copy=multiprocess_mode())
+        self._stats_reader = ProcessorStatsReader(caps["processor"].admit, caps["handler"].admit)
+        self._copier = m.add_processor_metrics(self._stats_reader, copy=multiprocess_mode())
 
     def _label_caps(self, max_label_values: int) -> dict[str, LabelCap]:
         """A cap for each capped label, counting refusals in the overflow counter."""
@@ -130,7 +130,7 @@ class PrometheusHandler(PairedHandler):
         """Called by ``register_handler``: share the processor's pairing (which recovers
         pairs from its storage) and export the processor's stats."""
         super().attach(processor)
-        self._stats.watch(processor)
+        self._stats_reader.watch(processor)
         self.refresh()
 
     def refresh(self) -> None:
@@ -174,14 +174,14 @@ class PrometheusHandler(PairedHandler):
 
     def _count(self, series: QueueSeries, event: TaskEvent) -> None:
         """Count one event, and a failure or a retry."""
-        kind = event.event_type
-        child = series.events.get(kind)
+        event_type = event.event_type
+        child = series.events.get(event_type)
         if child is None:
-            child = self._event_child(series, kind)
+            child = self._event_child(series, event_type)
         child.inc()
-        if kind == "FAILED":
+        if event_type == "FAILED":
             self._failure(series, event)
-        elif kind == "RETRIED":
+        elif event_type == "RETRIED":
             series.retries.inc()
 
     def _end(self, attempt: Attempt) -> None:
@@ -248,8 +248,8 @@ class PrometheusHandler(PairedHandler):
             caps[family].take(n)
         return True
 
-    def _event_child(self, series: QueueSeries, kind: str) -> Any:
-        label = self._type_cap.admit(kind)
+    def _event_child(self, series: QueueSeries, event_type: str) -> Any:
+        label = self._type_cap.admit(event_type)
         child = series.events.get(label)
         if child is None:
             if not self._series_caps["events"].take():

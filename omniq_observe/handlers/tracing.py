@@ -80,7 +80,8 @@ __all__ = ["TracingHandler", "TracingStats"]
 _MAX_REMEMBERED = 100_000  # retry notes and producer contexts kept, at most, each
 _EMPTY = Context()
 _UNSUCCESSFUL = frozenset({"failed", "timeout", "retried"})  # the next attempt links back
-_NameKey = tuple[str, str | None, int, str]  # queue, worker id, attempt number, status
+_ShapeKey = tuple[str, str | None, int, str]  # queue, worker id, attempt number, status
+_Shape = tuple[str, dict[str, AttributeValue]]  # span name, attributes
 
 
 @dataclass
@@ -180,7 +181,7 @@ class TracingHandler(PairedHandler):
         self._notes: collections.OrderedDict[str, _RetryNote] = collections.OrderedDict()
         # Trace contexts of the producer spans made here, until the task's attempts use them.
         self._produced: collections.OrderedDict[str, TraceContext] = collections.OrderedDict()
-        self._names: dict[_NameKey, tuple[str, dict[str, AttributeValue]]] = {}
+        self._shapes: dict[_ShapeKey, _Shape] = {}
         self._task_spans = TaskSpans()  # the processor's, once attached (OTelLogsHandler reads it)
 
     def attach(self, processor: Any) -> None:
@@ -300,10 +301,10 @@ class TracingHandler(PairedHandler):
         """Start the attempt's span at its exact start time, parented or linked."""
         task_id = attempt.task_id
         key = (attempt.queue, attempt.worker_id, attempt.attempt, attempt.status)
-        named = self._names.get(key)
-        if named is None:
-            named = self._named(key)
-        attrs = named[1].copy()
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shape(key)
+        attrs = shape[1].copy()
         limit = self.max_attribute_length
         attrs[MESSAGING_MESSAGE_ID] = task_id if len(task_id) <= limit else truncate(
             task_id, limit
@@ -324,7 +325,7 @@ class TracingHandler(PairedHandler):
             links = links or []
             links.append(Link(note.previous, {OMNIQ_LINK_REASON: "previous_attempt"}))
         return self._tracer.start_span(
-            named[0],
+            shape[0],
             context=context,
             kind=SpanKind.CONSUMER,
             attributes=attrs,
@@ -332,7 +333,7 @@ class TracingHandler(PairedHandler):
             start_time=_ns(attempt.start or 0.0),
         )
 
-    def _named(self, key: _NameKey) -> tuple[str, dict[str, AttributeValue]]:
+    def _shape(self, key: _ShapeKey) -> _Shape:
         """The span name and the attributes every attempt with this (queue, worker, number,
         status) shares (``messaging.message.id`` a placeholder, in its place); built once
         per combination."""
@@ -340,11 +341,11 @@ class TracingHandler(PairedHandler):
         limit = self.max_attribute_length
         attrs = process_attributes(queue, "", worker_id, number if number > 0 else None, limit)
         attrs[OMNIQ_TASK_STATUS] = status
-        named = (f"process {truncate(queue, limit)}", attrs)
-        if len(self._names) >= _MAX_REMEMBERED:
-            self._names.clear()  # unbounded worker names: start over rather than grow
-        self._names[key] = named
-        return named
+        shape = (f"process {truncate(queue, limit)}", attrs)
+        if len(self._shapes) >= _MAX_REMEMBERED:
+            self._shapes.clear()  # unbounded worker names: start over rather than grow
+        self._shapes[key] = shape
+        return shape
 
     def _retried_event(self, span: trace.Span, event: TaskEvent) -> None:
         attrs: dict[str, AttributeValue] = {OMNIQ_EVENT_ID: event.event_id}

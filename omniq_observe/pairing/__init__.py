@@ -42,7 +42,7 @@ Rules (event time, whatever the arrival order):
   event; a queued task likewise leaves the waiting count.
 
 Speed and memory: tasks whose events come in order and pair unambiguously stay on a fast
-path (one inlined lookup, ~75 bytes of typed arrays per open task plus its id; 25 more
+path (one lookup, ~75 bytes of typed arrays per open task plus its id; 25 more
 with trace contexts kept); only the others keep their events in a per-task log.
 """
 

@@ -77,64 +77,109 @@ def replay(items: list[Item], base_attempt: int) -> tuple[list[_Effect], Item | 
     """The pairs of ``items`` (sorted by event time) by the lifecycle rules, each with the
     watermark at which it is decided (-inf: at once); then the open start and the pending
     queue entry left at the end."""
-    effects: list[_Effect] = []
-    source: Item | None = None  # what the task waits in the queue since
-    running: Item | None = None  # the open attempt's STARTED
-    count = base_attempt
-    n = len(items)
-    i = 0
-    while i < n:
-        item = items[i]
-        kind = item.kind
-        if kind == "ENQUEUED":
-            if source is None and running is None:
-                source = item
-        elif kind == "RETRIED":
-            if running is not None:  # (RETRIED numbers differ between frameworks)
-                effects.append(("attempt", (running, item), "retried", item.ts))
-                running = None
-            if source is not None:
-                effects.append(("drop", (source, item), "", -INF))
-            source = item
-        elif kind == "STARTED":
-            count += 1
-            if item.attempt is None and item.event is not None:
-                item.attempt = count
-            if running is not None:
-                effects.append(("superseded", (running, item), "", item.ts))
-            if source is not None:
-                fits = item.event is None or item.event.details.get("attempt") in (None, count)
-                first = source.kind == "ENQUEUED" and source.event is not None
-                kind_of = "wait" if not first or _fits(item, 1, 0) else "mismatch"
-                effects.append((kind_of, (source, item), "", -INF if fits else item.ts))
-                source = None
-            running = item
-        elif kind in TERMINAL_STATUS:
-            status = TERMINAL_STATUS[kind]
-            if running is not None:
-                fits = _fits(item, running.attempt, 0)
-                effects.append(("attempt" if fits else "mismatch", (running, item), status,
-                                -INF if fits else item.ts))
-                running = None
-            elif i + 1 < n and items[i + 1].kind == "STARTED" and (
-                i + 2 >= n or items[i + 2].kind not in _CLOSERS
-            ) and _fits(item, _given(items[i + 1]), 0):  # stamped before its start: skew
-                start = items[i + 1]
-                count += 1
-                if start.attempt is None:
-                    start.attempt = count
-                if source is not None:
-                    effects.append(("wait", (source, start), "", start.ts))
-                    source = None
-                effects.append(("skew", (start, item), status, start.ts))
-                i += 1
-            elif kind == "CANCELLED" and source is not None:
-                effects.append(("cancel", (source, item), "", item.ts))
-                source = None
-            else:
-                effects.append(("no_start", (item,), "", item.ts))
-        i += 1
-    return effects, running, source
+    steps = _Replay(items, base_attempt)
+    steps.run()
+    return steps.effects, steps.running, steps.source
+
+
+class _Replay:
+    """One pass of :func:`replay` over a task's items, an event kind per step."""
+
+    __slots__ = ("count", "effects", "items", "running", "source")
+
+    def __init__(self, items: list[Item], base_attempt: int) -> None:
+        self.items = items
+        self.effects: list[_Effect] = []
+        self.source: Item | None = None  # what the task waits in the queue since
+        self.running: Item | None = None  # the open attempt's STARTED
+        self.count = base_attempt  # attempts started so far
+
+    def run(self) -> None:
+        items = self.items
+        i = 0
+        while i < len(items):
+            item = items[i]
+            kind = item.kind
+            if kind == "ENQUEUED":
+                if self.source is None and self.running is None:
+                    self.source = item
+            elif kind == "RETRIED":
+                self._retried(item)
+            elif kind == "STARTED":
+                self._started(item)
+            elif kind in TERMINAL_STATUS:
+                i += self._ended(i)
+            i += 1
+
+    def _retried(self, item: Item) -> None:
+        """A RETRIED ends the open attempt (numbers differ between frameworks) and
+        re-enqueues the task."""
+        if self.running is not None:
+            self.effects.append(("attempt", (self.running, item), "retried", item.ts))
+            self.running = None
+        if self.source is not None:
+            self.effects.append(("drop", (self.source, item), "", -INF))
+        self.source = item
+
+    def _started(self, item: Item) -> None:
+        """A STARTED supersedes the open attempt and ends the queue wait."""
+        self.count += 1
+        count = self.count
+        if item.attempt is None and item.event is not None:
+            item.attempt = count
+        if self.running is not None:
+            self.effects.append(("superseded", (self.running, item), "", item.ts))
+        source = self.source
+        if source is not None:
+            fits = item.event is None or item.event.details.get("attempt") in (None, count)
+            first = source.kind == "ENQUEUED" and source.event is not None
+            kind_of = "wait" if not first or _fits(item, 1, 0) else "mismatch"
+            self.effects.append((kind_of, (source, item), "", -INF if fits else item.ts))
+            self.source = None
+        self.running = item
+
+    def _ended(self, i: int) -> int:
+        """A terminal event at ``items[i]``; returns 1 when it took the STARTED after it
+        (a terminal stamped before its own start: clock skew), else 0."""
+        item = self.items[i]
+        status = TERMINAL_STATUS[item.kind]
+        running = self.running
+        if running is not None:
+            fits = _fits(item, running.attempt, 0)
+            self.effects.append(("attempt" if fits else "mismatch", (running, item), status,
+                                 -INF if fits else item.ts))
+            self.running = None
+            return 0
+        start = self._skewed_start(i)
+        if start is not None:
+            self._skew(start, item, status)
+            return 1
+        if item.kind == "CANCELLED" and self.source is not None:
+            self.effects.append(("cancel", (self.source, item), "", item.ts))
+            self.source = None
+        else:
+            self.effects.append(("no_start", (item,), "", item.ts))
+        return 0
+
+    def _skewed_start(self, i: int) -> Item | None:
+        """The STARTED right after the terminal ``items[i]`` when the terminal is its end
+        stamped before it (no other end follows the STARTED); else None."""
+        items, n = self.items, len(self.items)
+        if i + 1 >= n or items[i + 1].kind != "STARTED":
+            return None
+        if i + 2 < n and items[i + 2].kind in _CLOSERS:
+            return None
+        start = items[i + 1]
+        return start if _fits(items[i], _given(start), 0) else None
+
+    def _skew(self, start: Item, end: Item, status: str) -> None:
+        self.count += 1
+        if start.attempt is None:
+            start.attempt = self.count
+        if self.source is not None:
+            self.effects.append(("wait", (self.source, start), "", start.ts))
+            self.source = None
+        self.effects.append(("skew", (start, end), status, start.ts))
 
 
 def _given(item: Item) -> int | None:
@@ -251,7 +296,7 @@ class TaskLog:
             out.extend(Observation(e, queue) for e in self.uncounted)
             self.uncounted.clear()
         effects, running, source = replay(self.items, self.base_attempt)
-        wake = INF
+        wake = _ts(self.uncounted[0]) if queue is None and self.uncounted else INF
         for kind, ends, status, decided in effects:
             key = (kind, *(x.key for x in ends))
             if key in self.emitted:

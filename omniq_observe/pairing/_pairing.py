@@ -1,4 +1,6 @@
-"""The public :class:`TaskPairing` and its fast path (the only hand-inlined pairing code)."""
+"""The public :class:`TaskPairing` and its fast path, the one hot path of pairing: the
+common in-order cases in a few steps, checked against the careful path by
+``tests/test_pairing.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from omniq_observe._details import queue_of
 from omniq_observe.models.event import FINAL_TYPES, TERMINAL_STATUS, TaskEvent
 from omniq_observe.pairing._log import stand_in
 from omniq_observe.pairing._state import PairingState
-from omniq_observe.pairing._table import NAN
+from omniq_observe.pairing._table import NAN, Fields
 from omniq_observe.pairing._types import (
     _EXPIRY_EVERY,
     _MAX_ATTEMPT,
@@ -20,6 +22,10 @@ from omniq_observe.pairing._types import (
 )
 
 __all__ = ["TaskPairing"]
+
+# What a fast-path step made of an event: its observation, and the task's fields after it
+# (None: the task ended).
+_Step = tuple[Observation, "Fields | None"]
 
 
 class TaskPairing(PairingState):
@@ -42,7 +48,7 @@ class TaskPairing(PairingState):
     @property
     def open_attempts(self) -> int:
         """How many attempts are started and not yet ended (or given up)."""
-        if self._young:
+        if self._unsettled:
             self._settle()
         start = self._table.t_start
         table = sum(1 for slot in self._table.live_slots() if not math.isnan(start[slot]))
@@ -51,7 +57,7 @@ class TaskPairing(PairingState):
     @property
     def tracked_tasks(self) -> int:
         """How many tasks the pairing holds state for."""
-        return len(self._table) + len(self._young) + len(self._logs)
+        return len(self._table) + len(self._unsettled) + len(self._logs)
 
     def needs_history(self, event: TaskEvent) -> bool:
         """True when ``event`` can only be paired exactly with the task's stored history.
@@ -61,7 +67,7 @@ class TaskPairing(PairingState):
         """
         if self.history is None or hash(event.event_id) in self._seen:
             return False
-        if self._young:
+        if self._unsettled:
             self._settle()
         return self._needs_history(event, self._table.find(event.task_id))
 
@@ -82,7 +88,7 @@ class TaskPairing(PairingState):
             obs = self.try_observe(event)
             if obs is not None:
                 return obs  # else it took nothing: pair it without the history
-        if self._young:
+        if self._unsettled:
             self._settle()
         return self._observe(event, history, self._table.find(event.task_id))
 
@@ -93,7 +99,7 @@ class TaskPairing(PairingState):
         ``current``: the event being handled, which the observations name (else a stand-in).
         """
         self._since_expiry = 0
-        if self._young:
+        if self._unsettled:
             self._settle()
         cutoff = now - self.ttl
         table = self._table
@@ -114,7 +120,7 @@ class TaskPairing(PairingState):
         out.extend(self._expire_logs(cutoff, current))
         return out
 
-    # -- taking events: the fast path, inlined ----------------------------------------
+    # -- taking events: the fast path ------------------------------------------------
     def try_observe(self, event: TaskEvent) -> Observation | None:
         """Take one event if that needs no storage read; else return None (and take
         nothing: the caller then awaits :meth:`observe`).
@@ -126,162 +132,131 @@ class TaskPairing(PairingState):
         path, which gives the same results (``tests/test_pairing.py`` compares them).
         """
         key = hash(event.event_id)
-        seen = self._seen
         task_id = event.task_id
-        if key in seen or (self._logs and task_id in self._logs):
+        if key in self._seen or (self._logs and task_id in self._logs):
             return self._try_general(event)
-        kind = event.event_type
         ts = event.timestamp.timestamp()
-        young = self._young
-        state = young.get(task_id)
-        # slot: -1 for a young task (its fields in locals, stored back as a new tuple), -2 for
-        # a task not tracked, else the task's slot in the table (fields used in place)
-        if state is not None:
-            added, number, enq, start, touch, attempt, worker, context = state
-            slot = -1
-        else:
-            table = self._table
-            found = None
-            if table.used:  # (when every task ends young, the table stays empty)
-                keys, mask = table.keys, table.mask
-                position = hash(task_id) & mask
-                found = keys[position]
-                while found is not None and found != task_id:  # TaskTable.find, inlined
-                    position = (position + 1) & mask
-                    found = keys[position]
-            if found is None:
-                slot = -2  # not tracked
-            else:
-                slot = table.slots[position]
-                number = table.queue[slot]
-                touch = table.t_touch[slot]
-                if not number:
-                    return self._try_general(event)
-                start = table.t_start[slot]
-        if slot == -2:
-            if ts < self._clock - self.reorder_window or self._clock < self._recovering_until:
-                return self._try_general(event)  # late, or maybe begun before a restart
-            if kind == "STARTED":  # a task whose ENQUEUED was not seen (yet)
-                return self._first_start(event, ts, key)
-            if kind != "ENQUEUED":
-                return self._try_general(event)
-            details = event.details
-            queue = details.get("queue_name")
-            if not isinstance(queue, str) or not queue:
-                queue = queue_of(details) or "default"
-            number = self._name_ids.get(queue) or self._intern(queue)
-            context = (
-                compact_context(event.trace_context)
-                if self._keep_context and event.trace_context else None
-            )
-            enq = due_time(details, ts) if "eta" in details else ts
-            young[task_id] = (ts, number, enq, NAN, ts, 0, 0, context)
-            obs = Observation(event, queue, False, None, False, None, None, 1)
-        elif ts < touch:
-            return self._try_general(event)  # out of order for its task
+        state = self._unsettled.get(task_id)
+        slot = position = -1
+        if state is None and self._table.used:
+            position = self._table.locate(task_id)
+            if position >= 0:
+                slot = self._table.slots[position]
+                state = self._table.row(slot)
+        kind = event.event_type
+        if state is None:
+            step = self._fast_new(event, kind, ts)
+        elif ts < state[4] or not state[1]:
+            step = None  # out of order for its task, or its queue is not known
         elif kind == "STARTED":
-            if slot >= 0:
-                attempt = table.attempt[slot]
-                enq = table.t_enq[slot]
-            given = event.details.get("attempt")
-            if start == start or enq != enq or (given is not None and given != attempt + 1):
-                return self._try_general(event)  # superseding, no queue entry, or a gap
-            attempt = attempt + 1 if attempt < _MAX_ATTEMPT else attempt
-            name = event.details.get("worker_id")
-            worker = 0
-            if isinstance(name, str):
-                worker = self._name_ids.get(name) or self._intern(name)
-            wait = ts - enq
-            obs = Observation(event, self._names[number] or UNKNOWN_QUEUE, False,
-                              wait if wait > 0 else 0.0, True, None, attempt, -1)
-            if slot < 0:
-                young[task_id] = (added, number, NAN, ts, ts, attempt, worker, context)
-            else:
-                table.attempt[slot] = attempt
-                table.worker[slot] = worker
-                table.t_start[slot] = ts
-                table.t_enq[slot] = NAN
-                table.t_touch[slot] = ts
+            step = self._fast_start(event, ts, state)
         elif kind in TERMINAL_STATUS:
-            if slot >= 0:
-                attempt = table.attempt[slot]
-            given = event.details.get("attempt")
-            if start != start or (given is not None and given != attempt):
-                return self._try_general(event)  # no open attempt, or not this one's end
-            final = kind in FINAL_TYPES
-            if slot < 0:
-                if final:
-                    del young[task_id]
-                else:
-                    young[task_id] = (added, number, NAN, NAN, ts, attempt, worker, context)
-            else:
-                worker = table.worker[slot]
-                context = table.context(slot) if table.ctx_span is not None else None
-                if final:
-                    table.remove(slot, position)
-                else:
-                    table.t_start[slot] = NAN
-                    table.t_touch[slot] = ts
-            names = self._names
-            queue = names[number] or UNKNOWN_QUEUE
-            obs = Observation(event, queue, False, None, False, Attempt(
-                task_id, queue, attempt, names[worker], start, ts, TERMINAL_STATUS[kind],
-                event, context, True,
-            ))
-        elif kind == "RETRIED" and start != start:
-            if slot >= 0:
-                enq = table.t_enq[slot]
-            if enq == enq:  # queued already: an attempt in between is missing
-                return self._try_general(event)
-            enq = due_time(event.details, ts) if "eta" in event.details else ts
-            obs = Observation(event, self._names[number] or UNKNOWN_QUEUE, False, None, False,
-                              None, None, 1)
-            if slot < 0:
-                young[task_id] = (added, number, enq, start, ts, attempt, worker, context)
-            else:
-                table.t_enq[slot] = enq
-                table.t_touch[slot] = ts
+            step = self._fast_end(event, kind, ts, state)
+        elif kind == "RETRIED":
+            step = self._fast_retry(event, ts, state)
         else:
+            step = None
+        if step is None:
             return self._try_general(event)
-        # remember the event id (PairingState._remember, inlined)
+        obs, after = step
+        if slot >= 0:
+            self._table.update(slot, position, after)
+        elif after is None:
+            del self._unsettled[task_id]
+        else:
+            self._unsettled[task_id] = after
+        # taken: what _remember and _after do, inlined (the bench shows it pays)
         order = self._seen_order
         if len(order) >= self._seen_limit:
-            seen.discard(order.popleft())
+            self._seen.discard(order.popleft())
         order.append(key)
-        seen.add(key)
+        self._seen.add(key)
         if ts > self._clock:
             self._clock = ts
             held = self._held
             if held and held[0][0] <= ts - self.reorder_window:
                 obs.released.extend(self.release(ts))
-        since = self._since_expiry + 1
-        self._since_expiry = since
-        if since >= _EXPIRY_EVERY:
+        self._since_expiry += 1
+        if self._since_expiry >= _EXPIRY_EVERY:
             self._expire_into(obs)
         return obs
 
-    def _first_start(self, event: TaskEvent, ts: float, key: int) -> Observation | None:
-        """A STARTED of a task not tracked, naming its queue: tracked from here (an
-        ENQUEUED coming later still gives the queue wait)."""
+    def _fast_new(self, event: TaskEvent, kind: str, ts: float) -> _Step | None:
+        """An ENQUEUED of a task not tracked, or a STARTED naming its queue (an ENQUEUED
+        coming later still gives the queue wait); None for anything else, or when the
+        event is late, or may be of a task begun before a restart."""
+        if ts < self._clock - self.reorder_window or self._clock < self._recovering_until:
+            return None
         details = event.details
-        queue = queue_of(details)
-        if queue is None:
-            return self._try_general(event)
-        given = details.get("attempt")
-        attempt = given if type(given) is int and 0 < given <= _MAX_ATTEMPT else 1
-        name = details.get("worker_id")
-        worker = self._intern(name) if isinstance(name, str) else 0
-        self._young[event.task_id] = (ts, self._intern(queue), NAN, ts, ts, attempt, worker,
-                                      None)
-        obs = Observation(event, queue, False, None, True, None, attempt)
-        self._remember(key)
-        if ts > self._clock:
-            self._clock = ts
-        self._after(obs)
-        return obs
+        if kind == "STARTED":
+            queue = queue_of(details)
+            if queue is None:
+                return None
+            given = details.get("attempt")
+            attempt = given if type(given) is int and 0 < given <= _MAX_ATTEMPT else 1
+            obs = Observation(event, queue, False, None, True, None, attempt)
+            name = details.get("worker_id")
+            worker = self._intern(name) if isinstance(name, str) else 0
+            return obs, (ts, self._intern(queue), NAN, ts, ts, attempt, worker, None)
+        if kind != "ENQUEUED":
+            return None
+        queue = details.get("queue_name")
+        if not isinstance(queue, str) or not queue:
+            queue = queue_of(details) or "default"
+        context = (
+            compact_context(event.trace_context)
+            if self._keep_context and event.trace_context else None
+        )
+        enq = due_time(details, ts) if "eta" in details else ts
+        obs = Observation(event, queue, False, None, False, None, None, 1)
+        return obs, (ts, self._name_ids.get(queue) or self._intern(queue), enq, NAN, ts, 0, 0,
+                     context)
+
+    def _fast_start(self, event: TaskEvent, ts: float, state: Fields) -> _Step | None:
+        """The next attempt of a queued task starts (None: superseding, not queued, or an
+        attempt number that skips one)."""
+        added, number, enq, start, _touch, attempt, _worker, context = state
+        given = event.details.get("attempt")
+        if start == start or enq != enq or (given is not None and given != attempt + 1):
+            return None
+        attempt = attempt + 1 if attempt < _MAX_ATTEMPT else attempt
+        wait = ts - enq
+        obs = Observation(event, self._names[number] or UNKNOWN_QUEUE, False,
+                          wait if wait > 0 else 0.0, True, None, attempt, -1)
+        name = event.details.get("worker_id")
+        worker = (self._name_ids.get(name) or self._intern(name)) if isinstance(name, str) else 0
+        return obs, (added, number, NAN, ts, ts, attempt, worker, context)
+
+    def _fast_end(self, event: TaskEvent, kind: str, ts: float, state: Fields) -> _Step | None:
+        """A terminal event ends the open attempt (None: no attempt open, or another's)."""
+        added, number, _enq, start, _touch, attempt, worker, context = state
+        given = event.details.get("attempt")
+        if start != start or (given is not None and given != attempt):
+            return None
+        names = self._names
+        queue = names[number] or UNKNOWN_QUEUE
+        obs = Observation(event, queue, False, None, False, Attempt(
+            event.task_id, queue, attempt, names[worker], start, ts, TERMINAL_STATUS[kind],
+            event, context, True,
+        ))
+        if kind in FINAL_TYPES:
+            return obs, None
+        return obs, (added, number, NAN, NAN, ts, attempt, worker, context)
+
+    def _fast_retry(self, event: TaskEvent, ts: float, state: Fields) -> _Step | None:
+        """A RETRIED re-enqueues a task whose attempt ended (None: an attempt is open, which
+        the RETRIED ends, or the task is queued already: an attempt in between is missing)."""
+        added, number, enq, start, _touch, attempt, worker, context = state
+        if start == start or enq == enq:
+            return None
+        details = event.details
+        enq = due_time(details, ts) if "eta" in details else ts
+        obs = Observation(event, self._names[number] or UNKNOWN_QUEUE, False, None, False,
+                          None, None, 1)
+        return obs, (added, number, enq, start, ts, attempt, worker, context)
 
     def _try_general(self, event: TaskEvent) -> Observation | None:
-        if self._young:
+        if self._unsettled:
             self._settle()
         index = self._table.find(event.task_id)
         if (

@@ -6,8 +6,7 @@ it and the next ones get the same :class:`Observation` (pairing twice would cost
 and, for duplicates, give different answers). The processor owns the shared pairings
 (``processor.pairings``); handlers not attached to a processor get pairings of their own.
 
-A handler alone on its pairing has nothing to share: its calls skip the bookkeeping
-(about a seventh of the pairing's cost per event).
+A handler alone on its pairing has nothing to share: its calls skip the bookkeeping.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ __all__ = ["PairedHandler", "SharedPairing", "checked_ttl", "checked_window", "s
 class SharedPairing:
     """A pairing that remembers the observation of the event it saw last.
 
-    Each handler (``who``) gets that observation once; a handler seeing the same event
+    Each handler gets that observation once; a handler seeing the same event
     object again (the same event delivered twice, or the processor retrying the handler)
     pairs it anew, and the pairing calls it a duplicate.
 
@@ -37,53 +36,54 @@ class SharedPairing:
         reorder_window: seconds of event time an event may come late and pair exactly.
     """
 
-    __slots__ = ("_event", "_last", "_obs", "_served", "_sole", "handlers", "pairing")
+    __slots__ = ("_event", "_given_to", "_last", "_obs", "_only_handler", "handlers", "pairing")
 
     def __init__(self, history: History | None, ttl: float, reorder_window: float = 10.0) -> None:
         self.pairing = TaskPairing(history, ttl=ttl, reorder_window=reorder_window)
         self._event: TaskEvent | None = None
         self._obs: Observation | None = None
-        self._served: tuple[object, ...] = ()  # the handlers given _obs already
+        self._given_to: tuple[object, ...] = ()  # the handlers given _obs already
         self.handlers: list[Any] = []  # the handlers reading this pairing, in order
-        # The one handler reading this pairing while it is alone, and what it got last.
-        self._sole: object | None = None
+        # The handler reading this pairing while it is the only one, and what it got last.
+        self._only_handler: object | None = None
         self._last: Observation | None = None
 
-    def join(self, who: object) -> None:
-        """Count handler ``who`` among the handlers reading this pairing."""
-        self.handlers.append(who)
+    def join(self, handler: object) -> None:
+        """Count ``handler`` among the handlers reading this pairing."""
+        self.handlers.append(handler)
         if len(self.handlers) == 1:
-            self._sole = who
-        elif self._sole is not None:
-            # The sole handler skipped the bookkeeping: hand over the observation it took
+            self._only_handler = handler
+        elif self._only_handler is not None:
+            # The only handler skipped the bookkeeping: hand over the observation it took
             # last, so that a handler joining in the middle of an event still gets it, once.
             last = self._last
             if last is not None:
-                self._event, self._obs, self._served = last.event, last, (self._sole,)
-            self._sole = None
+                self._event, self._obs = last.event, last
+                self._given_to = (self._only_handler,)
+            self._only_handler = None
 
-    def try_observe(self, event: TaskEvent, who: object) -> Observation | None:
-        """The observation of ``event`` for handler ``who`` if it needs no storage read,
+    def try_observe(self, event: TaskEvent, handler: object) -> Observation | None:
+        """The observation of ``event`` for ``handler`` if it needs no storage read,
         else None."""
-        if who is self._sole:  # alone on this pairing: nothing to share
+        if handler is self._only_handler:  # nothing to share
             obs = self._last = self.pairing.try_observe(event)
             return obs
-        if event is self._event and who not in self._served:
-            self._served += (who,)
+        if event is self._event and handler not in self._given_to:
+            self._given_to += (handler,)
             return self._obs
         obs = self.pairing.try_observe(event)
         if obs is not None:
-            self._event, self._obs, self._served = event, obs, (who,)
+            self._event, self._obs, self._given_to = event, obs, (handler,)
         return obs
 
-    async def observe(self, event: TaskEvent, who: object) -> Observation:
-        """The observation of ``event`` for handler ``who``, reading storage history when
+    async def observe(self, event: TaskEvent, handler: object) -> Observation:
+        """The observation of ``event`` for ``handler``, reading storage history when
         needed."""
-        if event is self._event and self._obs is not None and who not in self._served:
-            self._served += (who,)
+        if event is self._event and self._obs is not None and handler not in self._given_to:
+            self._given_to += (handler,)
             return self._obs
         obs = self._last = await self.pairing.observe(event)
-        self._event, self._obs, self._served = event, obs, (who,)
+        self._event, self._obs, self._given_to = event, obs, (handler,)
         return obs
 
     def release(self, now: float) -> list[Observation]:
@@ -93,10 +93,10 @@ class SharedPairing:
 
 
 def shared_pairing(
-    processor: Any, ttl: float, who: object, reorder_window: float = 10.0
+    processor: Any, ttl: float, handler: object, reorder_window: float = 10.0
 ) -> SharedPairing:
     """Return the pairing ``processor`` shares among its handlers with these settings,
-    with handler ``who`` counted among its handlers."""
+    with ``handler`` counted among its handlers."""
     pairings = getattr(processor, "pairings", None)
     if not isinstance(pairings, dict):
         pairings = {}
@@ -105,7 +105,7 @@ def shared_pairing(
         storage = getattr(processor, "event_storage", None)
         history = getattr(storage, "task_history", None)
         shared = pairings[(ttl, reorder_window)] = SharedPairing(history, ttl, reorder_window)
-    shared.join(who)
+    shared.join(handler)
     return shared
 
 

@@ -16,7 +16,7 @@ from collections import deque
 from omniq_observe._details import queue_of
 from omniq_observe.models.event import TERMINAL_TYPES, TaskEvent
 from omniq_observe.pairing._log import INF, TaskLog, stand_in
-from omniq_observe.pairing._table import TaskTable
+from omniq_observe.pairing._table import Fields, TaskTable
 from omniq_observe.pairing._types import (
     _EXPIRY_EVERY,
     _MAX_INTERNED,
@@ -26,7 +26,6 @@ from omniq_observe.pairing._types import (
     History,
     Observation,
     _ts,
-    _Young,
 )
 
 __all__ = ["PairingState"]
@@ -60,7 +59,7 @@ class PairingState:
         # Tasks enqueued since the last _settle, oldest first: the fast path keeps a new
         # task here (a dict entry costs a fraction of a table slot's), so that a task that
         # ends before the next settle never touches the table.
-        self._young: dict[str, _Young] = {}
+        self._unsettled: dict[str, Fields] = {}
         self._names: list[str | None] = [None]  # interned queue/worker names; 0 = none
         self._name_ids: dict[str, int] = {}
         self._seen: set[int] = set()  # hashes of recent event ids
@@ -291,14 +290,14 @@ class PairingState:
         return queue_of(event.details) or UNKNOWN_QUEUE
 
     def _settle(self) -> None:
-        """Move the young tasks into the table, oldest first.
+        """Move the unsettled tasks into the table, oldest first.
 
         Called before anything but the fast path reads the table, and before anything adds
         to it: the table then holds (and expiry visits) every task in the order the tasks
         came, as if each had been added to the table at its ENQUEUED.
         """
         table = self._table
-        for task_id, state in self._young.items():
+        for task_id, state in self._unsettled.items():
             added, queue, enq, start, touch, attempt, worker, context = state
             slot = table.add(task_id, added)
             table.queue[slot] = queue
@@ -309,7 +308,7 @@ class PairingState:
             table.worker[slot] = worker
             if context is not None:
                 table.set_context(slot, context)
-        self._young.clear()
+        self._unsettled.clear()
 
     def _intern(self, name: str) -> int:
         index = self._name_ids.get(name)

@@ -19,9 +19,13 @@ import math
 from array import array
 from collections.abc import Iterator
 
-__all__ = ["NAN", "TaskTable"]
+__all__ = ["NAN", "Fields", "TaskTable"]
 
 NAN = math.nan
+# One task's state as the fast path of pairing handles it: when it was added (or last
+# touched, for a task in the table), its queue (an interned name number), t_enq, t_start,
+# t_touch, attempt, worker (interned) and the ENQUEUED's trace context when kept.
+Fields = tuple[float, int, float, float, float, int, int, "tuple[int, int, int] | None"]
 _MIN_CAPACITY = 8
 
 
@@ -122,6 +126,11 @@ class TaskTable:
 
     def find(self, task_id: str) -> int:
         """Return the slot of ``task_id``, or -1."""
+        position = self.locate(task_id)
+        return self.slots[position] if position >= 0 else -1
+
+    def locate(self, task_id: str) -> int:
+        """Return the position of ``task_id`` in :attr:`keys`, or -1."""
         keys, mask = self.keys, self.mask
         i = hash(task_id) & mask
         while True:
@@ -129,8 +138,30 @@ class TaskTable:
             if key is None:
                 return -1
             if key == task_id:
-                return self.slots[i]
+                return i
             i = (i + 1) & mask
+
+    def row(self, slot: int) -> Fields:
+        """``slot``'s state as the fast path reads it: (last touch, queue, ``t_enq``,
+        ``t_start``, ``t_touch``, attempt, worker, trace context)."""
+        touch = self.t_touch[slot]
+        context = self.context(slot) if self.ctx_span is not None else None
+        return (touch, self.queue[slot], self.t_enq[slot], self.t_start[slot], touch,
+                self.attempt[slot], self.worker[slot], context)
+
+    def update(self, slot: int, position: int, fields: Fields | None) -> None:
+        """Store what the fast path made of ``slot`` (its queue and trace context stay);
+        ``None``: the task ended, free the slot (``position``: its key's, see
+        :meth:`remove`)."""
+        if fields is None:
+            self.remove(slot, position)
+            return
+        _added, _queue, enq, start, touch, attempt, worker, _context = fields
+        self.t_enq[slot] = enq
+        self.t_start[slot] = start
+        self.t_touch[slot] = touch
+        self.attempt[slot] = attempt
+        self.worker[slot] = worker
 
     def add(self, task_id: str, ts: float, position: int = -1) -> int:
         """Give ``task_id`` (not present) a fresh slot touched at ``ts``; return the slot.

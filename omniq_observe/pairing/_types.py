@@ -22,13 +22,9 @@ OVERFLOW = "__overflow__"
 History = Callable[[str], Awaitable[list[TaskEvent]]]
 #: A W3C trace context kept compactly: (trace id, span id, trace flags) as integers.
 TraceContext = tuple[int, int, int]
-# A task enqueued since the pairing last settled, as TaskPairing keeps it until then: the
-# time it was added, then a task table slot's fields (queue, t_enq, t_start, t_touch,
-# attempt, worker) and the ENQUEUED's trace context when kept.
-_Young = tuple[float, int, float, float, float, int, int, "TraceContext | None"]
 
 
-# Made for every event, so built in C (msgspec structs: a quarter of a dataclass's cost).
+# msgspec structs, made for every event.
 # gc=False: an attempt refers to strings, floats, an event (itself untracked) and a tuple of
 # ints, and an observation to those and to lists of strings, attempts and observations
 # made after it; none can refer back, so neither is ever part of a reference cycle.

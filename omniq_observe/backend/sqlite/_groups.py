@@ -28,12 +28,13 @@ ever moves forward.
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from omniq_observe.backend._partitions import HOST as _HOST
 from omniq_observe.backend._partitions import PARTITIONS, partition_of
+from omniq_observe.backend._partitions import pid_gone as _pid_gone
 from omniq_observe.backend.base import Consumer, StoredEvent
 from omniq_observe.backend.sqlite._sql import select_after
 
@@ -58,20 +59,6 @@ CREATE TABLE IF NOT EXISTS omniq_members (
 ) WITHOUT ROWID;
 """
 _NEVER = 2**63 - 1
-_HOST = socket.gethostname()
-
-
-def _pid_gone(pid: int) -> bool:
-    """Whether process ``pid`` of this host no longer exists (POSIX; elsewhere: unknown)."""
-    if os.name != "posix" or pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # it exists, owned by someone else
-        return False
-    return False
 
 
 @dataclass
