@@ -112,7 +112,8 @@ return written
 
 # KEYS[1] stream; ARGV: task-key prefix, the last id to delete, the most entries to delete.
 # Deletes the oldest entries up to that id (XTRIM MINID) and removes their ids from the
-# head of their tasks' index lists (an emptied list is gone). Returns the number deleted.
+# head of their tasks' index lists (``LPOP``, one call a task; an emptied list is gone).
+# Returns the number deleted.
 PRUNE_SCRIPT = """
 local stream, prefix = KEYS[1], ARGV[1]
 local entries = redis.call('XRANGE', stream, '-', ARGV[2], 'COUNT', tonumber(ARGV[3]))
@@ -125,29 +126,32 @@ local last = entries[#entries][1]
 local last_ms, last_seq = key_of(last)
 local tasks = {}
 for _, entry in ipairs(entries) do
-  local fields = entry[2]
-  for j = 1, #fields, 2 do
-    if fields[j] == 't' then
-      local task = fields[j + 1]
-      tasks[task] = (tasks[task] or 0) + 1
+  local fields, task = entry[2], nil
+  if fields[3] == 't' then
+    task = fields[4]
+  else
+    for j = 1, #fields, 2 do
+      if fields[j] == 't' then task = fields[j + 1] end
     end
   end
+  if task then tasks[task] = (tasks[task] or 0) + 1 end
 end
--- A task's list holds its ids in id order: drop its leading ids up to the chunk's last.
+-- A task's list holds its ids in id order, and its ids older than this chunk are gone
+-- already: pop as many as the chunk holds of the task (an emptied list is gone), and put
+-- back any after the chunk's last id. (Ids of entries that MAXLEN trimmed stay at the
+-- head of their list until it expires: task_history skips them.)
 for task, count in pairs(tasks) do
-  local key, drop = prefix .. task, 0
-  while true do
-    local ids = redis.call('LRANGE', key, drop, drop + count)
-    local older = 0
-    for _, head in ipairs(ids) do
-      local ms, seq = key_of(head)
-      if ms > last_ms or (ms == last_ms and seq > last_seq) then break end
-      older = older + 1
+  local key = prefix .. task
+  local popped = redis.call('LPOP', key, count)
+  if popped then
+    local back = {}
+    for i = #popped, 1, -1 do
+      local ms, seq = key_of(popped[i])
+      if ms < last_ms or (ms == last_ms and seq <= last_seq) then break end
+      back[#back + 1] = popped[i]
     end
-    drop = drop + older
-    if older < #ids or #ids == 0 then break end
+    if #back > 0 then redis.call('LPUSH', key, unpack(back)) end
   end
-  if drop > 0 then redis.call('LTRIM', key, drop, -1) end
 end
 return redis.call('XTRIM', stream, 'MINID', string.format('%d-%d', last_ms, last_seq + 1))
 """
