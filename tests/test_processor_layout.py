@@ -1,5 +1,6 @@
-"""The processor's package layout: no import circles in ``events/`` or ``pairing/``, and
-the blocking ``EventProcessor`` names every keyword of ``AsyncEventProcessor``."""
+"""The package layout: no import circles in ``events/``, ``pairing/`` and the backend
+subpackages, and the blocking ``EventProcessor`` names every keyword of
+``AsyncEventProcessor``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ PACKAGE = Path(omniq_observe.__file__).parent
 def _imports(package: str) -> dict[str, set[str]]:
     """Module -> the modules of the same package it imports (``TYPE_CHECKING`` ones too)."""
     folder = PACKAGE / package
-    prefix = f"omniq_observe.{package}."
+    prefix = f"omniq_observe.{package.replace('/', '.')}."
     names = {f"{prefix}{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__"}
     graph: dict[str, set[str]] = {}
     for name in names:
@@ -62,7 +63,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("package", ["events", "pairing"])
+@pytest.mark.parametrize("package", ["events", "pairing", "backend/sqlite", "backend/postgres"])
 def test_no_import_circles(package: str) -> None:
     graph = _imports(package)
     assert _cycle(graph) is None
