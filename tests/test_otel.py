@@ -15,6 +15,8 @@ from omniq_observe import _otel
 from omniq_observe.backend import MemoryBackend
 from omniq_observe.events import AsyncEventLogger
 from omniq_observe.exceptions import ConfigurationError
+from omniq_observe.handlers.otel_logs import OTelLogsHandler
+from omniq_observe.handlers.otel_metrics import OTelMetricsHandler
 from omniq_observe.handlers.tracing import TracingHandler
 from omniq_observe.models.event import TaskEvent
 
@@ -120,3 +122,19 @@ def test_invalid_link_mode_names_the_setting_and_value() -> None:
         _otel.check_link_mode("child")
     assert str(caught.value) == "link_mode must be one of ('parent', 'link'), got 'child'"
     assert (caught.value.setting, caught.value.value) == ("link_mode", "child")
+
+
+@pytest.mark.parametrize("value", [0, -5, True, 2.5, "1024", None])
+@pytest.mark.parametrize("make", ["logger", "otel_logs", "otel_metrics"])
+def test_max_attribute_length_is_checked_everywhere(make: str, value: object) -> None:
+    """The logger's span events, OTelLogsHandler and OTelMetricsHandler refuse the same
+    values with the same message (OTelMetricsHandler once forgot the check)."""
+    with pytest.raises(ConfigurationError) as caught:
+        if make == "logger":
+            AsyncEventLogger(MemoryBackend(), max_attribute_length=value)  # type: ignore[arg-type]
+        elif make == "otel_logs":
+            OTelLogsHandler(max_attribute_length=value)  # type: ignore[arg-type]
+        else:
+            OTelMetricsHandler(max_attribute_length=value)  # type: ignore[arg-type]
+    assert (caught.value.setting, caught.value.value) == ("max_attribute_length", value)
+    assert str(caught.value) == f"max_attribute_length must be a positive integer, got {value!r}"

@@ -63,7 +63,9 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("package", ["events", "pairing", "backend/sqlite", "backend/postgres"])
+@pytest.mark.parametrize(
+    "package", ["events", "pairing", "backend/postgres", "backend/redis", "backend/sqlite"]
+)
 def test_no_import_circles(package: str) -> None:
     graph = _imports(package)
     assert _cycle(graph) is None

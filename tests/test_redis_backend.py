@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
@@ -13,8 +14,9 @@ import redis.asyncio as aioredis
 from _helpers import REDIS_URL, async_wait_until
 from _server_backends import TestRedisBackend, make_redis
 
-from omniq_observe.backend import Consumer, DeadLetter, from_url
+from omniq_observe.backend import Consumer, DeadLetter, StoredEvent, from_url
 from omniq_observe.backend.redis import RedisBackend
+from omniq_observe.backend.redis._core import parse_stream_id
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import ConfigurationError, InvalidURLError
 from omniq_observe.models.event import TaskEvent, encode_event
@@ -52,6 +54,12 @@ async def test_from_url_takes_our_parameters_and_passes_the_rest() -> None:
         from_url("redis://127.0.0.1/0?max_len=many")
     with pytest.raises(ConfigurationError, match="claim_idle must be a positive number"):
         RedisBackend(claim_idle=0)
+    assert from_url("redis://127.0.0.1/0?partitions=4").partitions == 4  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match="partitions must be a positive integer or None, "
+                                                 "got 0"):
+        RedisBackend(partitions=0)
+    with pytest.raises(ConfigurationError, match="max_batch must be a positive integer, got 0"):
+        RedisBackend(max_batch=0)
 
 
 async def test_a_waiting_processor_wakes_on_a_new_event_not_on_its_timeout(
@@ -81,32 +89,79 @@ async def test_a_waiting_processor_wakes_on_a_new_event_not_on_its_timeout(
     assert max(latencies) < 1.0, latencies
 
 
-async def test_two_members_share_the_stream_without_overlap(
+async def holders(storage: RedisBackend, group: str) -> Counter[str]:
+    """How many partitions each member of ``group`` holds a lease on."""
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        leases = await admin.hgetall(f"{storage.prefix}:leases:{group}")
+    finally:
+        await admin.aclose()
+    return Counter(value.decode().split(" ", 1)[1] for value in leases.values())
+
+
+def _tasks(n: int, tasks: int = 40) -> list[TaskEvent]:
+    return [TaskEvent(task_id=f"task{i % tasks}", event_type="ENQUEUED", details={"i": i})
+            for i in range(n)]
+
+
+async def test_members_divide_the_partitions_and_each_task_stays_with_one(
     redis_backend: TestRedisBackend,
 ) -> None:
-    await redis_backend.append(_events(30))
     a, b = Consumer("g", "a"), Consumer("g", "b")
-    first = await redis_backend.claim(a, 10)
-    second = await redis_backend.claim(b, 10)
-    third = await redis_backend.claim(a, 100)
-    ids = [s.position for s in first + second + third]
-    assert len(ids) == 30 and len(set(ids)) == 30
-    assert await redis_backend.claim(b, 10) == []
-    # Nothing acknowledged: the group's position is still before the first event.
-    assert await redis_backend.get_position("g") is not None
-    assert [s.position for s in await redis_backend.read_after(
-        await redis_backend.get_position("g"), 1)] == [first[0].position]
+    early = _tasks(40)
+    await redis_backend.append(early)
+    first = await redis_backend.claim(a, 100)  # alone: a holds all 16 partitions
+    assert [s.event for s in first] == early
     await redis_backend.ack(a, first)
-    await redis_backend.ack(a, third)
-    # b still holds the middle batch: the position stops right before it.
-    position = await redis_backend.get_position("g")
-    assert (await redis_backend.read_after(position, 1))[0].position == second[0].position
-    await redis_backend.ack(b, second)
-    assert await redis_backend.get_position("g") == third[-1].position
-    assert await redis_backend.positions() == {"g": third[-1].position}
+    assert await holders(redis_backend, "g") == {"a": 16}
+    assert await redis_backend.claim(b, 100) == []  # a's leases last: b waits its turn
+
+    async def divided() -> bool:  # a gives up b's share at a renewal; b takes it then
+        for member in (a, b):
+            await redis_backend.ack(member, await redis_backend.claim(member, 100))
+        return await holders(redis_backend, "g") == {"a": 8, "b": 8}
+
+    await async_wait_until(divided, timeout=10, what="a and b holding 8 partitions each")
+    late = _tasks(400)
+    await redis_backend.append(late)
+    got = {m.member: await redis_backend.claim(m, 1000) for m in (a, b)}
+    assert sorted(s.event.event_id for m in got.values() for s in m) == sorted(
+        e.event_id for e in late)  # every event once
+    tasks_of = {name: {s.event.task_id for s in batch} for name, batch in got.items()}
+    assert not tasks_of["a"] & tasks_of["b"]  # each task with one member
+    for batch in got.values():  # in log order, and the order of each task kept
+        assert [s.position for s in batch] == sorted((s.position for s in batch),
+                                                     key=parse_stream_id)
+        await redis_backend.ack(Consumer("g", "a" if batch is got["a"] else "b"), batch)
+    assert await redis_backend.get_position("g") == await redis_backend.last_position()
 
 
-async def test_entries_of_a_silent_member_are_autoclaimed_after_idle(
+async def test_reading_merges_the_partitions_in_append_order(
+    redis_backend: TestRedisBackend,
+) -> None:
+    events = _tasks(300, tasks=37)
+    for start in range(0, 300, 50):
+        await redis_backend.append(events[start : start + 50])
+    read: list[StoredEvent] = []
+    position = None
+    while page := await redis_backend.read_after(position, 7):
+        read += page
+        position = page[-1].position
+    assert [s.event for s in read] == events
+    assert position == await redis_backend.last_position()
+    assert await redis_backend.count() == 300
+    assert redis_backend.keys.partitions == 16
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        lengths = [await admin.xlen(stream) for stream in redis_backend.keys.streams]
+    finally:
+        await admin.aclose()
+    assert sum(lengths) == 300 and min(lengths) > 0
+    by_task = await redis_backend.task_history("task5")
+    assert by_task == [e for e in events if e.task_id == "task5"]
+
+
+async def test_a_silent_members_partitions_and_entries_are_taken_over_after_its_lease(
     redis_backend: TestRedisBackend,
 ) -> None:
     await redis_backend.append(_events(5))
@@ -163,15 +218,19 @@ async def test_task_history_index_expires_and_skips_pruned_events() -> None:
         await storage.close()
 
 
-async def test_max_len_trims_the_stream_on_write() -> None:
-    storage = make_redis(max_len=100)
+async def test_max_len_trims_the_streams_on_write() -> None:
+    one, sixteen = make_redis(max_len=100, partitions=1), make_redis(max_len=1600)
     try:
         for _ in range(10):
-            await storage.append(_events(100))
-        # MAXLEN ~ trims whole stream nodes (100 entries each): between 100 and 200 stay.
-        assert 100 <= await storage.count() < 200
+            await one.append(_events(100))
+            await sixteen.append(_tasks(1600, tasks=1000))
+        # MAXLEN ~ trims whole stream nodes (100 entries each): between 100 and 200 stay,
+        # in each stream of 16 (a 16th of max_len each).
+        assert 100 <= await one.count() < 200
+        assert 1600 <= await sixteen.count() < 3200
     finally:
-        await storage.close()
+        await one.close()
+        await sixteen.close()
 
 
 async def test_dead_letters_survive_a_new_backend_instance(
@@ -301,6 +360,12 @@ async def test_a_version_1_stream_is_read_and_appended_to() -> None:
         assert [s.event for s in await storage.read_after(None, 10)] == [*old, new]
         assert await storage.task_history("t0") == [old[0], new]
         assert [s.event for s in await storage.claim(Consumer("g"), 10)] == [*old, new]
+        # A store made before partitions is one partition; asking for more says so.
+        assert storage.keys.partitions == 1
+        with pytest.raises(ConfigurationError, match="partitions=16 but the store under "
+                                                     f"prefix '{storage.prefix}' has 1"):
+            async with RedisBackend(REDIS_URL, prefix=storage.prefix, partitions=16) as other:
+                await other.count()
     finally:
         await admin.aclose()
         await storage.close()

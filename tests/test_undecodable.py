@@ -48,9 +48,10 @@ async def write_raw(backend: BaseEventStorage, body: bytes) -> None:
                 (f"raw-{len(body)}", body),
             )
     elif isinstance(backend, RedisBackend):
+        await backend.count()  # opened: its keys are known
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            await client.xadd(backend.stream, {"e": body, "t": "raw"})
+            await client.xadd(backend.keys.stream_of("raw"), {"e": body, "t": "raw"})
         finally:
             await client.aclose()
     else:
@@ -69,7 +70,8 @@ async def leftovers(backend: BaseEventStorage, group: str) -> int:
     if isinstance(backend, RedisBackend):
         client = aioredis.Redis.from_url(REDIS_URL)
         try:
-            return int((await client.xpending(backend.stream, group))["pending"])
+            return sum([int((await client.xpending(stream, group))["pending"])
+                        for stream in backend.keys.streams])
         finally:
             await client.aclose()
     if isinstance(backend, PostgresBackend):

@@ -19,6 +19,7 @@ from omniq_observe._otel import (
     OMNIQ_WORKER_ID,
     event_name,
 )
+from omniq_observe._validate import positive_int
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["SpanEventWriter", "current_trace_context"]
@@ -68,11 +69,14 @@ class SpanEventWriter:
     Args:
         redactor: hides sensitive details keys.
         max_attribute_length: strings longer than this are cut.
+
+    Raises:
+        ConfigurationError: ``max_attribute_length`` is not a positive integer.
     """
 
     def __init__(self, redactor: Redactor, max_attribute_length: int = 1024) -> None:
         self.redactor = redactor
-        self.max_attribute_length = max_attribute_length
+        self.max_attribute_length = positive_int("max_attribute_length", max_attribute_length)
         self._names: dict[str, tuple[str, bool]] = {}
 
     def write(self, event: TaskEvent, ctx: Context | None = None) -> None:

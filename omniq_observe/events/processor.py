@@ -340,18 +340,9 @@ async def _wait_or_stop(awaitable: Awaitable[Any], stopping: asyncio.Event) -> N
 class EventProcessor:
     """A blocking wrapper around :class:`AsyncEventProcessor`, usable from any thread.
 
-    Args:
-        event_storage: the storage to read.
-        name: the processor (consumer group) name; its checkpoint is kept under it.
-        batch_size: the most events read and acknowledged at once.
-        max_handler_attempts: how often a failing handler is tried on one event before
-            the event is dead-lettered for that handler and skipped.
-        idle_timeout: the longest one wait for new events lasts before re-checking.
-        member: this process's name within the group (default: host and pid).
-        logger: a structlog logger for handler failures (default: ``structlog.get_logger``).
-
-    Raises:
-        ConfigurationError: a setting is invalid.
+    Takes the arguments of :class:`AsyncEventProcessor` (``event_storage``, ``name``,
+    ``batch_size``, ``max_handler_attempts``, ``idle_timeout``, ``member``, ``logger``),
+    described there, and raises what it raises.
     """
 
     def __init__(

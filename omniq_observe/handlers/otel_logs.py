@@ -26,7 +26,6 @@ from opentelemetry.trace import NonRecordingSpan
 from omniq_observe._details import DEFAULT_REDACT_KEYS, Redactor
 from omniq_observe.events._log_events import LogEventWriter
 from omniq_observe.events._spans import SpanEventWriter
-from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.handlers._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.propagation import extract_trace_context
@@ -58,15 +57,8 @@ class OTelLogsHandler:
         redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS,
         max_attribute_length: int = 1024,
     ) -> None:
-        if (
-            not isinstance(max_attribute_length, int) or isinstance(max_attribute_length, bool)
-            or max_attribute_length < 1
-        ):
-            value = max_attribute_length
-            msg = f"max_attribute_length must be a positive integer, got {value!r}"
-            raise ConfigurationError(msg, setting="max_attribute_length", value=value)
-        self._writer = LogEventWriter(logger_provider)
         self._attributes = SpanEventWriter(Redactor(redact_keys), max_attribute_length).attributes
+        self._writer = LogEventWriter(logger_provider)
         self._spans: TaskSpans | None = None
 
     def attach(self, processor: Any) -> None:

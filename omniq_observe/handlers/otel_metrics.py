@@ -40,6 +40,7 @@ from omniq_observe._otel import (
     SYSTEM,
     get_meter,
 )
+from omniq_observe._validate import positive_int
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, PairedHandler
 
@@ -78,7 +79,7 @@ class OTelMetricsHandler(PairedHandler):
         reorder_window: float = 10.0,
         max_attribute_length: int = 256,
     ) -> None:
-        self.max_attribute_length = max_attribute_length
+        self.max_attribute_length = positive_int("max_attribute_length", max_attribute_length)
         super().__init__(ttl=ttl, reorder_window=reorder_window)
         meter = get_meter(meter_provider)
         self._duration = meter.create_histogram(

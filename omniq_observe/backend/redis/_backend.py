@@ -1,22 +1,26 @@
-"""Events in a Redis Stream, shared by processors through consumer groups.
+"""Events in Redis Streams, one per task partition, shared by processors in groups.
 
+* The events of one task go to the stream of its partition (``partitions`` streams, by a
+  hash of ``task_id``, see ``_core``). Entry ids are unique over the streams and grow in
+  append order, so the streams merged by id are the log: ``read_after``, ``query`` and
+  ``tail`` read it in that order, and a position is an entry id.
 * ``append`` writes a batch with one Lua script call per ``max_batch`` events (calls
-  pipelined): each event is an ``XADD`` to ``<prefix>:events`` and its id is pushed onto
+  pipelined): each event is an ``XADD`` to its partition's stream and its id is pushed onto
   the task's index list ``<prefix>:task:<task_id>`` (TTL ``history_ttl``), which makes
   ``task_history`` one round trip. The script skips an event whose ``event_id`` is in the
   recent-id sets (``<prefix>:recent``, the last ``dedup_window`` to twice that many ids),
   so an append retried after its reply was lost stores nothing twice. Entry ids follow
-  event time (see ``_redis_scan``), so ``query(since=)`` and ``prune`` seek instead of
-  scanning.
-* A processor name is a consumer group. ``claim`` reads new entries with ``XREADGROUP``;
-  ``ack`` sends ``XACK`` after the handlers ran, so entries a dead member held stay pending
-  and another member takes them over with ``XAUTOCLAIM`` once they were idle for
-  ``claim_idle`` seconds. ``wait_for_events`` blocks in ``XREAD``, so a waiting processor
+  event time (see ``_log``), so ``query(since=)`` and ``prune`` seek instead of scanning.
+* A processor name is a group; its members divide the partitions through leases and read
+  each held partition as a Redis consumer group (see ``_groups``), so one task's events
+  all go to one member. ``wait_for_events`` blocks in ``XREAD``, so a waiting processor
   wakes within milliseconds of a new event.
-* A group's position is its acknowledged watermark: just before its oldest pending
-  entry, or its last-delivered id when nothing is pending.
-* Retention: ``max_len`` trims on every write (``MAXLEN ~``); ``prune`` trims with
-  ``MINID`` (removing the pruned ids from the task index lists) or ``MAXLEN``.
+* Retention: ``max_len`` trims every stream on every write (``MAXLEN ~``, a share of
+  ``max_len`` each); ``prune`` trims with ``MINID`` (removing the pruned ids from the task
+  index lists).
+* The number of partitions is fixed when a store is made (recorded in ``<prefix>:meta``). A
+  store made before partitions existed holds one stream, ``<prefix>:events``, and is used
+  as a store of one partition.
 
 Delivery is at-least-once. Connection failures are retried (``retries`` times, with
 backoff) by redis-py; what still fails raises
@@ -25,7 +29,9 @@ backoff) by redis-py; what still fails raises
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -44,15 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError(_msg) from exc
 
 from omniq_observe.backend._group_commit import GroupCommitter
-from omniq_observe.backend._redis_config import URL_OPTIONS, check_settings, persistence_warning
-from omniq_observe.backend._redis_groups import StreamGroups, stored_entries
-from omniq_observe.backend._redis_scan import MARGIN_MS, StreamKeys, prune_older, query_stream
-from omniq_observe.backend._redis_scripts import (
-    APPEND_SCRIPT,
-    HISTORY_SCRIPT,
-    PRUNE_SCRIPT,
-    id_str,
-)
+from omniq_observe.backend._partitions import PARTITIONS, partition_of
 from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
     BaseEventStorage,
@@ -65,10 +63,33 @@ from omniq_observe.backend.base import (
     as_utc,
     read_dead_letter,
 )
-from omniq_observe.exceptions import (
-    BackendUnavailableError,
-    StorageError,
+from omniq_observe.backend.redis._config import (
+    URL_OPTIONS,
+    check_settings,
+    persistence_warning,
 )
+from omniq_observe.backend.redis._core import (
+    Keys,
+    id_str,
+    parse_stream_id,
+    raw_reply,
+    stored_entries,
+)
+from omniq_observe.backend.redis._groups import StreamGroups
+from omniq_observe.backend.redis._log import (
+    MARGIN_MS,
+    prune_newest,
+    prune_older,
+    query_log,
+    read_merged,
+)
+from omniq_observe.backend.redis._scripts import (
+    APPEND_SCRIPT,
+    HISTORY_SCRIPT,
+    LEASE_SCRIPT,
+    PRUNE_SCRIPT,
+)
+from omniq_observe.exceptions import BackendUnavailableError, ConfigurationError, StorageError
 from omniq_observe.models.event import TaskEvent, decode_event, encode_event, epoch_us
 
 __all__ = ["SCHEMA_VERSION", "RedisBackend"]
@@ -76,22 +97,26 @@ __all__ = ["SCHEMA_VERSION", "RedisBackend"]
 # 2: entries carry ``t`` (the task id) and ids follow event time; version-1 entries are
 # read as before, and prune leaves their index lists to expire.
 SCHEMA_VERSION = 2
+_SCRIPTS = {"append": APPEND_SCRIPT, "history": HISTORY_SCRIPT, "lease": LEASE_SCRIPT,
+            "prune": PRUNE_SCRIPT}
+
 
 class RedisBackend(BaseEventStorage):
-    """Events in a Redis Stream; processors of one name share them as a consumer group.
+    """Events in Redis Streams; processors of one name share them as a group, task-routed.
 
     One instance belongs to one event loop (it connects lazily, on first use).
 
     Args:
         url: the Redis URL (``redis://host:6379/0``, ``rediss://...``).
         prefix: the prefix of every key, so several deployments share one Redis.
-        max_len: trim the stream to about this many events on every write (``None``:
-            keep everything until ``prune``).
+        max_len: trim the streams to about this many events in all on every write
+            (``None``: keep everything until ``prune``).
         history_ttl: seconds a task's history index lives after its last event.
-        claim_idle: seconds an entry must sit unacknowledged with a member before another
-            member takes it over; a processor renews its batch
-            while its handlers run.
-        claim_interval: how often (seconds) a member looks for such entries.
+        claim_idle: seconds a group member's leases last: a member that stops renewing
+            them (it died) has its partitions and what it held taken over after this; a
+            processor renews them while its handlers run.
+        claim_interval: how often (seconds) a member renews its leases and the members
+            rebalance the partitions (at most a third of ``claim_idle``).
         retries: connection retries per command, with backoff.
         socket_timeout: seconds one command may take.
         connect_timeout: seconds to connect.
@@ -100,6 +125,8 @@ class RedisBackend(BaseEventStorage):
         max_connections: the most connections open at once; more callers wait.
         dedup_window: how many recent event ids (at least; at most twice as many) an
             append checks so that a retried write stores nothing twice.
+        partitions: the number of task partitions (streams) of a new store (``None``:
+            16); an existing store keeps its own, and a different number raises.
 
     Raises:
         ConfigurationError: a setting is invalid.
@@ -123,33 +150,46 @@ class RedisBackend(BaseEventStorage):
         client_name: str | None = None,
         max_connections: int = 16,
         dedup_window: int = 50_000,
+        partitions: int | None = None,
     ) -> None:
-        check_settings(prefix=prefix, max_len=max_len, history_ttl=history_ttl,
-                       claim_idle=claim_idle, claim_interval=claim_interval,
-                       socket_timeout=socket_timeout, connect_timeout=connect_timeout,
-                       retries=retries, max_batch=max_batch, max_connections=max_connections,
-                       dedup_window=dedup_window)
-        self.url = url
-        self.prefix = prefix
-        self.max_len = max_len
+        check_settings(prefix=prefix, max_len=max_len, partitions=partitions,
+                       history_ttl=history_ttl, claim_idle=claim_idle,
+                       claim_interval=claim_interval, socket_timeout=socket_timeout,
+                       connect_timeout=connect_timeout, retries=retries, max_batch=max_batch,
+                       max_connections=max_connections, dedup_window=dedup_window)
+        self.url, self.prefix, self.client_name = url, prefix, client_name
+        self._set_timing(history_ttl, claim_idle, claim_interval, socket_timeout,
+                         connect_timeout)
+        self._set_limits(max_len, retries, max_batch, max_connections, dedup_window,
+                         partitions)
+        self._set_keys(prefix)
+
+    def _set_timing(self, history_ttl: float, claim_idle: float, claim_interval: float,
+                    socket_timeout: float, connect_timeout: float) -> None:
         self.history_ttl = float(history_ttl)
         self.claim_idle = float(claim_idle)
         self.claim_interval = float(claim_interval)
-        self.retries = retries
         self.socket_timeout = float(socket_timeout)
         self.connect_timeout = float(connect_timeout)
+
+    def _set_limits(self, max_len: int | None, retries: int, max_batch: int,
+                    max_connections: int, dedup_window: int, partitions: int | None) -> None:
+        self.max_len = max_len
+        self.retries = retries
         self.max_batch = max_batch
-        self.client_name = client_name
         self.max_connections = max_connections
         self.dedup_window = dedup_window
-        self._committer: GroupCommitter | None = None
-        self.stream = f"{prefix}:events"
-        self._task_prefix = f"{prefix}:task:"
+        self.partitions = partitions
+
+    def _set_keys(self, prefix: str) -> None:
+        """The keys that do not depend on the partitions, and the connection state."""
+        self.stream = f"{prefix}:events"  # a store of one partition; else <stream>:<p>
         self._dead_key = f"{prefix}:dead"
         self._meta_key = f"{prefix}:meta"
-        self._append_keys = [self.stream, f"{prefix}:recent", f"{prefix}:recent:old",
-                             f"{prefix}:late"]
-        self._keys = StreamKeys(self.stream, f"{prefix}:late", self._task_prefix)
+        self._recent_keys = [f"{prefix}:recent", f"{prefix}:recent:old"]
+        self._keys: Keys | None = None  # known once the store was opened
+        self._opening: asyncio.Future[Keys] | None = None
+        self._committer: GroupCommitter | None = None
         self._client: Any = None  # redis.asyncio.Redis, typed loosely: its replies vary
         self._scripts: dict[str, Any] = {}
         self._consumers = StreamGroups(self)
@@ -170,8 +210,8 @@ class RedisBackend(BaseEventStorage):
 
         Our query parameters (``prefix``, ``max_len``, ``history_ttl``, ``claim_idle``,
         ``claim_interval``, ``retries``, ``socket_timeout``, ``connect_timeout``,
-        ``max_batch``, ``client_name``, ``max_connections``, ``dedup_window``) become keyword
-        arguments; ``options`` override them; any other
+        ``max_batch``, ``client_name``, ``max_connections``, ``dedup_window``,
+        ``partitions``) become keyword arguments; ``options`` override them; any other
         parameter is passed on to redis-py.
 
         Raises:
@@ -204,12 +244,63 @@ class RedisBackend(BaseEventStorage):
                 client_name=self.client_name,
             )
             self._client = aioredis.Redis.from_pool(pool)
-            self._scripts = {
-                "append": self._client.register_script(APPEND_SCRIPT),
-                "history": self._client.register_script(HISTORY_SCRIPT),
-                "prune": self._client.register_script(PRUNE_SCRIPT),
-            }
+            self._client.set_response_callback("XREADGROUP", raw_reply)
+            self._scripts = {name: self._client.register_script(source)
+                             for name, source in _SCRIPTS.items()}
         return self._client
+
+    def script(self, name: str) -> Any:
+        """The registered Lua script ``name`` (``append``, ``history``, ``lease``, ``prune``)."""
+        self.client()
+        return self._scripts[name]
+
+    @property
+    def keys(self) -> Keys:
+        """The store's keys, once it was opened (see :meth:`_open`)."""
+        if self._keys is None:
+            msg = f"RedisBackend({self.prefix!r}) was not opened yet"
+            raise StorageError(msg)
+        return self._keys
+
+    async def _open(self) -> Keys:
+        """The store's keys: its number of partitions is read (or recorded) once.
+
+        Concurrent first callers share one read and go on in the order they came, so
+        appends keep their order.
+        """
+        if self._keys is not None:
+            return self._keys
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._read_keys())
+        opening = self._opening
+        try:
+            self._keys = await asyncio.shield(opening)
+        except BaseException:
+            if opening.done():
+                self._opening = None  # failed: the next caller tries again
+            raise
+        return self._keys
+
+    async def _read_keys(self) -> Keys:
+        with self._errors("opening the store"):
+            count = await self._stored_partitions()
+        if self.partitions is not None and self.partitions != count:
+            msg = (f"partitions={self.partitions} but the store under prefix "
+                   f"{self.prefix!r} has {count}; open it with partitions={count} "
+                   "(or leave partitions out), or use a new prefix")
+            raise ConfigurationError(msg, setting="partitions", value=self.partitions)
+        return Keys(self.prefix, count)
+
+    async def _stored_partitions(self) -> int:
+        """The store's number of partitions; recorded now for a new store."""
+        client = self.client()
+        recorded = await client.hget(self._meta_key, "partitions")
+        if recorded is None:
+            made_before = await client.type(self.stream) == b"stream"  # before partitions
+            count = 1 if made_before else self.partitions or PARTITIONS
+            await client.hsetnx(self._meta_key, "partitions", count)
+            recorded = await client.hget(self._meta_key, "partitions")
+        return int(recorded)
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -227,83 +318,102 @@ class RedisBackend(BaseEventStorage):
         """Store events; concurrent calls share one round trip (group commit)."""
         if not events:
             return
-        self.client()
+        if self._keys is None:  # a coroutine call per event costs
+            await self._open()
         if self._committer is None:
             # One group: up to 10 script calls of ``max_batch`` events, pipelined.
             self._committer = GroupCommitter(self._write_events, 10 * self.max_batch)
         await self._committer.submit(events)
 
     async def _write_events(self, events: Sequence[TaskEvent]) -> None:
-        client = self.client()
-        head: list[Any] = [self._task_prefix, int(self.history_ttl * 1000), self.max_len or 0,
-                           self.dedup_window, MARGIN_MS]
+        client, keys = self.client(), self.keys
+        count = keys.partitions
+        per_stream = 0 if self.max_len is None else math.ceil(self.max_len / count)
+        head: list[Any] = [keys.task_prefix, int(self.history_ttl * 1000), per_stream,
+                           self.dedup_window, MARGIN_MS, self.max_len or 0]
         calls = []
         for start in range(0, len(events), self.max_batch):
             args = head.copy()
             for event in events[start : start + self.max_batch]:
                 args += (event.task_id, event.event_id, epoch_us(event.timestamp) // 1000,
-                         encode_event(event))
+                         encode_event(event), partition_of(event.task_id, count))
             calls.append(args)
-        script, keys = self._scripts["append"], self._append_keys
+        script = self._scripts["append"]
+        script_keys = [*self._recent_keys, keys.late, keys.last_id, *keys.streams]
         with self._errors("appending events"):
             if len(calls) == 1:
-                await script(keys=keys, args=calls[0])
+                await script(keys=script_keys, args=calls[0])
                 return
             pipe = client.pipeline(transaction=False)
             for args in calls:
-                await script(keys=keys, args=args, client=pipe)
+                await script(keys=script_keys, args=args, client=pipe)
             await pipe.execute()
 
     # -- the log -------------------------------------------------------------------------
     async def read_after(self, position: Position | None, limit: int) -> list[StoredEvent]:
+        keys = await self._open()
         start = "-" if position is None else f"({id_str(position)}"
         with self._errors("reading events"):
-            entries = await self.client().xrange(self.stream, start, "+", count=limit)
-        return stored_entries(entries)
+            tagged = await read_merged(self.client(), keys.streams, start, "+", limit)
+        return stored_entries([entry for _, entry in tagged])
 
     async def last_position(self) -> Position | None:
+        keys = await self._open()
         with self._errors("reading the last position"):
-            entries = await self.client().xrevrange(self.stream, "+", "-", count=1)
-        return id_str(entries[0][0]) if entries else None
+            pipe = self.client().pipeline(transaction=False)
+            for stream in keys.streams:
+                pipe.xrevrange(stream, "+", "-", count=1)
+            lasts = [id_str(entries[0][0]) for entries in await pipe.execute() if entries]
+        return max(lasts, key=parse_stream_id) if lasts else None
 
     async def commit_position(self, group: str, position: Position) -> None:
+        await self._open()
         with self._errors(f"committing the position of {group!r}"):
             await self._consumers.commit_position(group, id_str(position))
 
     async def get_position(self, group: str) -> Position | None:
+        await self._open()
         with self._errors(f"reading the position of {group!r}"):
             return await self._consumers.get_position(group)
 
     async def positions(self) -> dict[str, Position]:
+        await self._open()
         with self._errors("reading positions"):
             return dict(await self._consumers.positions())
 
-    # -- processors (see _redis_groups) ----------------------------------------------------
+    # -- processors (see _groups) --------------------------------------------------------
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
+        if self._keys is None:
+            await self._open()
         with self._errors(f"claiming events for {consumer.group!r}"):
             return await self._consumers.claim(consumer, limit)
 
     async def ack(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
         if batch:
+            if self._keys is None:
+                await self._open()
             with self._errors(f"acknowledging events of {consumer.group!r}"):
                 await self._consumers.ack(consumer, batch)
 
     async def renew(self, consumer: Consumer, batch: Sequence[StoredEvent]) -> None:
-        with self._errors(f"renewing the entries of {consumer.member!r}"):
+        await self._open()
+        with self._errors(f"renewing the leases of {consumer.member!r}"):
             await self._consumers.renew(consumer, batch)
 
     async def release(self, consumer: Consumer) -> None:
-        """Hand this member's unacknowledged entries to the other members at once."""
-        if self._client is not None:
+        """Hand this member's partitions, and what it holds there, to the others at once."""
+        if self._client is not None and self._keys is not None:
             with self._errors(f"releasing {consumer.member!r} of {consumer.group!r}"):
                 await self._consumers.release(consumer)
 
     async def has_events_for(self, consumer: Consumer) -> bool:
+        await self._open()
         with self._errors(f"checking for events of {consumer.group!r}"):
-            return (await self._consumers.next_after(consumer)) is None
+            return await self._consumers.has_events(consumer)
 
     async def wait_for_events(self, consumer: Consumer, timeout: float) -> bool:
-        """Block in ``XREAD`` until an entry after the group's last delivery arrives."""
+        """Block in ``XREAD`` until an entry the member could claim arrives."""
+        await self._open()
         with self._errors(f"waiting for events of {consumer.group!r}"):
             return await self._consumers.wait(consumer, timeout)
 
@@ -335,10 +445,11 @@ class RedisBackend(BaseEventStorage):
 
     # -- queries -------------------------------------------------------------------------
     async def task_history(self, task_id: str, limit: int = 1000) -> list[TaskEvent]:
-        self.client()
-        script = self._scripts["history"]
+        keys = await self._open()
         with self._errors(f"reading the history of task {task_id!r}"):
-            bodies = await script(keys=[self.stream, self._task_prefix + task_id], args=[limit])
+            bodies = await self.script("history")(
+                keys=[keys.stream_of(task_id), keys.task_prefix + task_id], args=[limit]
+            )
         return [decode_event(body) for body in bodies]
 
     async def query(
@@ -350,44 +461,50 @@ class RedisBackend(BaseEventStorage):
         limit: int = 100,
         after: Position | None = None,
     ) -> Page:
+        keys = await self._open()
         types = {t.upper() for t in event_types} if event_types else None
         with self._errors("querying events"):
-            return await query_stream(self.client(), self._keys, types=types,
-                                      since=as_utc(since), until=as_utc(until),
-                                      limit=limit, after=after)
+            return await query_log(self.client(), keys, types=types, since=as_utc(since),
+                                   until=as_utc(until), limit=limit, after=after)
 
     async def count(self) -> int:
+        keys = await self._open()
         with self._errors("counting events"):
-            return int(await self.client().xlen(self.stream))
+            return await self._count(keys)
+
+    async def _count(self, keys: Keys) -> int:
+        pipe = self.client().pipeline(transaction=False)
+        for stream in keys.streams:
+            pipe.xlen(stream)
+        return sum(int(n) for n in await pipe.execute())
 
     async def prune(
         self, *, older_than: datetime | None = None, max_events: int | None = None
     ) -> int:
-        client = self.client()
+        keys = await self._open()
+        client, script = self.client(), self.script("prune")
         deleted = 0
         with self._errors("pruning events"):
             cutoff = as_utc(older_than)
             if cutoff is not None:
-                deleted += await prune_older(client, self._keys, self._scripts["prune"], cutoff)
+                deleted += await prune_older(client, keys, script, cutoff)
             if max_events is not None:
-                deleted += int(
-                    await client.xtrim(self.stream, maxlen=max_events, approximate=False)
-                )
+                deleted += await prune_newest(client, keys, script, max_events)
         return deleted
 
     async def health(self) -> Health:
         """Whether Redis answers; ``extra["warnings"]`` says when it keeps nothing on disk."""
         try:
+            keys = await self._open()
             client = self.client()
             with self._errors("checking health"):
                 await client.hsetnx(self._meta_key, "schema_version", SCHEMA_VERSION)
-                pipe = client.pipeline(transaction=False)
-                pipe.xlen(self.stream)
-                pipe.hget(self._meta_key, "schema_version")
-                length, version = await pipe.execute()
+                version = await client.hget(self._meta_key, "schema_version")
+                length = await self._count(keys)
         except Exception as exc:
             return Health(ok=False, backend=self.backend_name, detail=str(exc))
-        extra: dict[str, Any] = {"stream": self.stream, "events": int(length)}
+        extra: dict[str, Any] = {"stream": self.stream, "partitions": keys.partitions,
+                                 "events": length}
         warning = await persistence_warning(client)
         if warning:
             extra["warnings"] = [warning]

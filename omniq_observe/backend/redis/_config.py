@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from omniq_observe.backend._redis_scripts import id_str
+from omniq_observe.backend.redis._core import id_str
 from omniq_observe.exceptions import ConfigurationError
 
 __all__ = ["URL_OPTIONS", "check_settings", "persistence_warning"]
@@ -26,12 +26,11 @@ URL_OPTIONS: dict[str, type] = {
     "client_name": str,
     "max_connections": int,
     "dedup_window": int,
+    "partitions": int,
 }
 
 
-
-
-def check_settings(*, prefix: Any, max_len: Any, **settings: Any) -> None:
+def check_settings(*, prefix: Any, max_len: Any, partitions: Any, **settings: Any) -> None:
     """Check the backend's settings (seconds are positive, counts are integers).
 
     Raises:
@@ -40,16 +39,20 @@ def check_settings(*, prefix: Any, max_len: Any, **settings: Any) -> None:
     if not isinstance(prefix, str) or not prefix:
         msg = f"prefix must be a non-empty string, got {prefix!r}"
         raise ConfigurationError(msg, setting="prefix", value=prefix)
-    if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
-        msg = f"max_len must be a positive integer or None, got {max_len!r}"
-        raise ConfigurationError(msg, setting="max_len", value=max_len)
+    for setting, value in (("max_len", max_len), ("partitions", partitions)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            msg = f"{setting} must be a positive integer or None, got {value!r}"
+            raise ConfigurationError(msg, setting=setting, value=value)
     for setting, value in settings.items():
         if URL_OPTIONS[setting] is float:
             if not isinstance(value, (int, float)) or value <= 0:
                 msg = f"{setting} must be a positive number of seconds, got {value!r}"
                 raise ConfigurationError(msg, setting=setting, value=value)
         elif not isinstance(value, int) or value < (0 if setting == "retries" else 1):
-            msg = f"{setting} must be a non-negative integer, got {value!r}"
+            kind = "non-negative" if setting == "retries" else "positive"
+            msg = f"{setting} must be a {kind} integer, got {value!r}"
             raise ConfigurationError(msg, setting=setting, value=value)
 
 

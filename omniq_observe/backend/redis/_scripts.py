@@ -1,0 +1,240 @@
+"""Lua scripts of :mod:`omniq_observe.backend.redis`.
+
+The scripts run inside Redis, so that each event and its task-history index entry are
+written together (one round trip for a whole batch, nothing half-written if the client
+dies), that a task's history comes back in one round trip, and that a group member's
+partition leases change in one step.
+"""
+
+from __future__ import annotations
+
+__all__ = ["APPEND_SCRIPT", "HISTORY_SCRIPT", "LEASE_SCRIPT", "PRUNE_SCRIPT"]
+
+# KEYS: the current and the previous recent-id set, the late index, the last id handed
+# out, then the stream of each partition.
+# ARGV: task-key prefix, history TTL (ms), MAXLEN per stream (0: none), ids per recent-id
+# set, the margin (ms), the most ids the late index keeps under MAXLEN, then (task_id,
+# event_id, event time in ms, body, partition) per event.
+#
+# * An event whose id is in either recent-id set was stored already (a retry after a lost
+#   reply): it is skipped. When the current set holds ``window`` ids it becomes the
+#   previous one, so the last ``window`` to ``2 * window`` ids are remembered.
+# * Entry ids come from one counter over all streams (the last id key), so they are unique
+#   and grow in append order across the partitions. The id is the event time (``<ms>-0``)
+#   while events come in time order, so the streams are ordered by event time and
+#   ``query``/``prune`` can seek into them; an event not later than the last id gets the
+#   next id (``<last ms>-<last seq + 1>``). An event whose id lies more than the margin after
+#   its time is put in the late index (a sorted set by event time, of ``<id>/<partition>``),
+#   where ``query(until=)`` and ``prune`` find it. A time more than the margin ahead of the
+#   server's clock is stored at the clock plus the margin. Under MAXLEN the late index
+#   keeps at most the given number of ids (the latest by event time).
+# * The entry holds ``e`` (the wire form) and ``t`` (the task id, for prune); its id is
+#   pushed onto the task's index list, whose TTL is refreshed.
+# Returns the number of events written.
+APPEND_SCRIPT = """
+local recent, older, late, last_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local window, margin, bound = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function split(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function top(stream)  -- the last id a stream handed out (0, -1: none)
+  local info = redis.pcall('XINFO', 'STREAM', stream)
+  if type(info) == 'table' and not info.err then
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then return split(info[j + 1]) end
+    end
+  end
+  return 0, -1
+end
+local function later(ms, seq, ms2, seq2)
+  return ms2 > ms or (ms2 == ms and seq2 > seq)
+end
+local last_ms, last_seq = 0, -1
+local known = redis.call('GET', last_key)
+if known then
+  last_ms, last_seq = split(known)
+else  -- a store from before the counter: continue after every stream's last id
+  for k = 5, #KEYS do
+    local ms, seq = top(KEYS[k])
+    if later(last_ms, last_seq, ms, seq) then last_ms, last_seq = ms, seq end
+  end
+end
+local function xadd(stream, id, body, task)
+  if maxlen > 0 then
+    return redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, id, 'e', body, 't', task)
+  end
+  return redis.pcall('XADD', stream, id, 'e', body, 't', task)
+end
+local written, lates = 0, 0
+for i = 7, #ARGV, 5 do
+  local event_id = ARGV[i + 1]
+  if redis.call('SISMEMBER', older, event_id) == 0
+      and redis.call('SADD', recent, event_id) == 1 then
+    local time, part = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4])
+    local ms = math.max(0, math.min(time, now + margin))
+    local body, task, stream = ARGV[i + 3], ARGV[i], KEYS[5 + part]
+    local id_ms, id_seq = last_ms, last_seq + 1
+    if ms > last_ms then id_ms, id_seq = ms, 0 end
+    local id = xadd(stream, string.format('%d-%d', id_ms, id_seq), body, task)
+    if type(id) == 'table' and id.err then
+      -- the stream holds a later id (an entry written behind our back): continue after it
+      local ms2, seq2 = top(stream)
+      if later(id_ms, id_seq, ms2, seq2 + 1) then id_ms, id_seq = ms2, seq2 + 1 end
+      id = xadd(stream, string.format('%d-%d', id_ms, id_seq), body, task)
+    end
+    if type(id) == 'table' and id.err then
+      redis.call('SREM', recent, event_id)  -- not stored: a retry must not be skipped
+      return redis.error_reply(id.err)
+    end
+    last_ms, last_seq = id_ms, id_seq
+    if id_ms - time > margin then
+      redis.call('ZADD', late, time, id .. '/' .. part)
+      lates = lates + 1
+    end
+    local key = prefix .. task
+    redis.call('RPUSH', key, id)
+    redis.call('PEXPIRE', key, ttl)
+    written = written + 1
+  end
+end
+if written > 0 then redis.call('SET', last_key, string.format('%d-%d', last_ms, last_seq)) end
+if redis.call('SCARD', recent) >= window then redis.call('RENAME', recent, older) end
+if lates > 0 and maxlen > 0 then  -- under MAXLEN the late index stays as bounded
+  local size = redis.call('ZCARD', late)
+  if size > bound then redis.call('ZREMRANGEBYRANK', late, 0, size - bound - 1) end
+end
+return written
+"""
+
+# KEYS[1] stream; ARGV: task-key prefix, the last id to delete, the most entries to delete.
+# Deletes the oldest entries up to that id (XTRIM MINID) and removes their ids from the
+# head of their tasks' index lists (an emptied list is gone). Returns the number deleted.
+PRUNE_SCRIPT = """
+local stream, prefix = KEYS[1], ARGV[1]
+local entries = redis.call('XRANGE', stream, '-', ARGV[2], 'COUNT', tonumber(ARGV[3]))
+if #entries == 0 then return 0 end
+local function key_of(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local last = entries[#entries][1]
+local last_ms, last_seq = key_of(last)
+local tasks = {}
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 't' then
+      local task = fields[j + 1]
+      tasks[task] = (tasks[task] or 0) + 1
+    end
+  end
+end
+-- A task's list holds its ids in id order: drop its leading ids up to the chunk's last.
+for task, count in pairs(tasks) do
+  local key, drop = prefix .. task, 0
+  while true do
+    local ids = redis.call('LRANGE', key, drop, drop + count)
+    local older = 0
+    for _, head in ipairs(ids) do
+      local ms, seq = key_of(head)
+      if ms > last_ms or (ms == last_ms and seq > last_seq) then break end
+      older = older + 1
+    end
+    drop = drop + older
+    if older < #ids or #ids == 0 then break end
+  end
+  if drop > 0 then redis.call('LTRIM', key, drop, -1) end
+end
+return redis.call('XTRIM', stream, 'MINID', string.format('%d-%d', last_ms, last_seq + 1))
+"""
+
+# KEYS[1] stream, KEYS[2] the task's index list; ARGV[1] limit. Returns the bodies of
+# the task's events still in the stream (pruned ones are skipped), oldest first.
+HISTORY_SCRIPT = """
+local ids = redis.call('LRANGE', KEYS[2], 0, -1)
+local limit = tonumber(ARGV[1])
+local out = {}
+for _, id in ipairs(ids) do
+  if #out >= limit then break end
+  local found = redis.call('XRANGE', KEYS[1], id, id)
+  if #found > 0 then
+    local fields = found[1][2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'e' then out[#out + 1] = fields[j + 1] end
+    end
+  end
+end
+return out
+"""
+
+# KEYS: the group's live members (a sorted set: member -> lease end in ms), its leases (a
+# hash: partition -> "<lease end> <member>") and where its members run (a hash: member ->
+# "<host> <pid>"). ARGV: the member, the lease (ms), the number of partitions, the mode,
+# where the member runs, then the members known dead (their process on this host is gone).
+#
+# * ``claim``: the member (re)joins; the dead members, and those whose lease ended, are
+#   dropped. The live members, sorted by name, divide the partitions (partition ``p`` goes
+#   to member number ``p % n``). The member renews the leases of the partitions it should
+#   hold, gives up the others, and takes those it should hold that are free (never leased,
+#   released, or their holder died: its lease ended, or it is known dead).
+# * ``renew``: the member renews its own lease and those of every partition it holds.
+# * ``release``: the member leaves and frees its partitions.
+#
+# Returns the partitions the member holds, and those of them it took just now.
+LEASE_SCRIPT = """
+local members, leases, hosts = KEYS[1], KEYS[2], KEYS[3]
+local me, lease, count, mode = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local ends = string.format('%d %s', now + lease, me)
+local dead = {}
+for i = 6, #ARGV do
+  dead[ARGV[i]] = true
+  redis.call('ZREM', members, ARGV[i])
+  redis.call('HDEL', hosts, ARGV[i])
+end
+if mode == 'release' then
+  redis.call('ZREM', members, me)
+  redis.call('HDEL', hosts, me)
+else
+  redis.call('ZADD', members, now + lease, me)
+  redis.call('HSET', hosts, me, ARGV[5])
+end
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', members, '-inf', now)) do
+  redis.call('HDEL', hosts, gone)
+end
+redis.call('ZREMRANGEBYSCORE', members, '-inf', now)
+local live = redis.call('ZRANGE', members, 0, -1)
+table.sort(live)
+local rank, n = -1, #live
+for i, name in ipairs(live) do
+  if name == me then rank = i - 1 end
+end
+local held, taken = {}, {}
+for p = 0, count - 1 do
+  local lease_of = redis.call('HGET', leases, p)
+  local until_ms, holder = 0, nil
+  if lease_of then
+    local u, h = string.match(lease_of, '^(%d+) (.*)$')
+    until_ms, holder = tonumber(u), h
+  end
+  local mine = rank >= 0 and p % n == rank
+  if holder == me then
+    if mode == 'renew' or (mode == 'claim' and mine) then
+      redis.call('HSET', leases, p, ends)
+      held[#held + 1] = p
+    else
+      redis.call('HDEL', leases, p)
+    end
+  elseif mode == 'claim' and mine and (holder == nil or until_ms <= now or dead[holder]) then
+    redis.call('HSET', leases, p, ends)
+    held[#held + 1] = p
+    taken[#taken + 1] = p
+  end
+end
+return {held, taken}
+"""
