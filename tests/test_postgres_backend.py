@@ -14,8 +14,8 @@ from _helpers import POSTGRES_URL, async_wait_until
 from _server_backends import TestPostgresBackend, make_postgres, unique_name
 
 from omniq_observe.backend import Consumer, DeadLetter, from_url
-from omniq_observe.backend._pg_schema import migrations
 from omniq_observe.backend.postgres import PostgresBackend
+from omniq_observe.backend.postgres._schema import migrations
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import (
     BackendUnavailableError,

@@ -31,8 +31,8 @@ from test_sqlite_groups import (
 
 from omniq_observe.backend import Consumer
 from omniq_observe.backend._partitions import PARTITIONS, partition_of
-from omniq_observe.backend._pg_schema import migrations
 from omniq_observe.backend.postgres import PostgresBackend
+from omniq_observe.backend.postgres._schema import migrations
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.models.event import TaskEvent, encode_event
 

@@ -1,5 +1,6 @@
-"""The processor's package layout: no import circles in ``events/`` or ``pairing/``, and
-the blocking ``EventProcessor`` names every keyword of ``AsyncEventProcessor``."""
+"""The package layout: no import circles in ``events/``, ``pairing/`` and the backend
+subpackages, and the blocking ``EventProcessor`` names every keyword of
+``AsyncEventProcessor``."""
 
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("package", ["events", "pairing", "backend/redis"])
+@pytest.mark.parametrize(
+    "package", ["events", "pairing", "backend/postgres", "backend/redis", "backend/sqlite"]
+)
 def test_no_import_circles(package: str) -> None:
     graph = _imports(package)
     assert _cycle(graph) is None

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from omniq_observe.backend._pg_schema import migrate
 from omniq_observe.backend._url import safe_url
+from omniq_observe.backend.postgres._schema import migrate
 from omniq_observe.exceptions import BackendUnavailableError, InvalidEventError, StorageError
 from omniq_observe.models.event import TaskEvent
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from omniq_observe.backend._partitions import HOST, PARTITIONS, pid_gone
-from omniq_observe.backend._pg_schema import WIRE, lock_key
 from omniq_observe.backend.base import Consumer, StoredEvent, decode_stored
+from omniq_observe.backend.postgres._schema import WIRE, lock_key
 
 __all__ = ["Groups", "stored_rows"]
 

@@ -21,7 +21,7 @@ Design (see also the README, "Choosing a storage backend"):
   same member and each member's pairing sees whole tasks. A member that leaves frees its
   partitions at once; one that dies leaves them to expire, then another member takes them
   over from the position acknowledged last. No two live members get the same event (see
-  :mod:`._pg_groups`).
+  :mod:`._groups`).
 * Appends ``NOTIFY`` a per-schema channel, and waiting processors ``LISTEN`` on a
   dedicated connection.
 * The schema is created and migrated on first use; ``health()`` reports its version.
@@ -47,19 +47,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError(_msg) from exc
 
 from omniq_observe.backend._group_commit import GroupCommitter
-from omniq_observe.backend._pg_groups import Groups, stored_rows
-from omniq_observe.backend._pg_listen import Listener
-from omniq_observe.backend._pg_pool import PgConnections, rejected_events
-from omniq_observe.backend._pg_schema import (
-    COPY_STAGE,
-    CREATE_STAGE,
-    SCHEMA_VERSION,
-    STAGE,
-    WIRE,
-    copy_payload,
-    lock_key,
-    valid_identifier,
-)
 from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
     BaseEventStorage,
@@ -71,6 +58,19 @@ from omniq_observe.backend.base import (
     StoredEvent,
     as_utc,
     read_dead_letter,
+)
+from omniq_observe.backend.postgres._groups import Groups, stored_rows
+from omniq_observe.backend.postgres._listen import Listener
+from omniq_observe.backend.postgres._pool import PgConnections, rejected_events
+from omniq_observe.backend.postgres._schema import (
+    COPY_STAGE,
+    CREATE_STAGE,
+    SCHEMA_VERSION,
+    STAGE,
+    WIRE,
+    copy_payload,
+    lock_key,
+    valid_identifier,
 )
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent, decode_event
@@ -243,7 +243,7 @@ class PostgresBackend(BaseEventStorage):
     async def positions(self) -> dict[str, Position]:
         return dict(await self._db.run("reading positions", self._groups.positions))
 
-    # -- processor groups (see _pg_groups) -----------------------------------------------
+    # -- processor groups (see _groups) --------------------------------------------------
     async def claim(self, consumer: Consumer, limit: int) -> list[StoredEvent]:
         return await self._db.run(f"claiming events for {consumer.group!r}",
                                   lambda c: self._groups.claim(c, consumer, limit))
