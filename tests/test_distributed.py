@@ -486,6 +486,7 @@ async def test_four_processes_share_100k_events(kind: str, tmp_path: Path) -> No
     assert types == Counter(e.event_type for e in events)
     prometheus = [r["prometheus"] for r in results.values()]
     assert None not in prometheus  # every worker ran a PrometheusHandler
-    assert sum(p["omniq_task_events_total"] for p in prometheus) == 100_000
+    # A member that joined after the others divided the partitions may have handled none.
+    assert sum(p.get("omniq_task_events_total", 0) for p in prometheus) == 100_000
     # Every STARTED/end pair measured exactly once, wherever its two halves went.
-    assert sum(p["omniq_task_duration_seconds_count"] for p in prometheus) == pairs
+    assert sum(p.get("omniq_task_duration_seconds_count", 0) for p in prometheus) == pairs

@@ -386,3 +386,32 @@ async def test_events_of_any_year_are_stored_and_found_by_task(
     assert [s.position for s in stored[:3]] == ["0-1", "0-2", "0-3"]
     for event in events:
         assert await redis_backend.task_history(event.task_id) == [event]
+
+
+async def test_entries_delivered_in_a_lost_reply_are_read_again(
+    redis_backend: TestRedisBackend,
+) -> None:
+    """redis-py retries a read whose connection died: the entries the first read delivered
+    are pending for the member, unseen. With nothing in hand, it reads them again."""
+    consumer = Consumer("g", "m")
+    await redis_backend.append(_tasks(10))
+    await redis_backend.ack(consumer, await redis_backend.claim(consumer, 100))
+    lost = _tasks(5, tasks=5)
+    await redis_backend.append(lost)
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    try:  # the first read, whose reply never came back
+        delivered = await admin.xreadgroup(
+            "g", "m", dict.fromkeys(redis_backend.keys.streams, ">"), count=100)
+    finally:
+        await admin.aclose()
+    assert sum(len(entries) for _, entries in delivered) == 5
+    got: list[TaskEvent] = []
+
+    async def read_again() -> bool:
+        batch = await redis_backend.claim(consumer, 100)
+        await redis_backend.ack(consumer, batch)
+        got.extend(s.event for s in batch)
+        return len(got) >= 5
+
+    await async_wait_until(read_again, timeout=10, what="the lost entries read again")
+    assert got == lost

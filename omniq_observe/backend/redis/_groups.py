@@ -268,6 +268,10 @@ class StreamGroups:
             await self._lease(consumer, member, "claim")
             owner = self.owner
             member.refresh_at = now + min(owner.claim_interval, owner.claim_idle / 3)
+            if not member.batches and not any(r.ahead for r in member.parts.values()):
+                # Nothing in hand: anything pending for it is an entry whose delivery it
+                # never saw (a read redis-py retried after its reply was lost): read again.
+                member.reread()
         if not member.held:
             return []
         if member.takeover:
@@ -297,15 +301,18 @@ class StreamGroups:
         return dead
 
     async def _take_over(self, consumer: Consumer, parts: list[int]) -> None:
-        """Move the entries other members left pending in ``parts`` to ``consumer``."""
+        """Move the entries other members left pending in ``parts`` to ``consumer`` (one
+        round trip for all of them, while none has more than a page)."""
         client, streams = self.owner.client(), self._streams
-        for part in parts:
-            cursor = "0-0"
-            while True:
-                cursor, *_ = await client.xautoclaim(streams[part], consumer.group,
-                                                     consumer.member, 0, cursor, count=1000)
-                if id_str(cursor) == "0-0":
-                    break
+        cursors = dict.fromkeys(parts, "0-0")
+        while cursors:
+            pipe = client.pipeline(transaction=False)
+            for part, cursor in cursors.items():
+                pipe.xautoclaim(streams[part], consumer.group, consumer.member, 0, cursor,
+                                count=1000)
+            replies = await pipe.execute()
+            cursors = {part: id_str(reply[0]) for part, reply in zip(cursors, replies, strict=True)
+                       if id_str(reply[0]) != "0-0"}
 
     async def _merge(self, consumer: Consumer, member: _Member, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` entries of the held partitions merged by id; what a partition
