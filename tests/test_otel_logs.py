@@ -266,10 +266,12 @@ async def test_the_handler_alone_uses_the_stored_trace_context(otel: OTel) -> No
     assert (second.trace_id, second.span_id, second.event_name) == (0, 0, "omniq.task.cancelled")
 
 
-def test_the_handler_checks_its_settings() -> None:
+@pytest.mark.parametrize("bad", [True, float("nan"), 0, -1])
+def test_the_handler_checks_its_settings(bad: object) -> None:
     with pytest.raises(ConfigurationError) as info:
-        OTelLogsHandler(max_attribute_length=0)
-    assert info.value.setting == "max_attribute_length"
+        OTelLogsHandler(max_attribute_length=bad)  # type: ignore[arg-type]
+    assert str(info.value) == f"max_attribute_length must be a positive integer, got {bad!r}"
+    assert (info.value.setting, info.value.value) == ("max_attribute_length", bad)
 
 
 def test_no_global_is_set() -> None:

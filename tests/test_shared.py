@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -107,3 +108,24 @@ def test_every_pairing_handler_refuses_a_bad_ttl_alike(make: Any, bad: object) -
         make(bad)
     assert str(info.value) == f"ttl must be a positive number of seconds, got {bad!r}"
     assert info.value.setting == "ttl" and info.value.value is bad
+
+
+@pytest.mark.parametrize("bad", [-1, True, "1", float("nan"), math.inf])
+@pytest.mark.parametrize("make", [
+    lambda window: PrometheusHandler(registry=CollectorRegistry(), reorder_window=window),
+    lambda window: StructlogHandler(reorder_window=window),
+    lambda window: TracingHandler(tracer_provider=TracerProvider(), reorder_window=window),
+    lambda window: OTelMetricsHandler(MeterProvider(), reorder_window=window),
+], ids=["prometheus", "structlog", "tracing", "otel_metrics"])
+def test_every_pairing_handler_refuses_a_bad_reorder_window_alike(make: Any, bad: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        make(bad)
+    wanted = "a finite number of seconds >= 0"
+    assert str(info.value) == f"reorder_window must be {wanted}, got {bad!r}"
+    assert info.value.setting == "reorder_window" and info.value.value is bad
+
+
+def test_a_pairing_handler_takes_an_infinite_ttl_and_no_reorder_window() -> None:
+    handler = StructlogHandler(ttl=math.inf, reorder_window=0)
+    assert (handler.ttl, handler.reorder_window) == (math.inf, 0.0)
+    assert (handler.pairing.ttl, handler.pairing.reorder_window) == (math.inf, 0.0)

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
+from omniq_observe._validate import positive_int, positive_seconds
 from omniq_observe.backend.base import (
     BaseEventStorage,
     Consumer,
@@ -91,18 +92,11 @@ class AsyncEventProcessor:
         if not isinstance(name, str) or not name.strip():
             msg = f"name must be a non-empty string, got {name!r}"
             raise ConfigurationError(msg, setting="name", value=name)
-        for setting, value in (
-            ("batch_size", batch_size),
-            ("max_handler_attempts", max_handler_attempts),
-        ):
-            if not isinstance(value, int) or value < 1:
-                msg = f"{setting} must be a positive integer, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
         self.event_storage = event_storage
         self.name = name
-        self.batch_size = batch_size
-        self.max_handler_attempts = max_handler_attempts
-        self.idle_timeout = idle_timeout
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.max_handler_attempts = positive_int("max_handler_attempts", max_handler_attempts)
+        self.idle_timeout = positive_seconds("idle_timeout", idle_timeout)
         self.consumer = Consumer(name, member or f"{socket.gethostname()}-{os.getpid()}")
         self.stats = ProcessorStats()
         #: The task pairings this processor's handlers share, by (ttl, reorder window).

@@ -41,7 +41,8 @@ class TaskPairing(PairingState):
             newest event seen) and still pair exactly.
 
     Raises:
-        ValueError: ``ttl`` or ``reorder_window`` is out of range.
+        ConfigurationError: ``ttl``, ``dedupe_window`` or ``reorder_window`` is out of
+            range (a ``ValueError`` too).
     """
 
     # -- public ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ import math
 from collections import deque
 
 from omniq_observe._details import queue_of
+from omniq_observe._validate import non_negative_int, non_negative_seconds, positive_seconds
 from omniq_observe.models.event import TERMINAL_TYPES, TaskEvent
 from omniq_observe.pairing._log import INF, TaskLog, stand_in
 from omniq_observe.pairing._table import Fields, TaskTable
@@ -43,16 +44,10 @@ class PairingState:
         keep_context: bool = False,
         reorder_window: float = 10.0,
     ) -> None:
-        if not ttl > 0:
-            msg = f"ttl must be a positive number of seconds, got {ttl!r}"
-            raise ValueError(msg)
-        if not (isinstance(reorder_window, (int, float)) and 0 <= reorder_window < math.inf):
-            msg = f"reorder_window must be a finite number of seconds >= 0, got {reorder_window!r}"
-            raise ValueError(msg)
         self.history = history
-        self.ttl = ttl
-        self.reorder_window = float(reorder_window)
-        self.dedupe_window = dedupe_window
+        self.ttl = ttl = positive_seconds("ttl", ttl, infinite=True)
+        self.reorder_window = non_negative_seconds("reorder_window", reorder_window)
+        self.dedupe_window = non_negative_int("dedupe_window", dedupe_window)
         self._table = TaskTable(ttl / 16 if math.isfinite(ttl) else 3600.0)
         self._keep_context = False
         self.keep_context = keep_context
