@@ -40,6 +40,7 @@ from omniq_observe.events._dispatch import Dispatcher
 from omniq_observe.events._leases import LeaseRenewal
 from omniq_observe.events._stats import ProcessorStats
 from omniq_observe.events._sync import LoopThread
+from omniq_observe.events._task_spans import TaskSpans
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
 
@@ -101,6 +102,8 @@ class AsyncEventProcessor:
         self.stats = ProcessorStats()
         #: The task pairings this processor's handlers share, by (ttl, reorder window).
         self.pairings: dict[tuple[float, float], Any] = {}
+        #: The span its TracingHandler drew last, for the handlers registered after it.
+        self.task_spans = TaskSpans()
         self._resume_checked = False
         self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
         self._dispatch = Dispatcher(self, self._log)

@@ -71,7 +71,7 @@ from omniq_observe._otel import (
     start_producer_span,
 )
 from omniq_observe._validate import positive_int
-from omniq_observe.handlers._task_spans import TaskSpans, task_spans
+from omniq_observe.events._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, PairedHandler, TraceContext
 
