@@ -55,9 +55,10 @@ async def test_from_url_takes_our_parameters_and_passes_the_rest() -> None:
     with pytest.raises(ConfigurationError, match="claim_idle must be a positive number"):
         RedisBackend(claim_idle=0)
     assert from_url("redis://127.0.0.1/0?partitions=4").partitions == 4  # type: ignore[attr-defined]
-    with pytest.raises(ConfigurationError, match="partitions must be a positive integer or None, "
-                                                 "got 0"):
-        RedisBackend(partitions=0)
+    for bad in (0, 1025, True):
+        with pytest.raises(ConfigurationError, match=r"partitions must be a positive integer "
+                                                     rf"\(at most 1024\) or None, got {bad}"):
+            RedisBackend(partitions=bad)
     with pytest.raises(ConfigurationError, match="max_batch must be a positive integer, got 0"):
         RedisBackend(max_batch=0)
 
@@ -369,3 +370,19 @@ async def test_a_version_1_stream_is_read_and_appended_to() -> None:
     finally:
         await admin.aclose()
         await storage.close()
+
+
+async def test_events_of_any_year_are_stored_and_found_by_task(
+    redis_backend: TestRedisBackend,
+) -> None:
+    """Before 1970 an entry id cannot follow the event's time (the first is 0-1); far
+    from now the time goes to the append script clamped (it packs time and partition)."""
+    years = (1, 1500, 1969, 2024, 9999)
+    events = [TaskEvent(task_id=f"y{year}", event_type="STARTED",
+                        timestamp=datetime(year, 1, 1, tzinfo=timezone.utc)) for year in years]
+    await redis_backend.append(events)
+    stored = await redis_backend.read_after(None, 10)
+    assert [s.event for s in stored] == events
+    assert [s.position for s in stored[:3]] == ["0-1", "0-2", "0-3"]
+    for event in events:
+        assert await redis_backend.task_history(event.task_id) == [event]

@@ -97,6 +97,10 @@ __all__ = ["SCHEMA_VERSION", "RedisBackend"]
 # 2: entries carry ``t`` (the task id) and ids follow event time; version-1 entries are
 # read as before, and prune leaves their index lists to expire.
 SCHEMA_VERSION = 2
+# The append script gets an event's time (ms) and partition as one number, ms * 1024 +
+# partition, which Lua's doubles hold exactly within +-2**53: times are clamped to +-2**43
+# ms (the years 1691 to 2248) for it.
+_PACKED_MS = 2**43
 _SCRIPTS = {"append": APPEND_SCRIPT, "history": HISTORY_SCRIPT, "lease": LEASE_SCRIPT,
             "prune": PRUNE_SCRIPT}
 
@@ -335,8 +339,9 @@ class RedisBackend(BaseEventStorage):
         for start in range(0, len(events), self.max_batch):
             args = head.copy()
             for event in events[start : start + self.max_batch]:
-                args += (event.task_id, event.event_id, epoch_us(event.timestamp) // 1000,
-                         encode_event(event), partition_of(event.task_id, count))
+                ms = min(max(epoch_us(event.timestamp) // 1000, -_PACKED_MS), _PACKED_MS - 1)
+                args += (event.task_id, event.event_id,
+                         ms << 10 | partition_of(event.task_id, count), encode_event(event))
             calls.append(args)
         script = self._scripts["append"]
         script_keys = [*self._recent_keys, keys.late, keys.last_id, *keys.streams]

@@ -39,11 +39,13 @@ def check_settings(*, prefix: Any, max_len: Any, partitions: Any, **settings: An
     if not isinstance(prefix, str) or not prefix:
         msg = f"prefix must be a non-empty string, got {prefix!r}"
         raise ConfigurationError(msg, setting="prefix", value=prefix)
-    for setting, value in (("max_len", max_len), ("partitions", partitions)):
+    for setting, value, most in (("max_len", max_len, None), ("partitions", partitions, 1024)):
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or value < 1
+            or (most is not None and value > most)
         ):
-            msg = f"{setting} must be a positive integer or None, got {value!r}"
+            bound = "" if most is None else f" (at most {most})"
+            msg = f"{setting} must be a positive integer{bound} or None, got {value!r}"
             raise ConfigurationError(msg, setting=setting, value=value)
     for setting, value in settings.items():
         if URL_OPTIONS[setting] is float:

@@ -14,7 +14,8 @@ __all__ = ["APPEND_SCRIPT", "HISTORY_SCRIPT", "LEASE_SCRIPT", "PRUNE_SCRIPT"]
 # out, then the stream of each partition.
 # ARGV: task-key prefix, history TTL (ms), MAXLEN per stream (0: none), ids per recent-id
 # set, the margin (ms), the most ids the late index keeps under MAXLEN, then (task_id,
-# event_id, event time in ms, body, partition) per event.
+# event_id, event time in ms * 1024 + partition, body) per event (one number for two: a
+# write costs per argument).
 #
 # * An event whose id is in either recent-id set was stored already (a retry after a lost
 #   reply): it is skipped. When the current set holds ``window`` ids it becomes the
@@ -41,19 +42,19 @@ local function split(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
 end
-local function top(stream)  -- the last id a stream handed out (0, -1: none)
+local function top(stream)  -- the last id a stream handed out (0-0: none)
   local info = redis.pcall('XINFO', 'STREAM', stream)
   if type(info) == 'table' and not info.err then
     for j = 1, #info, 2 do
       if info[j] == 'last-generated-id' then return split(info[j + 1]) end
     end
   end
-  return 0, -1
+  return 0, 0
 end
 local function later(ms, seq, ms2, seq2)
   return ms2 > ms or (ms2 == ms and seq2 > seq)
 end
-local last_ms, last_seq = 0, -1
+local last_ms, last_seq = 0, 0  -- the first id is 0-1 at the earliest
 local known = redis.call('GET', last_key)
 if known then
   last_ms, last_seq = split(known)
@@ -70,11 +71,13 @@ local function xadd(stream, id, body, task)
   return redis.pcall('XADD', stream, id, 'e', body, 't', task)
 end
 local written, lates = 0, 0
-for i = 7, #ARGV, 5 do
+for i = 7, #ARGV, 4 do
   local event_id = ARGV[i + 1]
   if redis.call('SISMEMBER', older, event_id) == 0
       and redis.call('SADD', recent, event_id) == 1 then
-    local time, part = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4])
+    local packed = tonumber(ARGV[i + 2])
+    local part = packed % 1024
+    local time = (packed - part) / 1024
     local ms = math.max(0, math.min(time, now + margin))
     local body, task, stream = ARGV[i + 3], ARGV[i], KEYS[5 + part]
     local id_ms, id_seq = last_ms, last_seq + 1
@@ -112,7 +115,8 @@ return written
 
 # KEYS[1] stream; ARGV: task-key prefix, the last id to delete, the most entries to delete.
 # Deletes the oldest entries up to that id (XTRIM MINID) and removes their ids from the
-# head of their tasks' index lists (an emptied list is gone). Returns the number deleted.
+# head of their tasks' index lists (``LPOP``, one call a task; an emptied list is gone).
+# Returns the number deleted.
 PRUNE_SCRIPT = """
 local stream, prefix = KEYS[1], ARGV[1]
 local entries = redis.call('XRANGE', stream, '-', ARGV[2], 'COUNT', tonumber(ARGV[3]))
@@ -125,29 +129,32 @@ local last = entries[#entries][1]
 local last_ms, last_seq = key_of(last)
 local tasks = {}
 for _, entry in ipairs(entries) do
-  local fields = entry[2]
-  for j = 1, #fields, 2 do
-    if fields[j] == 't' then
-      local task = fields[j + 1]
-      tasks[task] = (tasks[task] or 0) + 1
+  local fields, task = entry[2], nil
+  if fields[3] == 't' then
+    task = fields[4]
+  else
+    for j = 1, #fields, 2 do
+      if fields[j] == 't' then task = fields[j + 1] end
     end
   end
+  if task then tasks[task] = (tasks[task] or 0) + 1 end
 end
--- A task's list holds its ids in id order: drop its leading ids up to the chunk's last.
+-- A task's list holds its ids in id order, and its ids older than this chunk are gone
+-- already: pop as many as the chunk holds of the task (an emptied list is gone), and put
+-- back any after the chunk's last id. (Ids of entries that MAXLEN trimmed stay at the
+-- head of their list until it expires: task_history skips them.)
 for task, count in pairs(tasks) do
-  local key, drop = prefix .. task, 0
-  while true do
-    local ids = redis.call('LRANGE', key, drop, drop + count)
-    local older = 0
-    for _, head in ipairs(ids) do
-      local ms, seq = key_of(head)
-      if ms > last_ms or (ms == last_ms and seq > last_seq) then break end
-      older = older + 1
+  local key = prefix .. task
+  local popped = redis.call('LPOP', key, count)
+  if popped then
+    local back = {}
+    for i = #popped, 1, -1 do
+      local ms, seq = key_of(popped[i])
+      if ms < last_ms or (ms == last_ms and seq <= last_seq) then break end
+      back[#back + 1] = popped[i]
     end
-    drop = drop + older
-    if older < #ids or #ids == 0 then break end
+    if #back > 0 then redis.call('LPUSH', key, unpack(back)) end
   end
-  if drop > 0 then redis.call('LTRIM', key, drop, -1) end
 end
 return redis.call('XTRIM', stream, 'MINID', string.format('%d-%d', last_ms, last_seq + 1))
 """
