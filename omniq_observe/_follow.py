@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
 from omniq_observe.backend import BaseEventStorage, Position
+from omniq_observe.backend.base import _position_after
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["StorageFollower", "later_position"]
@@ -22,14 +23,7 @@ def later_position(a: Position | None, b: Position | None) -> Position | None:
     """The later of two log positions (ints, or Redis ``ms-seq`` stream ids)."""
     if a is None or b is None:
         return b if a is None else a
-    if isinstance(a, int) and isinstance(b, int):
-        return max(a, b)
-    return b if _stream_key(str(b)) > _stream_key(str(a)) else a
-
-
-def _stream_key(position: str) -> tuple[int, int]:
-    ms, _, seq = position.partition("-")
-    return int(ms), int(seq or 0)
+    return b if _position_after(b, a) else a
 
 
 class StorageFollower:

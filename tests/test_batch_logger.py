@@ -158,6 +158,21 @@ def test_bad_batch_settings_name_the_setting(setting: str, value: object) -> Non
     assert info.value.value == value
 
 
+@pytest.mark.parametrize("bad", [True, float("nan"), 0, -1])
+@pytest.mark.parametrize(("setting", "wanted"), [
+    ("flush_interval", "a positive number of seconds"),
+    ("max_batch", "a positive integer"),
+    ("max_queue", "a positive integer"),
+])
+def test_bad_batch_numbers_are_refused_with_their_value(
+    setting: str, wanted: str, bad: object
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AsyncEventLogger(MemoryBackend(), batch=True, **{setting: bad})  # type: ignore[arg-type]
+    assert str(info.value) == f"{setting} must be {wanted}, got {bad!r}"
+    assert (info.value.setting, info.value.value) == (setting, bad)
+
+
 async def test_async_batching_flush_and_close(tmp_path: Path) -> None:
     backend = SQLiteBackend(tmp_path / "e.db")
     logger = AsyncEventLogger(backend, batch=True, flush_interval=60, max_batch=1000)

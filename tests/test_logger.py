@@ -98,6 +98,14 @@ def test_bad_settings() -> None:
     assert info.value.setting == "buffer_size"
 
 
+@pytest.mark.parametrize("bad", [True, float("nan"), 0, -1])
+def test_a_bad_buffer_size_is_refused_with_its_value(bad: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AsyncEventLogger(MemoryBackend(), buffer_size=bad)  # type: ignore[arg-type]
+    assert str(info.value) == f"buffer_size must be a positive integer, got {bad!r}"
+    assert (info.value.setting, info.value.value) == ("buffer_size", bad)
+
+
 async def test_span_event_on_the_callers_span(
     tracer: trace.Tracer, exporter: InMemorySpanExporter
 ) -> None:

@@ -196,3 +196,12 @@ def test_bad_settings_name_the_setting() -> None:
     with pytest.raises(ConfigurationError) as info:
         StructlogHandler(max_traceback=0)
     assert info.value.setting == "max_traceback"
+
+
+@pytest.mark.parametrize("bad", [True, float("nan"), 0, -1])
+@pytest.mark.parametrize("setting", ["max_traceback", "max_value_length"])
+def test_bad_limits_are_refused_with_their_value(setting: str, bad: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        StructlogHandler(**{setting: bad})
+    assert str(info.value) == f"{setting} must be a positive integer, got {bad!r}"
+    assert (info.value.setting, info.value.value) == (setting, bad)

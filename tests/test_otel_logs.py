@@ -249,6 +249,22 @@ async def test_the_handler_correlates_with_the_task_span(otel: OTel) -> None:
     }
 
 
+async def test_each_processor_owns_the_spans_its_handlers_share(otel: OTel) -> None:
+    storage = MemoryBackend()
+    first, second = (AsyncEventProcessor(event_storage=storage, name=n) for n in "ab")
+    first.register_handler(TracingHandler(tracer_provider=otel.tracer_provider))
+    first.register_handler(OTelLogsHandler(logger_provider=otel.logger_provider))
+    second.register_handler(TracingHandler(tracer_provider=otel.tracer_provider))
+    assert (first.task_spans.wanted, second.task_spans.wanted) == (True, False)
+    done = TaskEvent(task_id="t", event_type="COMPLETED", timestamp=T0)
+    await storage.append([TaskEvent(task_id="t", event_type="STARTED", timestamp=T0), done])
+    assert await first.process_events_once() == 2
+    [span] = otel.spans.get_finished_spans()
+    assert first.task_spans.span_of(done.event_id) == span.get_span_context()
+    assert await second.process_events_once() == 2
+    assert second.task_spans.span_of(done.event_id) is None  # nobody asked: not written
+
+
 async def test_the_handler_alone_uses_the_stored_trace_context(otel: OTel) -> None:
     storage = MemoryBackend()
     processor = AsyncEventProcessor(event_storage=storage, name="p")
@@ -266,10 +282,12 @@ async def test_the_handler_alone_uses_the_stored_trace_context(otel: OTel) -> No
     assert (second.trace_id, second.span_id, second.event_name) == (0, 0, "omniq.task.cancelled")
 
 
-def test_the_handler_checks_its_settings() -> None:
+@pytest.mark.parametrize("bad", [True, float("nan"), 0, -1])
+def test_the_handler_checks_its_settings(bad: object) -> None:
     with pytest.raises(ConfigurationError) as info:
-        OTelLogsHandler(max_attribute_length=0)
-    assert info.value.setting == "max_attribute_length"
+        OTelLogsHandler(max_attribute_length=bad)  # type: ignore[arg-type]
+    assert str(info.value) == f"max_attribute_length must be a positive integer, got {bad!r}"
+    assert (info.value.setting, info.value.value) == ("max_attribute_length", bad)
 
 
 def test_no_global_is_set() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 import random
 import subprocess
 import sys
@@ -12,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Observation, TaskPairing
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+NAN = float("nan")
 
 
 def ev(task: str, kind: str, at: float, event_id: str | None = None, **details: Any) -> TaskEvent:
@@ -361,9 +364,23 @@ def test_a_million_open_tasks_fit_in_200_mb(traced: bool, bound: int) -> None:
     assert held <= bound * 1000 * 1000, figures  # 200 MB (190.7 MiB); 250 B a task traced
 
 
-def test_bad_ttl_is_refused() -> None:
-    with pytest.raises(ValueError, match="ttl"):
-        TaskPairing(ttl=0)
+@pytest.mark.parametrize(("setting", "bad", "wanted"), [
+    *[("ttl", bad, "a positive number of seconds") for bad in (True, NAN, 0, -1)],
+    *[("reorder_window", bad, "a finite number of seconds >= 0")
+      for bad in (True, NAN, -1, math.inf)],
+    *[("dedupe_window", bad, "a non-negative integer") for bad in (True, NAN, -1, 0.5)],
+])
+def test_bad_settings_are_refused_with_their_value(setting: str, bad: object, wanted: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        TaskPairing(**{setting: bad})  # type: ignore[arg-type]
+    assert str(info.value) == f"{setting} must be {wanted}, got {bad!r}"
+    assert (info.value.setting, info.value.value) == (setting, bad)
+    assert isinstance(info.value, ValueError)  # what TaskPairing raised before
+
+
+def test_settings_at_their_bounds_are_taken() -> None:
+    pairing = TaskPairing(ttl=math.inf, reorder_window=0, dedupe_window=0)
+    assert (pairing.ttl, pairing.reorder_window, pairing.dedupe_window) == (math.inf, 0.0, 0)
 
 
 async def test_leaving_the_fast_path_keeps_the_waiting_count_on_the_retried() -> None:

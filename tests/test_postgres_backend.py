@@ -61,6 +61,29 @@ async def test_from_url_takes_our_parameters_and_keeps_libpq_ones() -> None:
         PostgresBackend(schema="bad; DROP TABLE x")
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "wanted"),
+    [
+        ("lease_seconds", 0, "a positive number of seconds"),
+        ("lease_seconds", float("nan"), "a positive number of seconds"),
+        ("connect_timeout", True, "a positive number of seconds"),
+        ("connect_timeout", -1.5, "a positive number of seconds"),
+        ("pool_size", 0, "a positive integer"),
+        ("pool_size", True, "a positive integer"),
+        ("retries", -1, "a non-negative integer"),
+        ("retries", False, "a non-negative integer"),
+        ("max_batch", 0, "a positive integer"),
+    ],
+)
+def test_bad_numeric_settings_name_the_setting_and_value(
+    setting: str, value: object, wanted: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        PostgresBackend(**{setting: value})  # type: ignore[arg-type]
+    assert (info.value.setting, repr(info.value.value)) == (setting, repr(value))
+    assert str(info.value) == f"{setting} must be {wanted}, got {value!r}"
+
+
 async def test_schema_is_created_once_with_its_version_and_columns(
     admin: psycopg.AsyncConnection,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import structlog
 from _helpers import async_wait_until, wait_until
 
-from omniq_observe.backend import BaseEventStorage, SQLiteBackend
+from omniq_observe.backend import BaseEventStorage, MemoryBackend, SQLiteBackend
 from omniq_observe.events import AsyncEventProcessor
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
@@ -279,8 +280,6 @@ async def test_start_twice_is_refused(backend: BaseEventStorage) -> None:
 
 
 def test_bad_settings() -> None:
-    from omniq_observe.backend import MemoryBackend
-
     storage = MemoryBackend()
     for kwargs, setting in (
         ({"name": ""}, "name"),
@@ -300,6 +299,26 @@ def test_bad_settings() -> None:
     with pytest.raises(ConfigurationError) as info:
         processor.register_handler(print, [""])
     assert info.value.setting == "event_types"
+
+
+@pytest.mark.parametrize("bad", [True, float("nan"), 0, -1])
+@pytest.mark.parametrize(("setting", "wanted"), [
+    ("batch_size", "a positive integer"),
+    ("max_handler_attempts", "a positive integer"),
+    ("idle_timeout", "a positive number of seconds"),
+])
+def test_bad_numbers_are_refused_with_their_value(setting: str, wanted: str, bad: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AsyncEventProcessor(MemoryBackend(), **{setting: bad})
+    assert str(info.value) == f"{setting} must be {wanted}, got {bad!r}"
+    assert (info.value.setting, info.value.value) == (setting, bad)
+
+
+def test_idle_timeout_is_finite_seconds() -> None:
+    assert AsyncEventProcessor(MemoryBackend(), idle_timeout=2).idle_timeout == 2.0
+    with pytest.raises(ConfigurationError) as info:
+        AsyncEventProcessor(MemoryBackend(), idle_timeout=math.inf)
+    assert str(info.value) == "idle_timeout must be a finite positive number of seconds, got inf"
 
 
 def run_processor(db: Path, out: Path, mode: str, delay: float = 0.0) -> subprocess.Popen[str]:

@@ -348,6 +348,17 @@ def test_bad_settings_name_the_setting(options: dict[str, Any], setting: str) ->
     assert info.value.setting == setting
 
 
+@pytest.mark.parametrize("bad", [True, float("nan"), 0, -1])
+@pytest.mark.parametrize("setting", ["max_label_values", "max_series"])
+def test_bad_limits_are_refused_with_their_value(setting: str, bad: object) -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(ConfigurationError) as info:
+        PrometheusHandler(registry=registry, **{setting: bad})
+    assert str(info.value) == f"{setting} must be a positive integer, got {bad!r}"
+    assert (info.value.setting, info.value.value) == (setting, bad)
+    assert list(registry.collect()) == []  # refused before registering anything
+
+
 _WORKER = textwrap.dedent(
     """
     import asyncio, sys

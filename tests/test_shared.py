@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -95,15 +96,29 @@ async def test_tracing_alone_then_with_prometheus_counts_every_event_once() -> N
     assert (tracing.stats.spans, tracing.stats.duplicates) == (1, 0)
 
 
-@pytest.mark.parametrize("bad", [-1, 0, True, "60", float("nan")])
+_POSITIVE, _WINDOW = "a positive number of seconds", "a finite number of seconds >= 0"
+
+
+@pytest.mark.parametrize(("setting", "bad", "wanted"), [
+    *[("ttl", bad, _POSITIVE) for bad in (-1, 0, True, "60", float("nan"))],
+    *[("reorder_window", bad, _WINDOW) for bad in (-1, True, "1", float("nan"), math.inf)],
+])
 @pytest.mark.parametrize("make", [
-    lambda ttl: PrometheusHandler(registry=CollectorRegistry(), ttl=ttl),
-    lambda ttl: StructlogHandler(ttl=ttl),
-    lambda ttl: TracingHandler(tracer_provider=TracerProvider(), ttl=ttl),
-    lambda ttl: OTelMetricsHandler(MeterProvider(), ttl=ttl),
+    lambda **setting: PrometheusHandler(registry=CollectorRegistry(), **setting),
+    lambda **setting: StructlogHandler(**setting),
+    lambda **setting: TracingHandler(tracer_provider=TracerProvider(), **setting),
+    lambda **setting: OTelMetricsHandler(MeterProvider(), **setting),
 ], ids=["prometheus", "structlog", "tracing", "otel_metrics"])
-def test_every_pairing_handler_refuses_a_bad_ttl_alike(make: Any, bad: object) -> None:
+def test_every_pairing_handler_refuses_a_bad_setting_alike(
+    make: Any, setting: str, bad: object, wanted: str
+) -> None:
     with pytest.raises(ConfigurationError) as info:
-        make(bad)
-    assert str(info.value) == f"ttl must be a positive number of seconds, got {bad!r}"
-    assert info.value.setting == "ttl" and info.value.value is bad
+        make(**{setting: bad})
+    assert str(info.value) == f"{setting} must be {wanted}, got {bad!r}"
+    assert info.value.setting == setting and info.value.value is bad
+
+
+def test_a_pairing_handler_takes_an_infinite_ttl_and_no_reorder_window() -> None:
+    handler = StructlogHandler(ttl=math.inf, reorder_window=0)
+    assert (handler.ttl, handler.reorder_window) == (math.inf, 0.0)
+    assert (handler.pairing.ttl, handler.pairing.reorder_window) == (math.inf, 0.0)

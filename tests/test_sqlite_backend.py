@@ -150,6 +150,13 @@ async def test_unopenable_file_raises_storage_error_with_cause(tmp_path: Path) -
     [
         ({"synchronous": "OFF"}, "synchronous"),
         ({"max_batch": 0}, "max_batch"),
+        ({"max_batch": True}, "max_batch"),
+        ({"max_batch": -3}, "max_batch"),
+        ({"busy_timeout": 0}, "busy_timeout"),
+        ({"busy_timeout": float("nan")}, "busy_timeout"),
+        ({"busy_timeout": True}, "busy_timeout"),
+        ({"lease_seconds": -1.0}, "lease_seconds"),
+        ({"lease_seconds": float("inf")}, "lease_seconds"),
         ({"path": ""}, "path"),
     ],
 )

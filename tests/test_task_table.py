@@ -35,8 +35,8 @@ def test_adds_and_removes_match_a_dict(seed: int) -> None:
                 task_id = f"t{rng.randrange(5000)}"
                 if task_id in model:
                     continue
-                position = -1 if rng.random() < 0.5 else -7  # with or without a position
-                model[task_id] = table.add(task_id, 1000.0 + burst, position)
+                probe = -1 if rng.random() < 0.5 else -7  # with or without a probe
+                model[task_id] = table.add(task_id, 1000.0 + burst, probe)
                 gone.discard(task_id)
             else:
                 task_id = rng.choice(sorted(model))
@@ -50,13 +50,13 @@ def test_adds_and_removes_match_a_dict(seed: int) -> None:
     assert len(table.keys) == 8  # shrunk back to its least size
 
 
-def test_remove_with_the_position_of_its_key() -> None:
+def test_remove_with_the_probe_of_its_key() -> None:
     table = TaskTable(60.0)
     keys = [f"task-{i}" for i in range(50)]
     slots = {task_id: table.add(task_id, 5.0) for task_id in keys}
     for task_id in keys[::2]:
-        position = table.keys.index(task_id)
-        table.remove(slots.pop(task_id), position)
+        probe = table.keys.index(task_id)
+        table.remove(slots.pop(task_id), probe)
     assert {task_id: table.find(task_id) for task_id in keys} == {
         task_id: slots.get(task_id, -1) for task_id in keys
     }
@@ -82,15 +82,15 @@ def test_the_fast_path_reads_and_writes_a_slot_as_fields() -> None:
     slot = table.add("a", 10.0)
     table.queue[slot], table.t_enq[slot], table.attempt[slot] = 3, 9.5, 1
     table.set_context(slot, (7, 8, 1))
-    position = table.locate("a")
-    assert table.keys[position] == "a" and table.slots[position] == slot
+    probe = table.locate("a")
+    assert table.keys[probe] == "a" and table.slots[probe] == slot
     assert table.locate("b") == -1
     touch, queue, enq, start, touch2, attempt, worker, context = table.row(slot)
     assert (touch, queue, enq, touch2, attempt, worker, context) == (10.0, 3, 9.5, 10.0, 1, 0,
                                                                      (7, 8, 1))
     assert start != start  # not started: NaN
-    table.update(slot, position, (0.0, 5, float("nan"), 11.0, 11.0, 2, 4, None))
+    table.update(slot, probe, (0.0, 5, float("nan"), 11.0, 11.0, 2, 4, None))
     assert (table.queue[slot], table.t_start[slot], table.t_touch[slot]) == (3, 11.0, 11.0)
     assert (table.attempt[slot], table.worker[slot], table.context(slot)) == (2, 4, (7, 8, 1))
-    table.update(slot, position, None)
+    table.update(slot, probe, None)
     assert (table.find("a"), len(table)) == (-1, 0)

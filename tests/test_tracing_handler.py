@@ -479,6 +479,14 @@ def test_invalid_settings_name_the_setting(traced: Traced) -> None:
         TracingHandler(traced.provider, ttl=0)
 
 
+@pytest.mark.parametrize("bad", [True, float("nan"), 0, -1, 2.5])
+def test_a_bad_max_attribute_length_is_refused(traced: Traced, bad: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        TracingHandler(traced.provider, max_attribute_length=bad)  # type: ignore[arg-type]
+    assert str(info.value) == f"max_attribute_length must be a positive integer, got {bad!r}"
+    assert (info.value.setting, info.value.value) == ("max_attribute_length", bad)
+
+
 def test_handler_never_sets_the_global_provider(traced: Traced) -> None:
     before = trace.get_tracer_provider()
     TracingHandler(traced.provider)

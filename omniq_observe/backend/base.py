@@ -270,7 +270,7 @@ class BaseEventStorage(abc.ABC):
         """Return True when ``consumer``'s group has events after its position."""
         position = await self.get_position(consumer.group)
         last = await self.last_position()
-        return last is not None and (position is None or _after(last, position))
+        return last is not None and (position is None or _position_after(last, position))
 
     async def record_dead_letter(self, dead: DeadLetter) -> None:
         """Keep a dead-lettered event so that it can be inspected later."""
@@ -372,8 +372,9 @@ def check_prune_limit(max_events: int | None) -> None:
     optional_non_negative_int("max_events", max_events)
 
 
-def _after(a: Position, b: Position) -> bool:
-    """Return True when position ``a`` comes after ``b`` (ints, or Redis ``ms-seq`` ids)."""
+def _position_after(a: Position, b: Position) -> bool:
+    """Return True when log position ``a`` comes after ``b`` (ints, or Redis ``ms-seq``
+    stream ids)."""
     if isinstance(a, int) and isinstance(b, int):
         return a > b
     return _stream_key(str(a)) > _stream_key(str(b))

@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
+from omniq_observe._validate import positive_int, positive_seconds
 from omniq_observe.backend.base import (
     BaseEventStorage,
     Consumer,
@@ -39,6 +40,7 @@ from omniq_observe.events._dispatch import Dispatcher
 from omniq_observe.events._leases import LeaseRenewal
 from omniq_observe.events._stats import ProcessorStats
 from omniq_observe.events._sync import LoopThread
+from omniq_observe.events._task_spans import TaskSpans
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import EventType, TaskEvent
 
@@ -91,22 +93,17 @@ class AsyncEventProcessor:
         if not isinstance(name, str) or not name.strip():
             msg = f"name must be a non-empty string, got {name!r}"
             raise ConfigurationError(msg, setting="name", value=name)
-        for setting, value in (
-            ("batch_size", batch_size),
-            ("max_handler_attempts", max_handler_attempts),
-        ):
-            if not isinstance(value, int) or value < 1:
-                msg = f"{setting} must be a positive integer, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
         self.event_storage = event_storage
         self.name = name
-        self.batch_size = batch_size
-        self.max_handler_attempts = max_handler_attempts
-        self.idle_timeout = idle_timeout
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.max_handler_attempts = positive_int("max_handler_attempts", max_handler_attempts)
+        self.idle_timeout = positive_seconds("idle_timeout", idle_timeout)
         self.consumer = Consumer(name, member or f"{socket.gethostname()}-{os.getpid()}")
         self.stats = ProcessorStats()
         #: The task pairings this processor's handlers share, by (ttl, reorder window).
         self.pairings: dict[tuple[float, float], Any] = {}
+        #: The span its TracingHandler drew last, for the handlers registered after it.
+        self.task_spans = TaskSpans()
         self._resume_checked = False
         self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
         self._dispatch = Dispatcher(self, self._log)

@@ -27,6 +27,7 @@ from omniq_observe._details import (
     error_type_of,
     truncate,
 )
+from omniq_observe._validate import positive_int
 from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.pairing import Observation, PairedHandler
 
@@ -83,11 +84,8 @@ class StructlogHandler(PairedHandler):
                 msg = f"levels[{event_type!r}] must be one of {sorted(_LEVELS)}, got {level!r}"
                 raise ConfigurationError(msg, setting="levels", value=level)
             merged[str(event_type).upper()] = level.lower()
-        for setting, value in (("max_traceback", max_traceback),
-                               ("max_value_length", max_value_length)):
-            if not isinstance(value, int) or value < 1:
-                msg = f"{setting} must be a positive integer, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
+        positive_int("max_traceback", max_traceback)
+        positive_int("max_value_length", max_value_length)
         self.logger = logger if logger is not None else structlog.get_logger(
             "omniq_observe.tasks"
         )

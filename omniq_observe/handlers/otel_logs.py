@@ -26,7 +26,7 @@ from opentelemetry.trace import NonRecordingSpan
 from omniq_observe._details import DEFAULT_REDACT_KEYS, Redactor
 from omniq_observe.events._log_events import LogEventWriter
 from omniq_observe.events._spans import SpanEventWriter
-from omniq_observe.handlers._task_spans import TaskSpans, task_spans
+from omniq_observe.events._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.propagation import extract_trace_context
 

@@ -148,17 +148,12 @@ class OTelMetricsHandler(PairedHandler):
             if wait is not None:
                 self._queue_wait.record(wait, base)
         closed = obs.closed
-        if closed is not None:
-            start, end = closed.start, closed.end
-            if start is not None:
-                status = closed.status
-                attrs = None
-                if status == "completed" or status == "cancelled":
-                    attrs = self._by_status.get((closed.queue, status, ""))
-                self._duration.record(
-                    end - start if end is not None and end > start else 0.0,  # .duration
-                    attrs or self._duration_attrs(closed),
-                )
+        if closed is not None and closed.start is not None:
+            status = closed.status
+            attrs = None
+            if status == "completed" or status == "cancelled":
+                attrs = self._by_status.get((closed.queue, status, ""))
+            self._duration.record(closed.duration, attrs or self._duration_attrs(closed))
 
     # -- attribute sets, built once per combination ---------------------------------
     def _base_attrs(self, queue: str) -> _Attrs:

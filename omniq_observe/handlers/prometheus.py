@@ -31,7 +31,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 
 from omniq_observe._details import error_type_of
-from omniq_observe.exceptions import ConfigurationError
+from omniq_observe._validate import positive_int
 from omniq_observe.handlers._prom_metrics import (
     CAPPED_LABELS,
     DEFAULT_DURATION_BUCKETS,
@@ -90,10 +90,8 @@ class PrometheusHandler(PairedHandler):
         ttl: float = 3600.0,
         reorder_window: float = 10.0,
     ) -> None:
-        for setting, limit in (("max_label_values", max_label_values), ("max_series", max_series)):
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-                msg = f"{setting} must be a positive integer, got {limit!r}"
-                raise ConfigurationError(msg, setting=setting, value=limit)
+        positive_int("max_label_values", max_label_values)
+        positive_int("max_series", max_series)
         super().__init__(ttl=ttl, reorder_window=reorder_window)  # checked before registering
         self.registry = prometheus_client.REGISTRY if registry is None else registry
         self.metrics = m = Metrics(

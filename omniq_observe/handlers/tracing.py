@@ -70,8 +70,8 @@ from omniq_observe._otel import (
     process_attributes,
     start_producer_span,
 )
-from omniq_observe.exceptions import ConfigurationError
-from omniq_observe.handlers._task_spans import TaskSpans, task_spans
+from omniq_observe._validate import positive_int
+from omniq_observe.events._task_spans import TaskSpans, task_spans
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing import Attempt, Observation, PairedHandler, TraceContext
 
@@ -167,13 +167,9 @@ class TracingHandler(PairedHandler):
         reorder_window: float = 10.0,
         max_attribute_length: int = 1024,
     ) -> None:
-        if not isinstance(max_attribute_length, int) or max_attribute_length < 1:
-            value = max_attribute_length
-            msg = f"max_attribute_length must be a positive integer, got {value!r}"
-            raise ConfigurationError(msg, setting="max_attribute_length", value=value)
+        self.max_attribute_length = positive_int("max_attribute_length", max_attribute_length)
         self.link_mode = check_link_mode(link_mode)
         self.producer_spans = producer_spans
-        self.max_attribute_length = max_attribute_length
         super().__init__(ttl=ttl, reorder_window=reorder_window)
         self._pairing.pairing.keep_context = True
         self.stats = TracingStats()

@@ -251,10 +251,10 @@ class TaskLog:
         self.history_read = True
         ids = [e.event_id for e in history]
         cut = ids.index(current.event_id) if current.event_id in ids else len(history)
-        for position, event in enumerate(history):
+        for i, event in enumerate(history):
             known = self.by_key.get(event.event_id)
             item = known or self.add(event, event.event_type, _ts(event), event.event_id)
-            if position < cut and not item.delivered:
+            if i < cut and not item.delivered:
                 item.done = True
         if cut:  # the history holds the task from its start: stand-ins and the attempts
             self._drop_stand_ins()  # counted before the log was made are in it

@@ -41,7 +41,8 @@ class TaskPairing(PairingState):
             newest event seen) and still pair exactly.
 
     Raises:
-        ValueError: ``ttl`` or ``reorder_window`` is out of range.
+        ConfigurationError: ``ttl``, ``dedupe_window`` or ``reorder_window`` is out of
+            range (a ``ValueError`` too).
     """
 
     # -- public ---------------------------------------------------------------------
@@ -137,11 +138,11 @@ class TaskPairing(PairingState):
             return self._try_general(event)
         ts = event.timestamp.timestamp()
         state = self._unsettled.get(task_id)
-        slot = position = -1
+        slot = probe = -1
         if state is None and self._table.used:
-            position = self._table.locate(task_id)
-            if position >= 0:
-                slot = self._table.slots[position]
+            probe = self._table.locate(task_id)
+            if probe >= 0:
+                slot = self._table.slots[probe]
                 state = self._table.row(slot)
         kind = event.event_type
         if state is None:
@@ -160,7 +161,7 @@ class TaskPairing(PairingState):
             return self._try_general(event)
         obs, after = step
         if slot >= 0:
-            self._table.update(slot, position, after)
+            self._table.update(slot, probe, after)
         elif after is None:
             del self._unsettled[task_id]
         else:
@@ -215,55 +216,55 @@ class TaskPairing(PairingState):
     def _fast_start(self, event: TaskEvent, ts: float, state: Fields) -> _Step | None:
         """The next attempt of a queued task starts (None: superseding, not queued, or an
         attempt number that skips one)."""
-        added, number, enq, start, _touch, attempt, _worker, context = state
+        added, queue_id, enq, start, _touch, attempt, _worker, context = state
         given = event.details.get("attempt")
         if start == start or enq != enq or (given is not None and given != attempt + 1):
             return None
         attempt = attempt + 1 if attempt < _MAX_ATTEMPT else attempt
         wait = ts - enq
-        obs = Observation(event, self._names[number] or UNKNOWN_QUEUE, False,
+        obs = Observation(event, self._names[queue_id] or UNKNOWN_QUEUE, False,
                           wait if wait > 0 else 0.0, True, None, attempt, -1)
         name = event.details.get("worker_id")
         worker = (self._name_ids.get(name) or self._intern(name)) if isinstance(name, str) else 0
-        return obs, (added, number, NAN, ts, ts, attempt, worker, context)
+        return obs, (added, queue_id, NAN, ts, ts, attempt, worker, context)
 
     def _fast_end(self, event: TaskEvent, kind: str, ts: float, state: Fields) -> _Step | None:
         """A terminal event ends the open attempt (None: no attempt open, or another's)."""
-        added, number, _enq, start, _touch, attempt, worker, context = state
+        added, queue_id, _enq, start, _touch, attempt, worker, context = state
         given = event.details.get("attempt")
         if start != start or (given is not None and given != attempt):
             return None
         names = self._names
-        queue = names[number] or UNKNOWN_QUEUE
+        queue = names[queue_id] or UNKNOWN_QUEUE
         obs = Observation(event, queue, False, None, False, Attempt(
             event.task_id, queue, attempt, names[worker], start, ts, TERMINAL_STATUS[kind],
             event, context, True,
         ))
         if kind in FINAL_TYPES:
             return obs, None
-        return obs, (added, number, NAN, NAN, ts, attempt, worker, context)
+        return obs, (added, queue_id, NAN, NAN, ts, attempt, worker, context)
 
     def _fast_retry(self, event: TaskEvent, ts: float, state: Fields) -> _Step | None:
         """A RETRIED re-enqueues a task whose attempt ended (None: an attempt is open, which
         the RETRIED ends, or the task is queued already: an attempt in between is missing)."""
-        added, number, enq, start, _touch, attempt, worker, context = state
+        added, queue_id, enq, start, _touch, attempt, worker, context = state
         if start == start or enq == enq:
             return None
         details = event.details
         enq = due_time(details, ts) if "eta" in details else ts
-        obs = Observation(event, self._names[number] or UNKNOWN_QUEUE, False, None, False,
+        obs = Observation(event, self._names[queue_id] or UNKNOWN_QUEUE, False, None, False,
                           None, None, 1)
-        return obs, (added, number, enq, start, ts, attempt, worker, context)
+        return obs, (added, queue_id, enq, start, ts, attempt, worker, context)
 
     def _try_general(self, event: TaskEvent) -> Observation | None:
         if self._unsettled:
             self._settle()
-        index = self._table.find(event.task_id)
+        slot = self._table.find(event.task_id)
         if (
             self.history is not None
             and hash(event.event_id) not in self._seen
-            and self._needs_history(event, index)
+            and self._needs_history(event, slot)
         ):
             return None
-        return self._observe(event, None, index)
+        return self._observe(event, None, slot)
 

@@ -15,12 +15,12 @@ import math
 from collections.abc import Awaitable
 from typing import Any
 
-from omniq_observe.exceptions import ConfigurationError
+from omniq_observe._validate import non_negative_seconds, positive_seconds
 from omniq_observe.models.event import TaskEvent
 from omniq_observe.pairing._pairing import TaskPairing
 from omniq_observe.pairing._types import History, Observation
 
-__all__ = ["PairedHandler", "SharedPairing", "checked_ttl", "checked_window", "shared_pairing"]
+__all__ = ["PairedHandler", "SharedPairing", "shared_pairing"]
 
 
 class SharedPairing:
@@ -109,34 +109,6 @@ def shared_pairing(
     return shared
 
 
-def checked_ttl(ttl: object) -> float:
-    """A handler's ``ttl`` setting as seconds.
-
-    Raises:
-        ConfigurationError: ``ttl`` is not a positive number.
-    """
-    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not ttl > 0:
-        msg = f"ttl must be a positive number of seconds, got {ttl!r}"
-        raise ConfigurationError(msg, setting="ttl", value=ttl)
-    return float(ttl)
-
-
-def checked_window(window: object) -> float:
-    """A handler's ``reorder_window`` setting as seconds.
-
-    Raises:
-        ConfigurationError: ``reorder_window`` is not a finite number >= 0.
-    """
-    if (
-        not isinstance(window, (int, float))
-        or isinstance(window, bool)
-        or not (window >= 0 and math.isfinite(window))
-    ):
-        msg = f"reorder_window must be a finite number of seconds >= 0, got {window!r}"
-        raise ConfigurationError(msg, setting="reorder_window", value=window)
-    return float(window)
-
-
 class PairedHandler:
     """Base class of handlers that need pairs (durations, queue waits, attempts).
 
@@ -157,8 +129,8 @@ class PairedHandler:
     name = "paired"
 
     def __init__(self, *, ttl: float = 3600.0, reorder_window: float = 10.0) -> None:
-        self.ttl = checked_ttl(ttl)
-        self.reorder_window = checked_window(reorder_window)
+        self.ttl = positive_seconds("ttl", ttl, infinite=True)
+        self.reorder_window = non_negative_seconds("reorder_window", reorder_window)
         self._pairing = SharedPairing(None, self.ttl, self.reorder_window)
         self._pairing.join(self)
 

@@ -14,6 +14,7 @@ import math
 from collections import deque
 
 from omniq_observe._details import queue_of
+from omniq_observe._validate import non_negative_int, non_negative_seconds, positive_seconds
 from omniq_observe.models.event import TERMINAL_TYPES, TaskEvent
 from omniq_observe.pairing._log import INF, TaskLog, stand_in
 from omniq_observe.pairing._table import Fields, TaskTable
@@ -43,16 +44,10 @@ class PairingState:
         keep_context: bool = False,
         reorder_window: float = 10.0,
     ) -> None:
-        if not ttl > 0:
-            msg = f"ttl must be a positive number of seconds, got {ttl!r}"
-            raise ValueError(msg)
-        if not (isinstance(reorder_window, (int, float)) and 0 <= reorder_window < math.inf):
-            msg = f"reorder_window must be a finite number of seconds >= 0, got {reorder_window!r}"
-            raise ValueError(msg)
         self.history = history
-        self.ttl = ttl
-        self.reorder_window = float(reorder_window)
-        self.dedupe_window = dedupe_window
+        self.ttl = ttl = positive_seconds("ttl", ttl, infinite=True)
+        self.reorder_window = non_negative_seconds("reorder_window", reorder_window)
+        self.dedupe_window = non_negative_int("dedupe_window", dedupe_window)
         self._table = TaskTable(ttl / 16 if math.isfinite(ttl) else 3600.0)
         self._keep_context = False
         self.keep_context = keep_context
@@ -60,7 +55,7 @@ class PairingState:
         # task here (a dict entry costs a fraction of a table slot's), so that a task that
         # ends before the next settle never touches the table.
         self._unsettled: dict[str, Fields] = {}
-        self._names: list[str | None] = [None]  # interned queue/worker names; 0 = none
+        self._names: list[str | None] = [None]  # interned queue/worker names by id; 0: none
         self._name_ids: dict[str, int] = {}
         self._seen: set[int] = set()  # hashes of recent event ids
         self._seen_order: deque[int] = deque()  # the same, oldest first
@@ -127,17 +122,17 @@ class PairingState:
         return self._clock - self.reorder_window
 
     # -- which events need the stored history ----------------------------------------
-    def _needs_history(self, event: TaskEvent, index: int) -> bool:
+    def _needs_history(self, event: TaskEvent, slot: int) -> bool:
         kind = event.event_type
         ts = _ts(event)
         log = self._logs.get(event.task_id)
         if log is not None:
             return not log.history_read
-        if index >= 0:  # leaving the fast path: out of order, or ambiguous
+        if slot >= 0:  # leaving the fast path: out of order, or ambiguous
             table = self._table
             return not (  # a queued task cancelled, in order: ends quietly, no read
-                kind == "CANCELLED" and ts >= table.t_touch[index]
-                and math.isnan(table.t_start[index]) and not math.isnan(table.t_enq[index])
+                kind == "CANCELLED" and ts >= table.t_touch[slot]
+                and math.isnan(table.t_start[slot]) and not math.isnan(table.t_enq[slot])
             )
         if ts < self.watermark:
             return True
@@ -149,12 +144,12 @@ class PairingState:
 
     # -- the careful path -------------------------------------------------------------
     def _observe(
-        self, event: TaskEvent, history: list[TaskEvent] | None, index: int
+        self, event: TaskEvent, history: list[TaskEvent] | None, slot: int
     ) -> Observation:
         key = hash(event.event_id)
         task_id = event.task_id
         if key in self._seen:
-            return Observation(event, self._known_queue(event, index), duplicate=True)
+            return Observation(event, self._known_queue(event, slot), duplicate=True)
         self._remember(key)
         ts = _ts(event)
         if ts > self._clock:
@@ -164,7 +159,7 @@ class PairingState:
         log = self._logs.get(task_id)
         if log is None:
             log = self._logs[task_id] = (
-                self._leave_table(task_id, index) if index >= 0 else TaskLog(task_id)
+                self._leave_table(task_id, slot) if slot >= 0 else TaskLog(task_id)
             )
         if history is not None and not log.history_read:
             log.load(history, event)
@@ -200,16 +195,16 @@ class PairingState:
             del self._logs[log.task_id]
         return obs, wake
 
-    def _leave_table(self, task_id: str, index: int) -> TaskLog:
+    def _leave_table(self, task_id: str, slot: int) -> TaskLog:
         """Move a task from the fast table to a log, its state as stand-in events."""
         table = self._table
         log = TaskLog(task_id)
-        number = table.queue[index]
-        log.queue = self._names[number] if number else None
-        log.context = table.context(index)
-        log.frontier = table.t_touch[index]
-        log.touch = table.t_touch[index]
-        enq, start, attempt = table.t_enq[index], table.t_start[index], table.attempt[index]
+        queue_id = table.queue[slot]
+        log.queue = self._names[queue_id] if queue_id else None
+        log.context = table.context(slot)
+        log.frontier = table.t_touch[slot]
+        log.touch = table.t_touch[slot]
+        enq, start, attempt = table.t_enq[slot], table.t_start[slot], table.attempt[slot]
         log.base_attempt = attempt - 1 if not math.isnan(start) else attempt
         if not math.isnan(enq):  # (due at enq, an eta maybe later than its last event)
             item = log.add(None, "ENQUEUED", min(enq, log.frontier), "~queued")
@@ -220,9 +215,9 @@ class PairingState:
             item = log.add(None, "STARTED", start, "~started")
             item.done = True
             item.attempt = attempt
-            item.worker = self._names[table.worker[index]]
+            item.worker = self._names[table.worker[slot]]
             log.opened.add(item.key)
-        table.remove(index)
+        table.remove(slot)
         return log
 
     def _hold(self, wake: float, task_id: str) -> None:
@@ -273,20 +268,20 @@ class PairingState:
         return out
 
     # -- helpers --------------------------------------------------------------------
-    def _attempt_of(self, task_id: str, index: int, status: str) -> Attempt:
+    def _attempt_of(self, task_id: str, slot: int, status: str) -> Attempt:
         table, names = self._table, self._names
         return Attempt(
-            task_id, names[table.queue[index]] or UNKNOWN_QUEUE, table.attempt[index],
-            names[table.worker[index]], table.t_start[index], None, status, None,
-            table.context(index), True,
+            task_id, names[table.queue[slot]] or UNKNOWN_QUEUE, table.attempt[slot],
+            names[table.worker[slot]], table.t_start[slot], None, status, None,
+            table.context(slot), True,
         )
 
-    def _known_queue(self, event: TaskEvent, index: int) -> str:
+    def _known_queue(self, event: TaskEvent, slot: int) -> str:
         log = self._logs.get(event.task_id)
         if log is not None and log.queue:
             return log.queue
-        if index >= 0 and self._table.queue[index]:
-            return self._names[self._table.queue[index]] or UNKNOWN_QUEUE
+        if slot >= 0 and self._table.queue[slot]:
+            return self._names[self._table.queue[slot]] or UNKNOWN_QUEUE
         return queue_of(event.details) or UNKNOWN_QUEUE
 
     def _settle(self) -> None:
@@ -311,17 +306,17 @@ class PairingState:
         self._unsettled.clear()
 
     def _intern(self, name: str) -> int:
-        index = self._name_ids.get(name)
-        if index is None:
+        name_id = self._name_ids.get(name)
+        if name_id is None:
             if len(self._names) >= _MAX_INTERNED:
-                index = self._name_ids.get(OVERFLOW)
-                if index is not None:
-                    return index
+                name_id = self._name_ids.get(OVERFLOW)
+                if name_id is not None:
+                    return name_id
                 name = OVERFLOW
-            index = len(self._names)
+            name_id = len(self._names)
             self._names.append(name)
-            self._name_ids[name] = index
-        return index
+            self._name_ids[name] = name_id
+        return name_id
 
     def _remember(self, key: int) -> None:
         order = self._seen_order

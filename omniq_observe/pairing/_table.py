@@ -23,7 +23,7 @@ __all__ = ["NAN", "Fields", "TaskTable"]
 
 NAN = math.nan
 # One task's state as the fast path of pairing handles it: when it was added (or last
-# touched, for a task in the table), its queue (an interned name number), t_enq, t_start,
+# touched, for a task in the table), its queue (an interned name id), t_enq, t_start,
 # t_touch, attempt, worker (interned) and the ENQUEUED's trace context when kept.
 Fields = tuple[float, int, float, float, float, int, int, "tuple[int, int, int] | None"]
 _MIN_CAPACITY = 8
@@ -33,11 +33,12 @@ class TaskTable:
     """Maps task ids to dense slots holding typed per-task state.
 
     Lookups probe :attr:`keys` (task ids; ``None`` = empty) from ``hash(id) & mask`` on,
-    one position at a time, as :meth:`find` does; :attr:`slots` holds the slot of the key
-    at the same position. State per slot: ``t_enq``, ``t_start``, ``t_touch`` (epoch
-    seconds, NaN when unset), ``attempt``, ``queue`` and ``worker`` (interned name numbers,
-    0 = none); after :meth:`keep_contexts`, a trace context too (``ctx_hi``/``ctx_lo``:
-    the trace id's halves, ``ctx_span``, ``ctx_flags``; 25 bytes, all 0 = none).
+    one index at a time, as :meth:`find` does; such an index into :attr:`keys` is called a
+    *probe*, and :attr:`slots` holds the slot of the key at the same probe. State per
+    slot: ``t_enq``, ``t_start``, ``t_touch`` (epoch seconds, NaN when unset),
+    ``attempt``, ``queue`` and ``worker`` (interned name ids, 0 = none); after
+    :meth:`keep_contexts`, a trace context too (``ctx_hi``/``ctx_lo``: the trace id's
+    halves, ``ctx_span``, ``ctx_flags``; 25 bytes, all 0 = none).
 
     Args:
         bucket_width: seconds of event time per expiry bucket.
@@ -126,20 +127,20 @@ class TaskTable:
 
     def find(self, task_id: str) -> int:
         """Return the slot of ``task_id``, or -1."""
-        position = self.locate(task_id)
-        return self.slots[position] if position >= 0 else -1
+        probe = self.locate(task_id)
+        return self.slots[probe] if probe >= 0 else -1
 
     def locate(self, task_id: str) -> int:
-        """Return the position of ``task_id`` in :attr:`keys`, or -1."""
+        """Return the probe where ``task_id`` sits in :attr:`keys`, or -1."""
         keys, mask = self.keys, self.mask
-        i = hash(task_id) & mask
+        probe = hash(task_id) & mask
         while True:
-            key = keys[i]
+            key = keys[probe]
             if key is None:
                 return -1
             if key == task_id:
-                return i
-            i = (i + 1) & mask
+                return probe
+            probe = (probe + 1) & mask
 
     def row(self, slot: int) -> Fields:
         """``slot``'s state as the fast path reads it: (last touch, queue, ``t_enq``,
@@ -149,12 +150,12 @@ class TaskTable:
         return (touch, self.queue[slot], self.t_enq[slot], self.t_start[slot], touch,
                 self.attempt[slot], self.worker[slot], context)
 
-    def update(self, slot: int, position: int, fields: Fields | None) -> None:
+    def update(self, slot: int, probe: int, fields: Fields | None) -> None:
         """Store what the fast path made of ``slot`` (its queue and trace context stay);
-        ``None``: the task ended, free the slot (``position``: its key's, see
+        ``None``: the task ended, free the slot (``probe``: its key's, see
         :meth:`remove`)."""
         if fields is None:
-            self.remove(slot, position)
+            self.remove(slot, probe)
             return
         _added, _queue, enq, start, touch, attempt, worker, _context = fields
         self.t_enq[slot] = enq
@@ -163,11 +164,11 @@ class TaskTable:
         self.attempt[slot] = attempt
         self.worker[slot] = worker
 
-    def add(self, task_id: str, ts: float, position: int = -1) -> int:
+    def add(self, task_id: str, ts: float, probe: int = -1) -> int:
         """Give ``task_id`` (not present) a fresh slot touched at ``ts``; return the slot.
 
-        ``position``: where a :meth:`find` probe for ``task_id`` just ended (an empty key
-        position, nothing changed since); saves probing again.
+        ``probe``: where a :meth:`locate` for ``task_id`` just ended (an empty one,
+        nothing changed since); saves probing again.
         """
         free = self._free
         if free:
@@ -191,13 +192,13 @@ class TaskTable:
             if self.ctx_hi is not None:
                 self._grow_contexts()
         keys = self.keys
-        if position < 0 or keys[position] is not None:
+        if probe < 0 or keys[probe] is not None:
             mask = self.mask
-            position = hash(task_id) & mask
-            while keys[position] is not None:
-                position = (position + 1) & mask
-        keys[position] = task_id
-        self.slots[position] = slot
+            probe = hash(task_id) & mask
+            while keys[probe] is not None:
+                probe = (probe + 1) & mask
+        keys[probe] = task_id
+        self.slots[probe] = slot
         used = self.used = self.used + 1
         if used >= self._grow_at:
             self._resize(2 * len(keys))
@@ -208,8 +209,8 @@ class TaskTable:
             self._place(slot, ts)
         return slot
 
-    def remove(self, slot: int, position: int = -1) -> None:
-        """Free ``slot`` and forget its task id; ``position``: where its key is in
+    def remove(self, slot: int, probe: int = -1) -> None:
+        """Free ``slot`` and forget its task id; ``probe``: where its key is in
         :attr:`keys`, when the caller knows (saves probing again)."""
         ids = self.ids
         task_id = ids[slot]
@@ -219,26 +220,26 @@ class TaskTable:
         self._gen[slot] = (self._gen[slot] + 1) & 0x7FFFFFFF
         self._free.append(slot)
         keys, mask = self.keys, self.mask
-        if position < 0 or keys[position] is not task_id:
-            position = hash(task_id) & mask
-            while keys[position] is not task_id:
-                if keys[position] is None:
+        if probe < 0 or keys[probe] is not task_id:
+            probe = hash(task_id) & mask
+            while keys[probe] is not task_id:
+                if keys[probe] is None:
                     return  # not in the key table (it always is): nothing more to undo
-                position = (position + 1) & mask
-        # Shift back the keys after the hole that may sit there (their probe from their
-        # home position passes it), so that no probe meets an empty position too early.
-        hole = position
-        i = (hole + 1) & mask
-        key = keys[i]
+                probe = (probe + 1) & mask
+        # Shift back the keys after the hole that may sit there (their search from their
+        # home probe passes it), so that no search meets an empty probe too early.
+        hole = probe
+        probe = (hole + 1) & mask
+        key = keys[probe]
         if key is not None:
             slots = self.slots
             while key is not None:
-                if (i - hash(key)) & mask >= (i - hole) & mask:
+                if (probe - hash(key)) & mask >= (probe - hole) & mask:
                     keys[hole] = key
-                    slots[hole] = slots[i]
-                    hole = i
-                i = (i + 1) & mask
-                key = keys[i]
+                    slots[hole] = slots[probe]
+                    hole = probe
+                probe = (probe + 1) & mask
+                key = keys[probe]
         keys[hole] = None
         self.used -= 1
         if self.used < self._shrink_below:
@@ -287,19 +288,19 @@ class TaskTable:
         self._last_bucket, self._last_entries = number, bucket
 
     def _resize(self, capacity: int) -> None:
-        """Rebuild the key table with ``capacity`` positions (a power of two)."""
+        """Rebuild the key table with ``capacity`` probes (a power of two)."""
         capacity = max(capacity, _MIN_CAPACITY)
         old_keys, old_slots = self.keys, self.slots
         keys: list[str | None] = [None] * capacity
         slots = array("i", bytes(4 * capacity))
         mask = capacity - 1
-        for position, key in enumerate(old_keys):
+        for old_probe, key in enumerate(old_keys):
             if key is not None:
-                i = hash(key) & mask
-                while keys[i] is not None:
-                    i = (i + 1) & mask
-                keys[i] = key
-                slots[i] = old_slots[position]
+                probe = hash(key) & mask
+                while keys[probe] is not None:
+                    probe = (probe + 1) & mask
+                keys[probe] = key
+                slots[probe] = old_slots[old_probe]
         self.keys, self.slots, self.mask = keys, slots, mask
         self._grow_at = capacity // 2  # keep it at most half full
         # shrink when at most an eighth full (halving leaves it at most a quarter full)

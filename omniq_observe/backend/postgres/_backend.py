@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
     raise MissingExtraError(_msg) from exc
 
+from omniq_observe._validate import non_negative_int, positive_int, positive_seconds
 from omniq_observe.backend._group_commit import GroupCommitter
 from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
@@ -72,7 +73,6 @@ from omniq_observe.backend.postgres._schema import (
     lock_key,
     valid_identifier,
 )
-from omniq_observe.exceptions import ConfigurationError
 from omniq_observe.models.event import TaskEvent, decode_event
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
@@ -121,23 +121,11 @@ class PostgresBackend(BaseEventStorage):
         max_batch: int = 5000,
     ) -> None:
         self.schema = valid_identifier("schema", schema)
-        for setting, value in (
-            ("lease_seconds", lease_seconds),
-            ("connect_timeout", connect_timeout),
-        ):
-            if not isinstance(value, (int, float)) or value <= 0:
-                msg = f"{setting} must be a positive number of seconds, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
-        for setting, value, low in (("pool_size", pool_size, 1), ("retries", retries, 0),
-                                    ("max_batch", max_batch, 1)):
-            if not isinstance(value, int) or value < low:
-                msg = f"{setting} must be an integer >= {low}, got {value!r}"
-                raise ConfigurationError(msg, setting=setting, value=value)
-        self.lease_seconds = float(lease_seconds)
-        self.pool_size = pool_size
-        self.retries = retries
-        self.connect_timeout = float(connect_timeout)
-        self.max_batch = max_batch
+        self.lease_seconds = positive_seconds("lease_seconds", lease_seconds)
+        self.connect_timeout = positive_seconds("connect_timeout", connect_timeout)
+        self.pool_size = positive_int("pool_size", pool_size)
+        self.retries = non_negative_int("retries", retries)
+        self.max_batch = positive_int("max_batch", max_batch)
         self.channel = f"omniq_{schema}"
         self._events, self._dead = f"{schema}.omniq_events", f"{schema}.omniq_dead_letters"
         self._groups = Groups(schema, self.channel, self.lease_seconds)

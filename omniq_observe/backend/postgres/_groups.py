@@ -9,7 +9,7 @@ each member's pairing sees whole tasks.
   position up to which that partition was handled, and the member holding it until
   ``expires_at``.
 * ``omniq_members(grp, member, expires_at, host, pid)``: the group's live members and their
-  processes; each renews its row at every acknowledgement and renewal, and at a claim once
+  processes; each renews its row at every renewal, and at a claim or acknowledgement once
   a third of its lease passed.
 * ``omniq_positions(grp, position)``: the group's committed position before its first
   claim (an explicit ``commit_position``); after it, the group's position is the lowest
@@ -71,6 +71,10 @@ _UPSERT_MEMBER = """INSERT INTO {s}.omniq_members (grp, member, expires_at, host
     ON CONFLICT (grp, member) DO UPDATE SET expires_at = excluded.expires_at,
         host = excluded.host, pid = excluded.pid"""
 
+_ADVANCE = """UPDATE {s}.omniq_parts SET position = greatest(position, %(through)s),
+        expires_at = now() + %(lease)s::interval
+    WHERE grp = %(g)s AND member = %(m)s AND part = ANY(%(parts)s)"""
+
 # Every statement, ``{s}`` standing for the schema.
 _SQL = {
     # Give up the partitions not wanted, take the wanted free or expired ones (and renew
@@ -112,11 +116,10 @@ _SQL = {
     )
     UPDATE {s}.omniq_parts SET member = NULL, expires_at = '-infinity'
     WHERE grp = %(g)s AND member IN (SELECT member FROM gone)""",
-    # Acknowledge (move the partitions forward) and renew the member and its partitions.
-    "advance": "WITH alive AS (" + _UPSERT_MEMBER + """)
-        UPDATE {s}.omniq_parts SET position = greatest(position, %(through)s),
-            expires_at = now() + %(lease)s::interval
-        WHERE grp = %(g)s AND member = %(m)s AND part = ANY(%(parts)s)""",
+    # Acknowledge (move the partitions forward) and renew the partitions; with the member
+    # too when its renewal is due.
+    "advance": _ADVANCE,
+    "advance_member": "WITH alive AS (" + _UPSERT_MEMBER + ") " + _ADVANCE,
     "release_parts": "UPDATE {s}.omniq_parts SET member = NULL, expires_at = '-infinity' "
     "WHERE grp = %(g)s AND member = %(m)s",
     "release_member": "DELETE FROM {s}.omniq_members WHERE grp = %(g)s AND member = %(m)s",
@@ -253,7 +256,7 @@ class Groups:
 
     async def renew(self, conn: Any, consumer: Consumer) -> None:
         """Keep the member and its partitions its own for another lease."""
-        await self._move(conn, consumer, _Held(_ALL_PARTS, 0))
+        await self._move(conn, consumer, _Held(_ALL_PARTS, 0), member=True)
 
     async def renew_if_due(self, conn: Any, consumer: Consumer) -> None:
         """Renew a member that claimed before, once a third of its lease passed."""
@@ -297,13 +300,18 @@ class Groups:
                 await conn.execute(self._sql["notify"], reap)
         return bool(dead)
 
-    async def _move(self, conn: Any, consumer: Consumer, held: _Held) -> None:
-        """Move ``held``'s partitions forward to its ``through``, renewing them and the
-        member."""
+    async def _move(
+        self, conn: Any, consumer: Consumer, held: _Held, *, member: bool = False
+    ) -> None:
+        """Move ``held``'s partitions forward to its ``through`` and renew them; renew the
+        member too when ``member`` or when due."""
         args = self._args(consumer)
         args.update(through=held.through, parts=held.parts)
-        await conn.execute(self._sql["advance"], args)
-        self._renewed[consumer] = time.monotonic()
+        if member or self._renew_due(consumer):
+            await conn.execute(self._sql["advance_member"], args)
+            self._renewed[consumer] = time.monotonic()
+        else:
+            await conn.execute(self._sql["advance"], args)
 
     def _args(self, consumer: Consumer) -> dict[str, Any]:
         return {"g": consumer.group, "m": consumer.member, "lease": self.lease,

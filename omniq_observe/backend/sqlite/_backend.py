@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from omniq_observe._validate import positive_int, positive_seconds
 from omniq_observe.backend.base import (
     BaseEventStorage,
     Consumer,
@@ -108,21 +109,11 @@ class SQLiteBackend(BaseEventStorage):
         if not isinstance(path, (str, Path)) or not str(path):
             msg = f"path must name a file, got {path!r}"
             raise ConfigurationError(msg, setting="path", value=path)
-        if not isinstance(max_batch, int) or max_batch < 1:
-            msg = f"max_batch must be a positive integer, got {max_batch!r}"
-            raise ConfigurationError(msg, setting="max_batch", value=max_batch)
-        if (
-            not isinstance(lease_seconds, (int, float))
-            or isinstance(lease_seconds, bool)
-            or not 0 < lease_seconds < float("inf")
-        ):
-            msg = f"lease_seconds must be a positive number of seconds, got {lease_seconds!r}"
-            raise ConfigurationError(msg, setting="lease_seconds", value=lease_seconds)
+        self.busy_timeout = positive_seconds("busy_timeout", busy_timeout)
+        self.max_batch = positive_int("max_batch", max_batch)
+        self.lease_seconds = positive_seconds("lease_seconds", lease_seconds)
         self.path = Path(path)
         self.synchronous = str(synchronous).upper()
-        self.busy_timeout = busy_timeout
-        self.max_batch = max_batch
-        self.lease_seconds = float(lease_seconds)
         self._groups = Groups(self.lease_seconds)
         # True while this instance's processors each hold their whole group alone.
         self.read_ahead = False

@@ -4,12 +4,12 @@ Handlers run in registration order for each event, so when :class:`OTelLogsHandl
 an event, a :class:`TracingHandler` registered before it on the same processor has already
 drawn that event's span (the attempt span an end event closes, or the producer span of
 an ENQUEUED). It leaves the span's context here, keyed by the event's id, only once a
-reader asked for it.
+reader asked for it. The processor owns the :class:`TaskSpans` its handlers share
+(``processor.task_spans``), as it owns their pairings.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from opentelemetry.trace import SpanContext
@@ -37,12 +37,8 @@ class TaskSpans:
         return self.span_context if self.event_id == event_id else None
 
 
-_BY_PROCESSOR: weakref.WeakKeyDictionary[Any, TaskSpans] = weakref.WeakKeyDictionary()
-
-
 def task_spans(processor: Any) -> TaskSpans:
-    """The :class:`TaskSpans` shared by the handlers of ``processor``."""
-    found = _BY_PROCESSOR.get(processor)
-    if found is None:
-        found = _BY_PROCESSOR[processor] = TaskSpans()
-    return found
+    """The :class:`TaskSpans` shared by the handlers of ``processor``
+    (``processor.task_spans``); a new one, shared with nobody, for an object without."""
+    spans = getattr(processor, "task_spans", None)
+    return spans if isinstance(spans, TaskSpans) else TaskSpans()
