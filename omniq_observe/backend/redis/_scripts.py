@@ -18,9 +18,11 @@ DEDUP_BUCKETS = 1024
 # ``_core.dedup_bucket`` is the same function in Python.
 _BUCKET = f"""
 local function bucket(id)
-  local b = 0
-  for j = math.max(1, #id - 2), #id do b = b * 31 + string.byte(id, j) end
-  return b % {DEDUP_BUCKETS}
+  local x, y, z = string.byte(id, -3, -1)
+  if #id < 3 then  -- zeros in front
+    x, y, z = 0, (#id == 2 and x or 0), (#id == 2 and y or x)
+  end
+  return (x * 961 + y * 31 + z) % {DEDUP_BUCKETS}
 end
 local DEDUP_BUCKETS = {DEDUP_BUCKETS}
 """
@@ -83,6 +85,14 @@ end
 local state = redis.call('HMGET', dedup, 'g', 'n', 's')
 local gen, count = tonumber(state[1] or '0'), tonumber(state[2] or '0')
 local current, previous = dedup .. ':' .. gen .. ':', dedup .. ':' .. (gen - 1) .. ':'
+local pushes = {}  -- task -> the ids to push onto its index list
+local function push()  -- one RPUSH and PEXPIRE a task
+  for task, ids in pairs(pushes) do
+    local key = prefix .. task
+    redis.call('RPUSH', key, unpack(ids))
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
 local written, lates = 0, 0
 for i = 7, #ARGV, 4 do
   local event_id = ARGV[i + 1]
@@ -105,6 +115,7 @@ for i = 7, #ARGV, 4 do
     end
     if type(id) == 'table' and id.err then
       redis.call('HDEL', current .. b, event_id)  -- not stored: a retry must not be skipped
+      push()
       return redis.error_reply(id.err)
     end
     last_ms, last_seq = id_ms, id_seq
@@ -112,12 +123,16 @@ for i = 7, #ARGV, 4 do
       redis.call('ZADD', late, time, id .. '/' .. part)
       lates = lates + 1
     end
-    local key = prefix .. task
-    redis.call('RPUSH', key, id)
-    redis.call('PEXPIRE', key, ttl)
+    local ids = pushes[task]
+    if ids == nil then
+      ids = {}
+      pushes[task] = ids
+    end
+    ids[#ids + 1] = id
     written = written + 1
   end
 end
+push()
 local last = string.format('%d-%d', last_ms, last_seq)
 if written > 0 then redis.call('SET', last_key, last) end
 if count + written >= window then  -- a new generation; the one before the previous goes
