@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import zlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -51,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError(_msg) from exc
 
 from omniq_observe.backend._group_commit import GroupCommitter
-from omniq_observe.backend._partitions import PARTITIONS, partition_of
+from omniq_observe.backend._partitions import PARTITIONS
 from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
     BaseEventStorage,
@@ -344,8 +345,10 @@ class RedisBackend(BaseEventStorage):
             args = head.copy()
             for event in events[start : start + self.max_batch]:
                 ms = min(max(epoch_us(event.timestamp) // 1000, -_PACKED_MS), _PACKED_MS - 1)
-                args += (event.task_id, dedup_id(event.event_id),
-                         ms << 10 | partition_of(event.task_id, count), encode_event(event))
+                task = event.task_id.encode()  # bytes: redis-py passes them as they are
+                args += (task, dedup_id(event.event_id),
+                         ms << 10 | zlib.crc32(task) % count,  # as partition_of
+                         encode_event(event))
             calls.append(args)
         script = self._scripts["append"]
         script_keys = [keys.dedup, keys.late, keys.last_id, *self._recent_keys, *keys.streams]

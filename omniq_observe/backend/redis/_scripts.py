@@ -93,12 +93,18 @@ local function push()  -- one RPUSH and PEXPIRE a task
     redis.call('PEXPIRE', key, ttl)
   end
 end
+local currents, previouses = {}, {}  -- bucket -> its key (made once)
 local written, lates = 0, 0
 for i = 7, #ARGV, 4 do
   local event_id = ARGV[i + 1]
   local b = bucket(event_id)
-  if redis.call('HEXISTS', previous .. b, event_id) == 0
-      and redis.call('HSETNX', current .. b, event_id, '') == 1 then
+  local here, there = currents[b], previouses[b]
+  if here == nil then
+    here, there = current .. b, previous .. b
+    currents[b], previouses[b] = here, there
+  end
+  if redis.call('HEXISTS', there, event_id) == 0
+      and redis.call('HSETNX', here, event_id, '') == 1 then
     local packed = tonumber(ARGV[i + 2])
     local part = packed % 1024
     local time = (packed - part) / 1024
@@ -114,7 +120,7 @@ for i = 7, #ARGV, 4 do
       id = xadd(stream, string.format('%d-%d', id_ms, id_seq), body, task)
     end
     if type(id) == 'table' and id.err then
-      redis.call('HDEL', current .. b, event_id)  -- not stored: a retry must not be skipped
+      redis.call('HDEL', here, event_id)  -- not stored: a retry must not be skipped
       push()
       return redis.error_reply(id.err)
     end
