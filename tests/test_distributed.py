@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from _groups import Workers, caught_up_with, queued, storage_url
 from _helpers import POSTGRES_URL, REDIS_URL, async_wait_until, free_port, wait_until
 from _server_backends import make_postgres, make_redis, unique_name
 
@@ -39,17 +37,6 @@ WORKER = Path(__file__).with_name("_worker_proc.py")
 KINDS = ["redis", "postgres"]
 
 
-def _url(backend: BaseEventStorage, **params: object) -> str:
-    """A storage URL that reaches the same data as ``backend``, for another process."""
-    extra = "&".join(f"{k}={v}" for k, v in params.items())
-    if isinstance(backend, RedisBackend):
-        base = f"{REDIS_URL}?prefix={backend.prefix}&claim_idle={backend.claim_idle}"
-    else:
-        assert isinstance(backend, PostgresBackend)
-        base = f"{POSTGRES_URL}?schema={backend.schema}&lease_seconds={backend.lease_seconds}"
-    return f"{base}&{extra}" if extra else base
-
-
 @pytest.fixture(params=KINDS)
 async def server_backend(request: pytest.FixtureRequest) -> AsyncIterator[BaseEventStorage]:
     factory = make_redis if request.param == "redis" else make_postgres
@@ -58,67 +45,6 @@ async def server_backend(request: pytest.FixtureRequest) -> AsyncIterator[BaseEv
         yield storage
     finally:
         await storage.close()
-
-
-def _events(n: int, prefix: str = "t") -> list[TaskEvent]:
-    return [TaskEvent(task_id=f"{prefix}{i}", event_type="ENQUEUED",
-                      details={"queue_name": "q", "i": i}) for i in range(n)]
-
-
-class _Workers:
-    """Processor subprocesses of one group, each writing its results under ``tmp``."""
-
-    def __init__(self, tmp: Path, url: str, group: str) -> None:
-        self.tmp, self.url, self.group = tmp, url, group
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def out(self, member: str) -> Path:
-        return self.tmp / f"{member}.json"
-
-    def start(self, member: str, *extra: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKER), self.url, self.group, member, str(self.out(member)),
-             *extra],
-            cwd=WORKER.parent,
-            stderr=subprocess.PIPE,
-        )
-        self.procs[member] = proc
-        return proc
-
-    def wait_ready(self, *members: str) -> None:
-        for member in members or tuple(self.procs):
-            proc = self.procs[member]
-            wait_until(lambda m=member, p=proc: Path(f"{self.out(m)}.ready").exists()
-                       or p.poll() is not None, timeout=30, what=f"worker {member} ready")
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-
-    def handled_log(self, member: str) -> list[str]:
-        path = Path(f"{self.out(member)}.log")
-        return path.read_text().split() if path.exists() else []
-
-    def stop(self) -> dict[str, dict[str, Any]]:
-        results = {}
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for member, proc in self.procs.items():
-            _, err = proc.communicate(timeout=60)
-            if proc.returncode == -signal.SIGKILL:
-                continue
-            assert proc.returncode == 0, err.decode()
-            results[member] = json.loads(self.out(member).read_text())
-        return results
-
-    def kill_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-async def _caught_up(storage: BaseEventStorage, group: str) -> bool:
-    last = await storage.last_position()
-    return last is not None and await storage.get_position(group) == last
 
 
 # -- connection faults --------------------------------------------------------------------
@@ -134,7 +60,7 @@ async def _write_read_through(
     written: list[str] = []
     try:
         for r in range(rounds):
-            events = _events(per_round, prefix=f"r{r}-")
+            events = queued(per_round, prefix=f"r{r}-")
             for i in range(0, per_round, 10):
                 await asyncio.gather(*(logger.log_event(e) for e in events[i : i + 10]))
             written += [e.event_id for e in events]
@@ -199,7 +125,7 @@ async def _append_under_kills(
     Every ``log_event`` returns, and every event is stored exactly once. Returns the
     number of connections killed."""
     logger = AsyncEventLogger(storage)  # on_storage_error="raise": a lost write would raise
-    events = _events(total, prefix="kill-")
+    events = queued(total, prefix="kill-")
     await storage.health()  # connected (and migrated) before the faults begin
     done = asyncio.Event()
     kills = 0
@@ -311,12 +237,12 @@ async def test_a_member_pairs_an_end_with_a_start_another_member_handled(
 async def test_sigkilled_member_events_are_taken_over(
     server_backend: BaseEventStorage, tmp_path: Path
 ) -> None:
-    workers = _Workers(tmp_path, _url(server_backend), "group")
+    workers = Workers(tmp_path, storage_url(server_backend), "group")
     flag = tmp_path / "release-hold"  # never created: the first worker blocks for good
     try:
         workers.start("a", "--hold", str(flag), "--batch-size", "20")
         workers.wait_ready()
-        events = _events(10, prefix="before") + _events(1, prefix="hold") + _events(9)
+        events = queued(10, prefix="before") + queued(1, prefix="hold") + queued(9)
         await server_backend.append(events)
         wait_until(lambda: Path(f"{workers.out('a')}.holding").exists(), timeout=30,
                    what="worker a holding events")
@@ -328,7 +254,7 @@ async def test_sigkilled_member_events_are_taken_over(
         workers.wait_ready("b")
         wait_until(lambda: len(workers.handled_log("b")) >= len(events), timeout=30,
                    what="worker b took the held events over")
-        await async_wait_until(lambda: _caught_up(server_backend, "group"), timeout=10)
+        await async_wait_until(lambda: caught_up_with(server_backend, "group"), timeout=10)
         results = workers.stop()
     finally:
         workers.kill_all()
@@ -378,10 +304,10 @@ async def test_redis_down_buffer_policy_drops_and_recovers(own_redis: Any) -> No
     storage = RedisBackend(f"redis://127.0.0.1:{port}/0", retries=1, connect_timeout=0.5)
     logger = AsyncEventLogger(storage, on_storage_error="buffer", buffer_size=50)
     try:
-        await logger.log_events(_events(5, prefix="up"))
+        await logger.log_events(queued(5, prefix="up"))
         stop()
         t0 = time.monotonic()
-        for event in _events(200, prefix="down"):
+        for event in queued(200, prefix="down"):
             await asyncio.wait_for(logger.log_event(event), timeout=10)
         elapsed = time.monotonic() - t0
         assert logger.stats.dropped == 150
@@ -402,10 +328,10 @@ async def test_redis_down_raise_policy_raises_in_bounded_time(own_redis: Any) ->
     storage = RedisBackend(f"redis://127.0.0.1:{port}/0", retries=2, connect_timeout=0.5)
     logger = AsyncEventLogger(storage)
     try:
-        await logger.log_event(_events(1)[0])
+        await logger.log_event(queued(1)[0])
         stop()
         with pytest.raises(BackendUnavailableError, match="unavailable while appending"):
-            await asyncio.wait_for(logger.log_event(_events(1)[0]), timeout=10)
+            await asyncio.wait_for(logger.log_event(queued(1)[0]), timeout=10)
         assert logger.stats.storage_errors == 1
     finally:
         await storage.close()
@@ -418,8 +344,8 @@ async def test_postgres_down_policies(tmp_path: Path) -> None:
     buffering = AsyncEventLogger(storage, on_storage_error="buffer", buffer_size=20)
     try:
         with pytest.raises(StorageError, match="unreachable"):
-            await asyncio.wait_for(raising.log_event(_events(1)[0]), timeout=10)
-        for event in _events(50):
+            await asyncio.wait_for(raising.log_event(queued(1)[0]), timeout=10)
+        for event in queued(50):
             await asyncio.wait_for(buffering.log_event(event), timeout=10)
         assert buffering.stats.dropped == 30
         assert buffering.buffered == 20
@@ -462,7 +388,7 @@ def _workload() -> tuple[list[TaskEvent], int]:
 async def test_four_processes_share_100k_events(kind: str, tmp_path: Path) -> None:
     storage = make_redis() if kind == "redis" else make_postgres()
     events, pairs = _workload()
-    workers = _Workers(tmp_path, _url(storage), "scale")
+    workers = Workers(tmp_path, storage_url(storage), "scale")
     try:
         logger = AsyncEventLogger(storage)
         for i in range(0, len(events), 2000):
@@ -471,7 +397,7 @@ async def test_four_processes_share_100k_events(kind: str, tmp_path: Path) -> No
         for n in range(4):
             workers.start(f"p{n}", "--batch-size", "500")
         workers.wait_ready()
-        await async_wait_until(lambda: _caught_up(storage, "scale"), timeout=120,
+        await async_wait_until(lambda: caught_up_with(storage, "scale"), timeout=120,
                                interval=0.2, what="the group caught up")
         results = workers.stop()
     finally:

@@ -19,15 +19,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from _helpers import POSTGRES_URL, async_wait_until, wait_until
-from _server_backends import TestPostgresBackend, make_postgres, unique_name
-from test_distributed import _caught_up, _events, _url, _Workers
-from test_sqlite_groups import (
-    _retry_workload,
+from _groups import (
+    Workers,
+    caught_up_with,
     check_group_results,
+    queued,
+    retry_workload,
     run_four_members,
     single_samples,
+    storage_url,
 )
+from _helpers import POSTGRES_URL, async_wait_until, wait_until
+from _server_backends import TestPostgresBackend, make_postgres, unique_name
 
 from omniq_observe.backend import Consumer
 from omniq_observe.backend._partitions import PARTITIONS, partition_of
@@ -57,9 +60,9 @@ async def _spread(storage: PostgresBackend, group: str, members: int) -> bool:
 
 async def test_four_processes_share_100k_events_with_retries_exactly(tmp_path: Path) -> None:
     storage = make_postgres()
-    events = _retry_workload(25_000)
+    events = retry_workload(25_000)
     assert len(events) == 100_002  # 25,000 tasks, 8,334 of them retried
-    workers = _Workers(tmp_path, _url(storage), "scale")
+    workers = Workers(tmp_path, storage_url(storage), "scale")
     try:
         await storage.health()  # the schema exists before the members start
         results, positions = await run_four_members(
@@ -79,9 +82,9 @@ async def test_a_dead_member_partitions_are_taken_over_nothing_lost(
     """Killed, its process gone from this machine: at once, even with an hour's lease.
     Stopped (as a hung machine would be): once its lease (here 1 s) expired."""
     storage = make_postgres(lease_seconds=lease)
-    workers = _Workers(tmp_path, _url(storage), "group")
+    workers = Workers(tmp_path, storage_url(storage), "group")
     flag = tmp_path / "go"  # created after the kill: the member that gets ``hold0`` blocks
-    events = _events(200, prefix="x") + _events(1, prefix="hold") + _events(200, prefix="y")
+    events = queued(200, prefix="x") + queued(1, prefix="hold") + queued(200, prefix="y")
     try:
         await storage.health()
         for member in ("a", "b"):
@@ -100,7 +103,7 @@ async def test_a_dead_member_partitions_are_taken_over_nothing_lost(
             assert workers.procs[killed].wait() == -9  # gone (not a zombie)
         before_kill = workers.handled_log(killed)
         flag.touch()  # the survivor passes ``hold0`` when it gets there
-        await async_wait_until(lambda: _caught_up(storage, "group"), timeout=30,
+        await async_wait_until(lambda: caught_up_with(storage, "group"), timeout=30,
                                what="the survivor took the partitions over")
         assert await _holders(storage, "group") == {survivor: list(range(PARTITIONS))}
         workers.procs[killed].kill()
@@ -124,7 +127,7 @@ async def test_members_joining_and_leaving_divide_the_partitions_anew() -> None:
     second = PostgresBackend(POSTGRES_URL, schema=first.schema, lease_seconds=3600.0)
     a, b = Consumer("g", "a"), Consumer("g", "b")
     try:
-        await first.append(_events(100, prefix="one"))
+        await first.append(queued(100, prefix="one"))
         batch = await first.claim(a, 1000)
         assert len(batch) == 100  # alone: every partition
         await first.ack(a, batch)
@@ -135,7 +138,7 @@ async def test_members_joining_and_leaving_divide_the_partitions_anew() -> None:
         assert await second.claim(b, 1000) == []  # ... and b takes it
         assert await _holders(first, "g") == {"a": list(range(0, PARTITIONS, 2)),
                                               "b": list(range(1, PARTITIONS, 2))}
-        await first.append(_events(100, prefix="two"))
+        await first.append(queued(100, prefix="two"))
         got_a, got_b = await first.claim(a, 1000), await second.claim(b, 1000)
         assert {partition_of(s.event.task_id) % 2 for s in got_a} == {0}
         assert {partition_of(s.event.task_id) % 2 for s in got_b} == {1}
@@ -144,7 +147,7 @@ async def test_members_joining_and_leaving_divide_the_partitions_anew() -> None:
         await second.ack(b, got_b)
         assert await first.get_position("g") == await first.last_position()
         await second.release(b)  # b leaves: a takes every partition at its next claim
-        await first.append(_events(10, prefix="three"))
+        await first.append(queued(10, prefix="three"))
         assert len(await first.claim(a, 1000)) == 10
         assert await _holders(first, "g") == {"a": list(range(PARTITIONS))}
     finally:
@@ -214,8 +217,8 @@ async def test_idle_members_renew_their_leases_and_keep_their_partitions() -> No
         while time.monotonic() < deadline:  # watch them for four leases
             assert await _holders(first, "idle") == spread
             await asyncio.sleep(0.05)
-        await first.append(_events(40))
-        await async_wait_until(lambda: _caught_up(first, "idle"), timeout=10)
+        await first.append(queued(40))
+        await async_wait_until(lambda: caught_up_with(first, "idle"), timeout=10)
         assert await _holders(first, "idle") == spread
         assert [p.stats.processed for p in processors] == [
             sum(partition_of(f"t{i}") in spread[name] for i in range(40)) for name in "ab"]

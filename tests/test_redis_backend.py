@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from _groups import redis_holders
 from _helpers import REDIS_URL, async_wait_until
 from _server_backends import TestRedisBackend, make_redis
 
@@ -38,7 +38,7 @@ async def _blocked_in_xread(probe: aioredis.Redis) -> bool:
     return any(c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in clients)
 
 
-def _events(n: int, task: str = "t") -> list[TaskEvent]:
+def enqueued_events(n: int, task: str = "t") -> list[TaskEvent]:
     return [TaskEvent(task_id=f"{task}{i % 3}", event_type="ENQUEUED", details={"i": i})
             for i in range(n)]
 
@@ -73,14 +73,14 @@ async def test_a_waiting_processor_wakes_on_a_new_event_not_on_its_timeout(
     probe = aioredis.from_url(REDIS_URL)
     runner = asyncio.ensure_future(processor.start())
     try:
-        await redis_backend.append(_events(1))
+        await redis_backend.append(enqueued_events(1))
         await async_wait_until(lambda: len(arrived) == 1)
         await async_wait_until(lambda: processor.stats.caught_up and processor.stats.batches == 1)
         latencies = []
         for n in range(2, 7):
             await async_wait_until(lambda: _blocked_in_xread(probe), what="a blocked XREAD")
             sent = time.monotonic()
-            await redis_backend.append(_events(1))
+            await redis_backend.append(enqueued_events(1))
             await async_wait_until(lambda n=n: len(arrived) == n, timeout=4.0)
             latencies.append(arrived[-1] - sent)
     finally:
@@ -89,16 +89,6 @@ async def test_a_waiting_processor_wakes_on_a_new_event_not_on_its_timeout(
         await probe.aclose()
     # Woken by the blocking read: far below the 5 s idle timeout a poll would wait.
     assert max(latencies) < 1.0, latencies
-
-
-async def holders(storage: RedisBackend, group: str) -> Counter[str]:
-    """How many partitions each member of ``group`` holds a lease on."""
-    admin = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        leases = await admin.hgetall(f"{storage.prefix}:leases:{group}")
-    finally:
-        await admin.aclose()
-    return Counter(value.decode().split(" ", 1)[1] for value in leases.values())
 
 
 def _tasks(n: int, tasks: int = 40) -> list[TaskEvent]:
@@ -115,13 +105,13 @@ async def test_members_divide_the_partitions_and_each_task_stays_with_one(
     first = await redis_backend.claim(a, 100)  # alone: a holds all 16 partitions
     assert [s.event for s in first] == early
     await redis_backend.ack(a, first)
-    assert await holders(redis_backend, "g") == {"a": 16}
+    assert await redis_holders(redis_backend, "g") == {"a": 16}
     assert await redis_backend.claim(b, 100) == []  # a's leases last: b waits its turn
 
     async def divided() -> bool:  # a gives up b's share at a renewal; b takes it then
         for member in (a, b):
             await redis_backend.ack(member, await redis_backend.claim(member, 100))
-        return await holders(redis_backend, "g") == {"a": 8, "b": 8}
+        return await redis_holders(redis_backend, "g") == {"a": 8, "b": 8}
 
     await async_wait_until(divided, timeout=10, what="a and b holding 8 partitions each")
     late = _tasks(400)
@@ -166,7 +156,7 @@ async def test_reading_merges_the_partitions_in_append_order(
 async def test_a_silent_members_partitions_and_entries_are_taken_over_after_its_lease(
     redis_backend: TestRedisBackend,
 ) -> None:
-    await redis_backend.append(_events(5))
+    await redis_backend.append(enqueued_events(5))
     dead, alive = Consumer("g", "dead"), Consumer("g", "alive")
     held = await redis_backend.claim(dead, 5)
     assert len(held) == 5
@@ -180,7 +170,7 @@ async def test_a_silent_members_partitions_and_entries_are_taken_over_after_its_
 async def test_release_hands_entries_over_at_once() -> None:
     storage = make_redis(claim_idle=3600.0, claim_interval=0.05)
     try:
-        await storage.append(_events(4))
+        await storage.append(enqueued_events(4))
         leaving, staying = Consumer("g", "leaving"), Consumer("g", "staying")
         held = await storage.claim(leaving, 4)
         await storage.release(leaving)
@@ -191,7 +181,7 @@ async def test_release_hands_entries_over_at_once() -> None:
 
 
 async def test_commit_position_moves_an_existing_group(redis_backend: TestRedisBackend) -> None:
-    await redis_backend.append(_events(6))
+    await redis_backend.append(enqueued_events(6))
     consumer = Consumer("g", "m")
     first = await redis_backend.claim(consumer, 2)
     await redis_backend.ack(consumer, first)
@@ -207,7 +197,7 @@ async def test_task_history_index_expires_and_skips_pruned_events() -> None:
     storage = make_redis(history_ttl=30.0)
     admin = aioredis.Redis.from_url(REDIS_URL)
     try:
-        events = _events(9)
+        events = enqueued_events(9)
         await storage.append(events)
         ttl = await admin.pttl(f"{storage.prefix}:task:t0")
         assert 29_000 < ttl <= 30_000
@@ -224,7 +214,7 @@ async def test_max_len_trims_the_streams_on_write() -> None:
     one, sixteen = make_redis(max_len=100, partitions=1), make_redis(max_len=1600)
     try:
         for _ in range(10):
-            await one.append(_events(100))
+            await one.append(enqueued_events(100))
             await sixteen.append(_tasks(1600, tasks=1000))
         # MAXLEN ~ trims whole stream nodes (100 entries each): between 100 and 200 stay,
         # in each stream of 16 (a 16th of max_len each).
@@ -238,7 +228,7 @@ async def test_max_len_trims_the_streams_on_write() -> None:
 async def test_dead_letters_survive_a_new_backend_instance(
     redis_backend: TestRedisBackend,
 ) -> None:
-    await redis_backend.append(_events(1))
+    await redis_backend.append(enqueued_events(1))
     stored = (await redis_backend.read_after(None, 1))[0]
     dead = DeadLetter("g", "h", "ValueError: x", 3, stored.event, stored.position)
     await redis_backend.record_dead_letter(dead)
@@ -252,13 +242,13 @@ async def test_dead_letters_survive_a_new_backend_instance(
 async def test_an_append_repeated_after_a_lost_reply_stores_each_event_once() -> None:
     storage = make_redis(dedup_window=4)
     try:
-        events = _events(5)
+        events = enqueued_events(5)
         await storage.append(events[:3])
         await storage.append(events)  # the retry of a write that had committed, plus new ones
         await storage.append([events[4], events[4]])  # a repeat inside one batch
         assert [s.event for s in await storage.read_after(None, 10)] == events
         # The window: 4 ids per set, two sets. After 8 newer ids the oldest are forgotten.
-        newer = _events(8, task="n")
+        newer = enqueued_events(8, task="n")
         await storage.append(newer)
         await storage.append(events[:1])
         assert await storage.count() == 14  # remembered no longer: stored again
@@ -402,7 +392,7 @@ async def test_a_version_1_stream_is_read_and_appended_to() -> None:
     storage = make_redis()
     admin = aioredis.Redis.from_url(REDIS_URL)
     try:
-        old = _events(3)
+        old = enqueued_events(3)
         for event in old:
             entry_id = await admin.xadd(f"{storage.prefix}:events", {"e": encode_event(event)})
             await admin.rpush(f"{storage.prefix}:task:{event.task_id}", entry_id)

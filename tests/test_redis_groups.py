@@ -16,17 +16,20 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from _helpers import REDIS_URL, async_wait_until, wait_until
-from _server_backends import make_redis
-from test_distributed import _caught_up, _events, _url, _Workers
-from test_redis_backend import holders
-from test_sqlite_groups import (
-    _retry_workload,
+from _groups import (
+    Workers,
+    caught_up_with,
     check_group_results,
+    queued,
     recording_member,
+    redis_holders,
+    retry_workload,
     run_four_members,
     single_samples,
+    storage_url,
 )
+from _helpers import REDIS_URL, async_wait_until, wait_until
+from _server_backends import make_redis
 
 from omniq_observe.backend.redis import RedisBackend
 from omniq_observe.backend.redis._core import parse_stream_id
@@ -36,9 +39,9 @@ async def test_four_processes_share_100k_events_with_retries_and_sum_to_one(
     tmp_path: Path,
 ) -> None:
     storage = make_redis(claim_idle=5.0)
-    events = _retry_workload(25_000)
+    events = retry_workload(25_000)
     assert len(events) == 100_002  # 25,000 tasks, 8,334 of them retried
-    workers = _Workers(tmp_path, _url(storage), "scale")
+    workers = Workers(tmp_path, storage_url(storage), "scale")
     try:
         results, positions = await run_four_members(storage, workers, events,
                                                     lambda: _spread(storage))
@@ -52,7 +55,7 @@ async def test_four_processes_share_100k_events_with_retries_and_sum_to_one(
 
 
 async def _spread(storage: RedisBackend) -> bool:
-    return sorted((await holders(storage, "scale")).values()) == [4, 4, 4, 4]
+    return sorted((await redis_holders(storage, "scale")).values()) == [4, 4, 4, 4]
 
 
 @pytest.mark.parametrize(("lease", "remote"), [(3600.0, False), (1.0, True)])
@@ -62,8 +65,8 @@ async def test_sigkilled_member_partitions_and_held_events_are_taken_over(
     """Its process gone from this machine: at once, even with an hour's lease. On another
     machine: once its lease (here 1 s) ended."""
     storage = make_redis(claim_idle=lease)
-    workers = _Workers(tmp_path, _url(storage), "group")
-    events = _events(10, prefix="before") + _events(1, prefix="hold") + _events(9)
+    workers = Workers(tmp_path, storage_url(storage), "group")
+    events = queued(10, prefix="before") + queued(1, prefix="hold") + queued(9)
     try:
         workers.start("a", "--hold", str(tmp_path / "never"), "--batch-size", "20")
         workers.wait_ready()
@@ -82,8 +85,8 @@ async def test_sigkilled_member_partitions_and_held_events_are_taken_over(
         workers.wait_ready("b")
         wait_until(lambda: len(workers.handled_log("b")) == len(events), timeout=30,
                    what="worker b handled all events")
-        await async_wait_until(lambda: _caught_up(storage, "group"), timeout=10)
-        assert await holders(storage, "group") == {"b": 16}
+        await async_wait_until(lambda: caught_up_with(storage, "group"), timeout=10)
+        assert await redis_holders(storage, "group") == {"b": 16}
         results = workers.stop()
     finally:
         workers.kill_all()
@@ -98,9 +101,9 @@ async def test_a_stopped_member_hands_over_at_once_and_a_new_one_gets_its_share(
     try:
         first, seen_a = recording_member(storage, "a")
         running = asyncio.ensure_future(first.start())
-        await storage.append(_events(50, prefix="x"))
+        await storage.append(queued(50, prefix="x"))
         await async_wait_until(lambda: len(seen_a) == 50, what="a handled 50")
-        assert await holders(storage, "g") == {"a": 16}
+        assert await redis_holders(storage, "g") == {"a": 16}
         second, seen_b = recording_member(storage, "b")
         joining = asyncio.ensure_future(second.start())
         await async_wait_until(
@@ -110,7 +113,7 @@ async def test_a_stopped_member_hands_over_at_once_and_a_new_one_gets_its_share(
         await running
         await async_wait_until(  # at b's next renewal, not in an hour
             lambda: _alone(storage), timeout=5, what="b holding all 16 partitions")
-        await storage.append(_events(30, prefix="y"))
+        await storage.append(queued(30, prefix="y"))
         await async_wait_until(lambda: len(seen_b) == 30, what="b handled the 30 new")
         assert sorted(seen_b) == sorted(f"y{i}" for i in range(30))
         await second.stop()
@@ -121,8 +124,8 @@ async def test_a_stopped_member_hands_over_at_once_and_a_new_one_gets_its_share(
 
 
 async def _shared(storage: RedisBackend) -> bool:
-    return await holders(storage, "g") == {"a": 8, "b": 8}
+    return await redis_holders(storage, "g") == {"a": 8, "b": 8}
 
 
 async def _alone(storage: RedisBackend) -> bool:
-    return await holders(storage, "g") == {"b": 16}
+    return await redis_holders(storage, "g") == {"b": 16}
