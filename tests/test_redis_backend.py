@@ -300,11 +300,11 @@ async def test_the_recent_id_sets_of_an_older_store_go_at_the_first_new_generati
     storage = make_redis(dedup_window=2)
     try:
         client = storage.client()
-        await storage.append(_events(1))
+        await storage.append(enqueued_events(1))
         old_sets = [f"{storage.prefix}:recent", f"{storage.prefix}:recent:old"]
         for key in old_sets:
             await client.sadd(key, "x")
-        await storage.append(_events(1, task="u"))
+        await storage.append(enqueued_events(1, task="u"))
         assert await client.exists(*old_sets) == 0
         assert await _remembered(storage) == 2
     finally:
