@@ -157,7 +157,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     for row in growth([int(s) for s in parser.parse_args().sizes.split(",")]):
-        print(f"{row.name}: " + ", ".join(f"{n:,}: {v:,.2f} {row.unit}"
-                                          for n, v in sorted(row.values.items()))
+        values = [v for _, v in sorted(row.values.items())]
+        ratio = f", {values[-1] / values[0]:.1f}x" if len(values) > 1 and values[0] else ""
+        print(f"{row.name}: " + ", ".join(f"{n:,}: {v:,.3f} {row.unit}"
+                                          for n, v in sorted(row.values.items())) + ratio
               + (f"  (target {row.target}: {'met' if row.ok else 'NOT met'})"
                  if row.ok is not None else ""))
