@@ -14,7 +14,6 @@ made before partitions existed; a store of ``N > 1`` partitions under
 
 from __future__ import annotations
 
-import re
 from typing import Any, Protocol
 
 from omniq_observe.backend._partitions import partition_of
@@ -85,14 +84,17 @@ class Owner(Protocol):
         """The store's keys (known once the store was opened)."""
 
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
 def dedup_id(event_id: str) -> bytes:
     """An event id as the dedup state keeps it: a lowercase UUID as its 16 bytes, another id
     (ASCII) as is, behind a byte 255 when it is 16 long (so it is no UUID's bytes)."""
-    if len(event_id) == 36 and _UUID.fullmatch(event_id):
-        return bytes.fromhex(event_id.replace("-", ""))
+    if len(event_id) == 36 and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-":
+        digits = event_id.replace("-", "")
+        try:
+            packed = bytes.fromhex(digits)
+        except ValueError:  # not hexadecimal
+            packed = b""
+        if len(packed) == 16 and packed.hex() == digits:  # lowercase, no spaces
+            return packed
     raw = event_id.encode()
     return b"\xff" + raw if len(raw) == 16 else raw
 
