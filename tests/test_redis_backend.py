@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from _groups import redis_holders
@@ -259,6 +260,55 @@ async def test_an_append_repeated_after_a_lost_reply_stores_each_event_once() ->
 
 def _at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
+
+
+async def _remembered(storage: RedisBackend) -> int:
+    """How many event ids the store's dedup state remembers (each in a compact hash)."""
+    client = storage.client()
+    keys = [key async for key in client.scan_iter(match=f"{storage.prefix}:dedup:*")]
+    assert {await client.object("encoding", key) for key in keys} <= {b"listpack"}
+    return sum([int(await client.hlen(key)) for key in keys])
+
+
+async def test_prune_forgets_the_pruned_ids_and_a_stored_event_sent_again_is_skipped() -> None:
+    storage = make_redis(dedup_window=100, partitions=2)
+    try:
+        events = [TaskEvent(task_id=f"t{i % 3}", event_type="ENQUEUED", timestamp=_at(i))
+                  for i in range(10)]
+        # Ids the dedup state keeps as they are: 16 long, short, an upper-case UUID.
+        for i, event_id in enumerate(("sixteen-chars-id", "e-1",
+                                      "0192F0E0-1C2B-7ABC-8DEF-0123456789AB")):
+            events[i] = msgspec.structs.replace(events[i], event_id=event_id)
+        await storage.append(events)
+        assert await _remembered(storage) == 10
+        assert await storage.prune(older_than=_at(4)) == 4  # trimmed by the prune script
+        assert await _remembered(storage) == 6
+        late = TaskEvent(task_id="t0", event_type="STARTED", timestamp=_at(3.5))
+        await storage.append([late])  # stored after event 9, within the margin
+        assert await _remembered(storage) == 7
+        assert await storage.prune(older_than=_at(5)) == 2  # event 4 trimmed, late deleted
+        assert await _remembered(storage) == 5
+        await storage.append([*events, late])  # the stored ones are skipped, the rest kept
+        assert await _remembered(storage) == 11
+        stored = [s.event for s in await storage.read_after(None, 20)]
+        assert stored == [*events[5:], *events[:5], late]
+    finally:
+        await storage.close()
+
+
+async def test_the_recent_id_sets_of_an_older_store_go_at_the_first_new_generation() -> None:
+    storage = make_redis(dedup_window=2)
+    try:
+        client = storage.client()
+        await storage.append(enqueued_events(1))
+        old_sets = [f"{storage.prefix}:recent", f"{storage.prefix}:recent:old"]
+        for key in old_sets:
+            await client.sadd(key, "x")
+        await storage.append(enqueued_events(1, task="u"))
+        assert await client.exists(*old_sets) == 0
+        assert await _remembered(storage) == 2
+    finally:
+        await storage.close()
 
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)

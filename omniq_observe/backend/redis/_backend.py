@@ -8,8 +8,9 @@
   pipelined): each event is an ``XADD`` to its partition's stream and its id is pushed onto
   the task's index list ``<prefix>:task:<task_id>`` (TTL ``history_ttl``), which makes
   ``task_history`` one round trip. The script skips an event whose ``event_id`` is in the
-  recent-id sets (``<prefix>:recent``, the last ``dedup_window`` to twice that many ids),
-  so an append retried after its reply was lost stores nothing twice. Entry ids follow
+  dedup state (``<prefix>:dedup``: the last ``dedup_window`` to twice that many ids, in
+  small compact hashes, see ``_scripts``), so an append retried after its reply was lost
+  stores nothing twice. Entry ids follow
   event time (see ``_log``), so ``query(since=)`` and ``prune`` seek instead of scanning.
 * A processor name is a group; its members divide the partitions through leases and read
   each held partition as a Redis consumer group (see ``_groups``), so one task's events
@@ -17,7 +18,7 @@
   wakes within milliseconds of a new event.
 * Retention: ``max_len`` trims every stream on every write (``MAXLEN ~``, a share of
   ``max_len`` each); ``prune`` trims with ``MINID`` (removing the pruned ids from the task
-  index lists).
+  index lists and from the dedup state).
 * The number of partitions is fixed when a store is made (recorded in ``<prefix>:meta``). A
   store made before partitions existed holds one stream, ``<prefix>:events``, and is used
   as a store of one partition.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import zlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -50,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError(_msg) from exc
 
 from omniq_observe.backend._group_commit import GroupCommitter
-from omniq_observe.backend._partitions import PARTITIONS, partition_of
+from omniq_observe.backend._partitions import PARTITIONS
 from omniq_observe.backend._url import safe_url, split_url_options
 from omniq_observe.backend.base import (
     BaseEventStorage,
@@ -70,6 +72,7 @@ from omniq_observe.backend.redis._config import (
 )
 from omniq_observe.backend.redis._core import (
     Keys,
+    dedup_id,
     id_str,
     parse_stream_id,
     raw_reply,
@@ -128,7 +131,8 @@ class RedisBackend(BaseEventStorage):
         client_name: the name its connections show in ``CLIENT LIST``.
         max_connections: the most connections open at once; more callers wait.
         dedup_window: how many recent event ids (at least; at most twice as many) an
-            append checks so that a retried write stores nothing twice.
+            append checks so that a retried write stores nothing twice (the ids of
+            pruned events are forgotten).
         partitions: the number of task partitions (streams) of a new store (``None``:
             16); an existing store keeps its own, and a different number raises.
 
@@ -190,6 +194,7 @@ class RedisBackend(BaseEventStorage):
         self.stream = f"{prefix}:events"  # a store of one partition; else <stream>:<p>
         self._dead_key = f"{prefix}:dead"
         self._meta_key = f"{prefix}:meta"
+        # The recent-id sets of stores from before the dedup state: gone at its first turn.
         self._recent_keys = [f"{prefix}:recent", f"{prefix}:recent:old"]
         self._keys: Keys | None = None  # known once the store was opened
         self._opening: asyncio.Future[Keys] | None = None
@@ -340,11 +345,13 @@ class RedisBackend(BaseEventStorage):
             args = head.copy()
             for event in events[start : start + self.max_batch]:
                 ms = min(max(epoch_us(event.timestamp) // 1000, -_PACKED_MS), _PACKED_MS - 1)
-                args += (event.task_id, event.event_id,
-                         ms << 10 | partition_of(event.task_id, count), encode_event(event))
+                task = event.task_id.encode()  # bytes: redis-py passes them as they are
+                args += (task, dedup_id(event.event_id),
+                         ms << 10 | zlib.crc32(task) % count,  # as partition_of
+                         encode_event(event))
             calls.append(args)
         script = self._scripts["append"]
-        script_keys = [*self._recent_keys, keys.late, keys.last_id, *keys.streams]
+        script_keys = [keys.dedup, keys.late, keys.last_id, *self._recent_keys, *keys.streams]
         with self._errors("appending events"):
             if len(calls) == 1:
                 await script(keys=script_keys, args=calls[0])

@@ -14,6 +14,7 @@ made before partitions existed; a store of ``N > 1`` partitions under
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 from omniq_observe.backend._partitions import partition_of
@@ -23,6 +24,8 @@ __all__ = [
     "Entry",
     "Keys",
     "Owner",
+    "dedup_bucket",
+    "dedup_id",
     "entry_body",
     "id_str",
     "parse_stream_id",
@@ -38,7 +41,7 @@ _MAX_SEQ = 2**64 - 1
 class Keys:
     """The keys of one store of ``partitions`` streams under ``prefix``."""
 
-    __slots__ = ("last_id", "late", "partitions", "positions", "prefix", "streams",
+    __slots__ = ("dedup", "last_id", "late", "partitions", "positions", "prefix", "streams",
                  "task_prefix")
 
     def __init__(self, prefix: str, partitions: int) -> None:
@@ -51,6 +54,7 @@ class Keys:
         self.late = f"{prefix}:late"  # "<id>/<partition>" of late events, by event time
         self.positions = f"{prefix}:positions"  # the groups' committed positions
         self.last_id = f"{prefix}:last_id"  # the last entry id handed out, over all streams
+        self.dedup = f"{prefix}:dedup"  # the ids of recent appends, see APPEND_SCRIPT
 
     def stream_of(self, task_id: str) -> str:
         """The stream that holds the events of ``task_id``."""
@@ -79,6 +83,26 @@ class Owner(Protocol):
     @property
     def keys(self) -> Keys:
         """The store's keys (known once the store was opened)."""
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def dedup_id(event_id: str) -> bytes:
+    """An event id as the dedup state keeps it: a lowercase UUID as its 16 bytes, another id
+    (ASCII) as is, behind a byte 255 when it is 16 long (so it is no UUID's bytes)."""
+    if len(event_id) == 36 and _UUID.fullmatch(event_id):
+        return bytes.fromhex(event_id.replace("-", ""))
+    raw = event_id.encode()
+    return b"\xff" + raw if len(raw) == 16 else raw
+
+
+def dedup_bucket(packed: bytes, buckets: int) -> int:
+    """The bucket of a dedup id (as the ``bucket`` function of the Lua scripts)."""
+    value = 0
+    for byte in packed[-3:]:
+        value = value * 31 + byte
+    return value % buckets
 
 
 def id_str(value: Any) -> str:

@@ -16,8 +16,9 @@ time (see :data:`~omniq_observe.backend.redis._scripts.APPEND_SCRIPT`). Therefor
   index, so ``query(until=)`` stops its ``XRANGE`` there and then reads the late index;
 * every entry whose id is before ``cutoff`` holds an event older than ``cutoff``, so
   ``prune(older_than=)`` trims those with ``XTRIM MINID`` (in chunks, removing their ids
-  from the task index lists, see ``PRUNE_SCRIPT``), then deletes the few older events in
-  the margin after the cutoff and in the late index.
+  from the task index lists and the dedup state, see ``PRUNE_SCRIPT``), then deletes the
+  few older events in the margin after the cutoff and in the late index (and forgets
+  their ids too).
 
 Errors propagate as redis-py exceptions; the backend translates them.
 """
@@ -33,10 +34,13 @@ from omniq_observe.backend.base import Page, Position, StoredEvent, query_matche
 from omniq_observe.backend.redis._core import (
     Entry,
     Keys,
+    dedup_bucket,
+    dedup_id,
     id_str,
     parse_stream_id,
     stored_entries,
 )
+from omniq_observe.backend.redis._scripts import DEDUP_BUCKETS
 from omniq_observe.models.event import epoch_us
 
 __all__ = ["MARGIN_MS", "SCAN", "prune_newest", "prune_older", "query_log", "read_merged"]
@@ -193,26 +197,39 @@ async def _trim(client: Any, keys: Keys, script: Any, last: str) -> int:
     deleted = 0
     for stream in keys.streams:
         while True:
-            trimmed = int(await script(keys=[stream], args=[keys.task_prefix, last,
-                                                            PRUNE_CHUNK]))
+            trimmed = int(await script(keys=[stream, keys.dedup],
+                                       args=[keys.task_prefix, last, PRUNE_CHUNK]))
             deleted += trimmed
             if trimmed < PRUNE_CHUNK:
                 break
     return deleted
 
 
-def _add_older(old: dict[str, tuple[int, str]], tagged: list[_Tagged], cutoff: datetime) -> None:
+def _add_older(old: dict[str, tuple[int, str, str]], tagged: list[_Tagged],
+               cutoff: datetime) -> None:
     """Add the entries of ``tagged`` whose event is older than ``cutoff`` to ``old``."""
     for (part, entry), stored in zip(tagged, _events(tagged), strict=True):
         if stored.event.timestamp < cutoff:
-            old[id_str(entry[0])] = (part, stored.event.task_id)
+            old[id_str(entry[0])] = (part, stored.event.task_id, stored.event.event_id)
+
+
+async def _forget(client: Any, pipe: Any, keys: Keys, event_ids: list[str]) -> None:
+    """Queue on ``pipe`` the removal of ``event_ids`` from the dedup state."""
+    if not event_ids:
+        return
+    gen = int(await client.hget(keys.dedup, "g") or 0)
+    for event_id in event_ids:
+        packed = dedup_id(event_id)
+        bucket = dedup_bucket(packed, DEDUP_BUCKETS)
+        for g in (gen, gen - 1):
+            pipe.hdel(f"{keys.dedup}:{g}:{bucket}", packed)
 
 
 async def prune_older(client: Any, keys: Keys, script: Any, cutoff: datetime) -> int:
     """Delete the events older than ``cutoff``; return how many were deleted."""
     cutoff_ms = _ms(cutoff)
     deleted = await _trim(client, keys, script, str(cutoff_ms - 1)) if cutoff_ms > 0 else 0
-    old: dict[str, tuple[int, str]] = {}  # entry id -> partition, task id
+    old: dict[str, tuple[int, str, str]] = {}  # entry id -> partition, task, event id
     async for page in _pages(client, keys.streams, f"{max(cutoff_ms, 0)}-0",
                              str(max(cutoff_ms, 0) + MARGIN_MS)):
         _add_older(old, page, cutoff)
@@ -220,13 +237,14 @@ async def prune_older(client: Any, keys: Keys, script: Any, cutoff: datetime) ->
     _add_older(old, late, cutoff)
     gone = await client.zrangebyscore(keys.late, "-inf", cutoff_ms)
     pipe = client.pipeline(transaction=False)
-    for entry_id, (part, task_id) in old.items():
+    for entry_id, (part, task_id, _) in old.items():
         pipe.xdel(keys.streams[part], entry_id)
         pipe.lrem(keys.task_prefix + task_id, 1, entry_id)
     kept = {id_str(entry[0]) for _, entry in late} - old.keys()
     stale = [m for m in gone if _late_member(m)[0] not in kept]  # deleted now, or trimmed
     if stale:
         pipe.zrem(keys.late, *stale)
+    await _forget(client, pipe, keys, [event_id for _, _, event_id in old.values()])
     replies = await pipe.execute()
     return deleted + sum(int(r) for r in replies[0 : 2 * len(old) : 2])
 

@@ -8,32 +8,44 @@ partition leases change in one step.
 
 from __future__ import annotations
 
-__all__ = ["APPEND_SCRIPT", "HISTORY_SCRIPT", "LEASE_SCRIPT", "PRUNE_SCRIPT"]
+__all__ = ["APPEND_SCRIPT", "DEDUP_BUCKETS", "HISTORY_SCRIPT", "LEASE_SCRIPT", "PRUNE_SCRIPT"]
 
-# KEYS: the current and the previous recent-id set, the late index, the last id handed
-# out, then the stream of each partition.
-# ARGV: task-key prefix, history TTL (ms), MAXLEN per stream (0: none), ids per recent-id
-# set, the margin (ms), the most ids the late index keeps under MAXLEN, then (task_id,
-# event_id, event time in ms * 1024 + partition, body) per event (one number for two: a
-# write costs per argument).
+#: Hashes per dedup generation: at the default ``dedup_window`` (50,000) about 50 ids
+#: each, well within the 128 fields of a compact (listpack) hash.
+DEDUP_BUCKETS = 1024
+
+# The dedup bucket of a dedup id: its last three bytes (random in a UUID), mixed.
+# ``_core.dedup_bucket`` is the same function in Python.
+_BUCKET = f"""
+local function bucket(id)
+  local x, y, z = string.byte(id, -3, -1)
+  if #id < 3 then  -- zeros in front
+    x, y, z = 0, (#id == 2 and x or 0), (#id == 2 and y or x)
+  end
+  return (x * 961 + y * 31 + z) % {DEDUP_BUCKETS}
+end
+local DEDUP_BUCKETS = {DEDUP_BUCKETS}
+"""
+
+# KEYS: the dedup state (a hash), the late index, the last id handed out, the two
+# recent-id sets of stores before the dedup state (deleted at its first turn), then the
+# stream of each partition.
+# ARGV: task-key prefix, history TTL (ms), MAXLEN per stream (0: none), ids per dedup
+# generation, the margin (ms), the most ids the late index keeps under MAXLEN, then
+# (task_id, dedup id, event time in ms * 1024 + partition, body) per event (one number for
+# two: a write costs per argument).
 #
-# * An event whose id is in either recent-id set was stored already (a retry after a lost
-#   reply): it is skipped. When the current set holds ``window`` ids it becomes the
-#   previous one, so the last ``window`` to ``2 * window`` ids are remembered.
-# * Entry ids come from one counter over all streams (the last id key), so they are unique
-#   and grow in append order across the partitions. The id is the event time (``<ms>-0``)
-#   while events come in time order, so the streams are ordered by event time and
-#   ``query``/``prune`` can seek into them; an event not later than the last id gets the
-#   next id (``<last ms>-<last seq + 1>``). An event whose id lies more than the margin after
-#   its time is put in the late index (a sorted set by event time, of ``<id>/<partition>``),
-#   where ``query(until=)`` and ``prune`` find it. A time more than the margin ahead of the
-#   server's clock is stored at the clock plus the margin. Under MAXLEN the late index
-#   keeps at most the given number of ids (the latest by event time).
-# * The entry holds ``e`` (the wire form) and ``t`` (the task id, for prune); its id is
-#   pushed onto the task's index list, whose TTL is refreshed.
-# Returns the number of events written.
-APPEND_SCRIPT = """
-local recent, older, late, last_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+# * Dedup: an event whose dedup id (its event id, a UUID as its 16 bytes, see
+#   ``_core.dedup_id``) is remembered was stored already (a retry after a lost reply): it is
+#   skipped. The ids are kept by generation ``g`` (a field of the state) in
+#   :data:`DEDUP_BUCKETS` small hashes ``<state>:<g>:<bucket>`` (Redis stores a small hash
+#   as one compact listpack, a fifth of a set's memory per id). When the current
+#   generation holds ``window`` ids a new one starts and the one before the previous is
+#   deleted, so the last ``window`` to ``2 * window`` ids are remembered. The state also
+#   holds the last entry id before the previous generation began (``o``): prune removes
+#   the ids of the entries it deletes after it (``PRUNE_SCRIPT``).
+APPEND_SCRIPT = _BUCKET + """
+local dedup, late, last_key = KEYS[1], KEYS[2], KEYS[3]
 local prefix, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local window, margin, bound = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local clock = redis.call('TIME')
@@ -59,7 +71,7 @@ local known = redis.call('GET', last_key)
 if known then
   last_ms, last_seq = split(known)
 else  -- a store from before the counter: continue after every stream's last id
-  for k = 5, #KEYS do
+  for k = 6, #KEYS do
     local ms, seq = top(KEYS[k])
     if later(last_ms, last_seq, ms, seq) then last_ms, last_seq = ms, seq end
   end
@@ -70,16 +82,34 @@ local function xadd(stream, id, body, task)
   end
   return redis.pcall('XADD', stream, id, 'e', body, 't', task)
 end
+local state = redis.call('HMGET', dedup, 'g', 'n', 's')
+local gen, count = tonumber(state[1] or '0'), tonumber(state[2] or '0')
+local current, previous = dedup .. ':' .. gen .. ':', dedup .. ':' .. (gen - 1) .. ':'
+local pushes = {}  -- task -> the ids to push onto its index list
+local function push()  -- one RPUSH and PEXPIRE a task
+  for task, ids in pairs(pushes) do
+    local key = prefix .. task
+    redis.call('RPUSH', key, unpack(ids))
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+local currents, previouses = {}, {}  -- bucket -> its key (made once)
 local written, lates = 0, 0
 for i = 7, #ARGV, 4 do
   local event_id = ARGV[i + 1]
-  if redis.call('SISMEMBER', older, event_id) == 0
-      and redis.call('SADD', recent, event_id) == 1 then
+  local b = bucket(event_id)
+  local here, there = currents[b], previouses[b]
+  if here == nil then
+    here, there = current .. b, previous .. b
+    currents[b], previouses[b] = here, there
+  end
+  if redis.call('HEXISTS', there, event_id) == 0
+      and redis.call('HSETNX', here, event_id, '') == 1 then
     local packed = tonumber(ARGV[i + 2])
     local part = packed % 1024
     local time = (packed - part) / 1024
     local ms = math.max(0, math.min(time, now + margin))
-    local body, task, stream = ARGV[i + 3], ARGV[i], KEYS[5 + part]
+    local body, task, stream = ARGV[i + 3], ARGV[i], KEYS[6 + part]
     local id_ms, id_seq = last_ms, last_seq + 1
     if ms > last_ms then id_ms, id_seq = ms, 0 end
     local id = xadd(stream, string.format('%d-%d', id_ms, id_seq), body, task)
@@ -90,7 +120,8 @@ for i = 7, #ARGV, 4 do
       id = xadd(stream, string.format('%d-%d', id_ms, id_seq), body, task)
     end
     if type(id) == 'table' and id.err then
-      redis.call('SREM', recent, event_id)  -- not stored: a retry must not be skipped
+      redis.call('HDEL', here, event_id)  -- not stored: a retry must not be skipped
+      push()
       return redis.error_reply(id.err)
     end
     last_ms, last_seq = id_ms, id_seq
@@ -98,14 +129,30 @@ for i = 7, #ARGV, 4 do
       redis.call('ZADD', late, time, id .. '/' .. part)
       lates = lates + 1
     end
-    local key = prefix .. task
-    redis.call('RPUSH', key, id)
-    redis.call('PEXPIRE', key, ttl)
+    local ids = pushes[task]
+    if ids == nil then
+      ids = {}
+      pushes[task] = ids
+    end
+    ids[#ids + 1] = id
     written = written + 1
   end
 end
-if written > 0 then redis.call('SET', last_key, string.format('%d-%d', last_ms, last_seq)) end
-if redis.call('SCARD', recent) >= window then redis.call('RENAME', recent, older) end
+push()
+local last = string.format('%d-%d', last_ms, last_seq)
+if written > 0 then redis.call('SET', last_key, last) end
+if count + written >= window then  -- a new generation; the one before the previous goes
+  local gone = dedup .. ':' .. (gen - 1) .. ':'
+  for b = 0, DEDUP_BUCKETS - 1, 512 do
+    local names = {}
+    for j = b, math.min(b + 511, DEDUP_BUCKETS - 1) do names[#names + 1] = gone .. j end
+    redis.call('DEL', unpack(names))
+  end
+  redis.call('DEL', KEYS[4], KEYS[5])
+  redis.call('HSET', dedup, 'g', gen + 1, 'n', 0, 's', last, 'o', state[3] or '0-0')
+elseif written > 0 then
+  redis.call('HINCRBY', dedup, 'n', written)
+end
 if lates > 0 and maxlen > 0 then  -- under MAXLEN the late index stays as bounded
   local size = redis.call('ZCARD', late)
   if size > bound then redis.call('ZREMRANGEBYRANK', late, 0, size - bound - 1) end
@@ -113,17 +160,36 @@ end
 return written
 """
 
-# KEYS[1] stream; ARGV: task-key prefix, the last id to delete, the most entries to delete.
-# Deletes the oldest entries up to that id (XTRIM MINID) and removes their ids from the
-# head of their tasks' index lists (``LPOP``, one call a task; an emptied list is gone).
-# Returns the number deleted.
-PRUNE_SCRIPT = """
-local stream, prefix = KEYS[1], ARGV[1]
+# As ``_core.dedup_id``: an event id as the dedup state keeps it.
+_DEDUP_ID = """
+local UUID = '^' .. string.rep('%x', 8) .. '%-' .. string.rep('%x', 4) .. '%-'
+  .. string.rep('%x', 4) .. '%-' .. string.rep('%x', 4) .. '%-' .. string.rep('%x', 12) .. '$'
+local function dedup_id(id)
+  if #id == 36 and string.find(id, UUID) and not string.find(id, '[A-F]') then
+    local hex = string.gsub(id, '-', '')
+    return (string.gsub(hex, '%x%x', function(h) return string.char(tonumber(h, 16)) end))
+  end
+  if #id == 16 then return '\\255' .. id end
+  return id
+end
+"""
+
+# KEYS[1] stream, KEYS[2] the dedup state; ARGV: task-key prefix, the last id to delete,
+# the most entries to delete.
+# Deletes the oldest entries up to that id (XTRIM MINID), removes their ids from the head
+# of their tasks' index lists (``LPOP``, one call a task; an emptied list is gone) and
+# their event ids from the dedup state (only entries after its ``o`` can be there: in a
+# prune of old events, none). Returns the number deleted.
+PRUNE_SCRIPT = _BUCKET + _DEDUP_ID + """
+local stream, dedup, prefix = KEYS[1], KEYS[2], ARGV[1]
 local entries = redis.call('XRANGE', stream, '-', ARGV[2], 'COUNT', tonumber(ARGV[3]))
 if #entries == 0 then return 0 end
 local function key_of(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
+end
+local function after(ms, seq, ms2, seq2)
+  return ms > ms2 or (ms == ms2 and seq > seq2)
 end
 local last = entries[#entries][1]
 local last_ms, last_seq = key_of(last)
@@ -138,6 +204,25 @@ for _, entry in ipairs(entries) do
     end
   end
   if task then tasks[task] = (tasks[task] or 0) + 1 end
+end
+local state = redis.call('HMGET', dedup, 'g', 'o')
+local o_ms, o_seq = key_of(state[2] or '0-0')
+if after(last_ms, last_seq, o_ms, o_seq) then  -- some of the ids may be remembered
+  local gen = tonumber(state[1] or '0')
+  local current, previous = dedup .. ':' .. gen .. ':', dedup .. ':' .. (gen - 1) .. ':'
+  for _, entry in ipairs(entries) do
+    local ms, seq = key_of(entry[1])
+    local fields = entry[2]
+    if after(ms, seq, o_ms, o_seq) and fields[1] == 'e' then
+      local ok, event = pcall(cjson.decode, fields[2])
+      if ok and type(event) == 'table' and type(event.event_id) == 'string' then
+        local id = dedup_id(event.event_id)
+        local b = bucket(id)
+        redis.call('HDEL', current .. b, id)
+        redis.call('HDEL', previous .. b, id)
+      end
+    end
+  end
 end
 -- A task's list holds its ids in id order, and its ids older than this chunk are gone
 -- already: pop as many as the chunk holds of the task (an emptied list is gone), and put
