@@ -59,22 +59,9 @@ class Handler(Protocol):
     def __call__(self, event: TaskEvent, /) -> Awaitable[None] | None: ...
 
 
-class AsyncEventProcessor:
-    """Runs registered handlers on stored events, after a durable named checkpoint.
-
-    Args:
-        event_storage: the storage to read.
-        name: the processor (consumer group) name; its checkpoint is kept under it.
-        batch_size: the most events read and acknowledged at once.
-        max_handler_attempts: how often a failing handler is tried on one event before
-            the event is dead-lettered for that handler and skipped.
-        idle_timeout: the longest one wait for new events lasts before re-checking.
-        member: this process's name within the group (default: host and pid).
-        logger: a structlog logger for handler failures (default: ``structlog.get_logger``).
-
-    Raises:
-        ConfigurationError: a setting is invalid.
-    """
+class _ProcessorSettings:
+    """The keywords of both processors, spelled out once (httpx's ``BaseClient`` serves
+    ``Client`` and ``AsyncClient`` the same way), checked; then :meth:`_set_up`."""
 
     def __init__(
         self,
@@ -99,15 +86,40 @@ class AsyncEventProcessor:
         self.max_handler_attempts = positive_int("max_handler_attempts", max_handler_attempts)
         self.idle_timeout = positive_seconds("idle_timeout", idle_timeout)
         self.consumer = Consumer(name, member or f"{socket.gethostname()}-{os.getpid()}")
+        self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
+        self._set_up()
+
+    def _set_up(self) -> None:
+        """What a processor builds on its checked settings."""
+        raise NotImplementedError
+
+
+class AsyncEventProcessor(_ProcessorSettings):
+    """Runs registered handlers on stored events, after a durable named checkpoint.
+
+    Args:
+        event_storage: the storage to read.
+        name: the processor (consumer group) name; its checkpoint is kept under it.
+        batch_size: the most events read and acknowledged at once.
+        max_handler_attempts: how often a failing handler is tried on one event before
+            the event is dead-lettered for that handler and skipped.
+        idle_timeout: the longest one wait for new events lasts before re-checking.
+        member: this process's name within the group (default: host and pid).
+        logger: a structlog logger for handler failures (default: ``structlog.get_logger``).
+
+    Raises:
+        ConfigurationError: a setting is invalid.
+    """
+
+    def _set_up(self) -> None:
         self.stats = ProcessorStats()
         #: The task pairings this processor's handlers share, by (ttl, reorder window).
         self.pairings: dict[tuple[float, float], Any] = {}
         #: The span its TracingHandler drew last, for the handlers registered after it.
         self.task_spans = TaskSpans()
         self._resume_checked = False
-        self._log = logger if logger is not None else structlog.get_logger("omniq_observe")
         self._dispatch = Dispatcher(self, self._log)
-        self._checkpoint = PairingCheckpoint(event_storage, name, batch_size)
+        self._checkpoint = PairingCheckpoint(self.event_storage, self.name, self.batch_size)
         self._stopping: asyncio.Event | None = None
         self._finished: asyncio.Event | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -334,7 +346,7 @@ async def _wait_or_stop(awaitable: Awaitable[Any], stopping: asyncio.Event) -> N
         await asyncio.gather(waiter, stop, return_exceptions=True)
 
 
-class EventProcessor:
+class EventProcessor(_ProcessorSettings):
     """A blocking wrapper around :class:`AsyncEventProcessor`, usable from any thread.
 
     Takes the arguments of :class:`AsyncEventProcessor` (``event_storage``, ``name``,
@@ -342,25 +354,15 @@ class EventProcessor:
     described there, and raises what it raises.
     """
 
-    def __init__(
-        self,
-        event_storage: BaseEventStorage,
-        name: str = "default",
-        *,
-        batch_size: int = 1000,
-        max_handler_attempts: int = 3,
-        idle_timeout: float = 1.0,
-        member: str | None = None,
-        logger: Any = None,
-    ) -> None:
+    def _set_up(self) -> None:
         self._async = AsyncEventProcessor(
-            event_storage,
-            name,
-            batch_size=batch_size,
-            max_handler_attempts=max_handler_attempts,
-            idle_timeout=idle_timeout,
-            member=member,
-            logger=logger,
+            self.event_storage,
+            self.name,
+            batch_size=self.batch_size,
+            max_handler_attempts=self.max_handler_attempts,
+            idle_timeout=self.idle_timeout,
+            member=self.consumer.member,
+            logger=self._log,
         )
         self._loop = LoopThread("omniq-processor")
 
@@ -368,11 +370,6 @@ class EventProcessor:
     def stats(self) -> ProcessorStats:
         """What the processor has done."""
         return self._async.stats
-
-    @property
-    def name(self) -> str:
-        """The processor name."""
-        return self._async.name
 
     def register_handler(
         self,
