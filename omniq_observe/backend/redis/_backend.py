@@ -182,12 +182,9 @@ class RedisBackend(BaseEventStorage):
 
     def _set_limits(self, max_len: int | None, retries: int, max_batch: int,
                     max_connections: int, dedup_window: int, partitions: int | None) -> None:
-        self.max_len = max_len
-        self.retries = retries
-        self.max_batch = max_batch
-        self.max_connections = max_connections
+        self.max_len, self.max_batch, self.partitions = max_len, max_batch, partitions
+        self.retries, self.max_connections = retries, max_connections
         self.dedup_window = dedup_window
-        self.partitions = partitions
 
     def _set_keys(self, prefix: str) -> None:
         """The keys that do not depend on the partitions, and the connection state."""
