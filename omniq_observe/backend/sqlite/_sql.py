@@ -7,6 +7,7 @@ pages that SQLite joins into one JSON array, decoded by msgspec in one call.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def connect(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connec
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        _use_wal(conn, busy_timeout)
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
@@ -97,6 +98,26 @@ def connect(path: Path, busy_timeout: float, synchronous: str) -> sqlite3.Connec
         conn.close()
         raise
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch the file to WAL, waiting up to ``busy_timeout`` for other connections.
+
+    Another connection opening a new file at the same moment (two processes starting
+    together) makes the switch fail with "database is locked" at once: SQLite calls no
+    busy handler for it. So it is tried again, backing off, until ``busy_timeout``.
+    """
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # a backoff between tries, not a synchronisation
+        pause = min(pause * 2, 0.05)
 
 
 def prepare(conn: sqlite3.Connection, more_schema: str, version: int) -> None:
