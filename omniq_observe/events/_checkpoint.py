@@ -27,7 +27,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from omniq_observe.backend.base import BaseEventStorage, Position, UndecodableEvent
+from omniq_observe.backend.base import (
+    BaseEventStorage,
+    Position,
+    UndecodableEvent,
+    _position_after,
+)
 from omniq_observe.models.event import TaskEvent
 
 __all__ = ["CHECKPOINT_SUFFIXES", "PairingCheckpoint"]
@@ -119,11 +124,10 @@ class PairingCheckpoint:
     async def _read_between(self, after: Position | None, through: Position) -> list[TaskEvent]:
         """The events after ``after`` up to ``through`` (undecodable ones left out)."""
         events: list[TaskEvent] = []
-        last = _order(through)
         while True:
             page = await self._storage.read_after(after, self._page_size)
             for stored in page:
-                if _order(stored.position) > last:
+                if _position_after(stored.position, through):
                     return events
                 if type(stored) is not UndecodableEvent:
                     events.append(stored.event)
@@ -160,11 +164,3 @@ def _histories_through(history: History, ids: set[str]) -> History:
 
 def _micros(seconds: float) -> int:
     return max(1, int(seconds * 1e6)) if math.isfinite(seconds) else 1
-
-
-def _order(position: Position) -> tuple[int, int]:
-    """A sortable form of a position: an int, or a Redis stream id ``ms-seq``."""
-    if isinstance(position, int):
-        return position, 0
-    ms, _, seq = position.partition("-")
-    return int(ms), int(seq or 0)

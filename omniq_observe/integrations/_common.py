@@ -15,7 +15,7 @@ import re
 import socket
 import traceback as tb_module
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
@@ -78,11 +78,6 @@ def iso_time(value: Any) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return str(value.astimezone(timezone.utc).isoformat())
-
-
-def in_seconds(seconds: float) -> str:
-    """The ISO-8601 UTC time ``seconds`` from now."""
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
 
 
 class TaskRecorder:

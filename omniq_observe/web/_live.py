@@ -36,7 +36,6 @@ BUCKET_SECONDS = 5.0
 #: The windows the overview offers, by name: seconds.
 WINDOWS = {"5m": 300.0, "1h": 3600.0, "24h": 86400.0}
 _POINTS = 60  # points per plot, whatever the window
-_LONGEST = max(WINDOWS.values())
 
 
 @dataclass
